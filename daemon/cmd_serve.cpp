@@ -1,0 +1,11 @@
+#include <CLI/CLI.hpp>
+
+#include "daemon/commands.h"
+
+namespace diffusiond {
+// Placeholder until its issue lands: registers the subcommand so the CLI is complete.
+void add_serve_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("serve", "(being built)");
+  cmd->callback([] { throw std::runtime_error("'serve' is not built yet"); });
+}
+}  // namespace diffusiond

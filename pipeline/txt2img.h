@@ -1,0 +1,67 @@
+// The text-to-image pipeline: one replica of a Stable Diffusion model on one device.
+// Ref: diffusers StableDiffusionPipeline.__call__.
+// Owner: a device worker owns one StableDiffusion; only that worker's thread may call it
+// (load() may run on any thread). Nothing here knows about jobs, HTTP or the store.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "pipeline/model_folder.h"
+
+namespace diffusiond {
+
+struct Txt2ImgParams {
+  std::vector<std::string> prompts;  // image order is prompt-major: prompts x num_images
+  std::string negative_prompt;       // "" when absent
+  int num_images_per_prompt = 1;
+  int steps = 50;
+  double guidance_scale = 7.5;  // <= 1 disables classifier-free guidance
+  std::uint64_t seed = 0;       // image k uses its own CPU generator seeded with seed + k
+  int width = 512;
+  int height = 512;
+  std::string scheduler;  // name or alias; "" = the model's own scheduler
+};
+
+struct RgbImage {
+  int width = 0;
+  int height = 0;
+  std::vector<std::uint8_t> pixels;  // HWC, RGB, row-major
+};
+
+// Called after every denoising step of every image (step in 1..steps); return false to stop.
+using StepCallback = std::function<bool(int image, int step, int steps)>;
+
+class GenerationCancelled : public std::runtime_error {
+ public:
+  GenerationCancelled() : std::runtime_error("generation cancelled") {}
+};
+
+// Optional sink for intermediates (--dump): called with a name and a CPU tensor.
+using DumpSink = std::function<void(const std::string& name, const torch::Tensor& value)>;
+
+class StableDiffusion {
+ public:
+  virtual ~StableDiffusion() = default;
+  static std::unique_ptr<StableDiffusion> load(const ModelFolder& model, torch::Device device,
+                                               torch::ScalarType dtype);
+
+  // Generates prompts x num_images images (batched: all images of a call in one UNet batch).
+  // Throws GenerationCancelled if the callback returns false; std::invalid_argument on bad
+  // params (size not a multiple of 8, unknown scheduler, ...).
+  virtual std::vector<RgbImage> generate(const Txt2ImgParams& params,
+                                         const StepCallback& on_step = {},
+                                         const DumpSink& dump = {}) = 0;
+
+  virtual int default_width() const = 0;   // unet sample_size * vae scale factor
+  virtual int default_height() const = 0;
+  virtual std::string default_scheduler() const = 0;  // canonical name from scheduler_config
+  virtual torch::Device device() const = 0;
+};
+
+}  // namespace diffusiond
