@@ -1,0 +1,74 @@
+// The HTTP/JSON front end of diffusiond (Boost.Beast over Asio, a small I/O thread pool).
+// Owner: engineer "http". The daemon core constructs one HttpServer over its ImageService,
+// calls start() once, stop_accepting() when draining, and stop() before destroying it.
+// Thread-safety: start/stop_accepting/stop are called from one control thread (main); every
+// request is answered on the server's own I/O threads, which never wait on a device.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "http/service.h"
+
+namespace diffusiond {
+
+// Every limit the HTTP edge enforces. Defaults are the documented safe defaults.
+struct HttpOptions {
+  std::string host = "127.0.0.1";  // listen address; loopback unless told otherwise
+  std::uint16_t port = 8080;       // 0 = pick a free port (start() returns it)
+  int io_threads = 2;
+
+  // Bearer tokens. Empty = no authentication. When set, every route needs
+  // "Authorization: Bearer <key>" except /healthz and the web UI's own files (GET / and its
+  // static assets), so the page can load and ask the user for a key.
+  std::vector<std::string> api_keys;
+
+  std::size_t max_body_bytes = 64 * 1024;    // larger bodies: 413
+  std::size_t max_header_bytes = 16 * 1024;  // larger headers: 431
+  int min_side = 64;                         // width/height lower bound (multiples of 8)
+  int max_side = 4096;                       // width/height upper bound
+  int max_pixels = 1024 * 1024;              // width * height upper bound
+  int max_steps = 150;
+  int max_n = 16;                       // images per prompt
+  int max_prompts = 16;                 // entries of prompts[]
+  int max_images_per_job = 64;          // prompts x n
+  std::size_t max_prompt_chars = 2000;  // Unicode code points, per prompt and negative prompt
+  double max_guidance_scale = 50.0;     // guidance_scale in [0, max]
+  int max_priority = 1000;              // priority in [-max, max]
+  int max_list_limit = 500;             // GET /jobs?limit= upper bound (default 50)
+  int max_connections = 256;            // more are answered 503 and closed
+
+  std::chrono::seconds header_timeout{15};  // whole request header (also keep-alive idle)
+  std::chrono::seconds body_timeout{30};    // whole request body
+  std::chrono::seconds write_timeout{60};   // each response write
+  std::chrono::seconds sse_keepalive{15};   // comment line on idle event streams
+};
+
+class HttpServerImpl;
+
+class HttpServer {
+ public:
+  // `service` must outlive the server.
+  HttpServer(ImageService& service, HttpOptions options);
+  ~HttpServer();  // calls stop()
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds host:port, starts the I/O threads and returns the bound port (useful with port 0).
+  // Throws std::runtime_error naming the address when it cannot bind.
+  std::uint16_t start();
+  // Closes the listening socket; requests on open connections are still answered.
+  void stop_accepting();
+  // Closes every connection (event streams and waiting requests included), joins the I/O
+  // threads. Idempotent.
+  void stop();
+
+ private:
+  std::unique_ptr<HttpServerImpl> impl_;
+};
+
+}  // namespace diffusiond
