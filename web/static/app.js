@@ -1,0 +1,324 @@
+// diffusiond web UI: start-up, the generate form, the model notice and the device panel.
+// Plain ES modules, no build step, nothing loaded from outside the daemon. Runs on the page's
+// single JS thread.
+
+import { ApiError, getJson, onKeyNeeded, sendJson } from './api.js';
+import { addImage, initGallery } from './gallery.js';
+import { initQueue, trackJob } from './queue.js';
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+const FIELD_INPUTS = {
+  prompt: 'prompt', negative_prompt: 'negative-prompt', width: 'width', height: 'height',
+  steps: 'steps', guidance_scale: 'guidance', seed: 'seed', scheduler: 'sampler', n: 'count',
+};
+const SIZE_PRESETS = [[512, 512], [768, 768], [512, 768], [768, 512]];
+const samplerLabels = new Map();  // canonical name -> what the user reads
+
+function samplerLabel(name) { return samplerLabels.get(name) || name; }
+
+// ---- notices -------------------------------------------------------------------------------
+
+let toastTimer = 0;
+function notify(text) {
+  const t = $('#toast');
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { t.hidden = true; }, 3000);
+}
+
+function clearFormError() {
+  const box = $('#form-error');
+  box.hidden = true;
+  box.textContent = '';
+  for (const id of Object.values(FIELD_INPUTS)) {
+    const input = document.getElementById(id);
+    input.removeAttribute('aria-invalid');
+    input.removeAttribute('aria-describedby');
+  }
+}
+
+function showFormError(message, field = '') {
+  const box = $('#form-error');
+  box.textContent = message;
+  box.hidden = false;
+  const input = document.getElementById(FIELD_INPUTS[field] || '');
+  if (input) {
+    input.setAttribute('aria-invalid', 'true');
+    input.setAttribute('aria-describedby', 'form-error');
+  }
+}
+
+// ---- API key dialog ------------------------------------------------------------------------
+
+function askForKey(message) {
+  return new Promise((resolve) => {
+    const dialog = $('#key-dialog');
+    $('#key-message').textContent = message;
+    const input = $('#api-key');
+    input.value = '';
+    dialog.addEventListener('close', () => {
+      resolve(dialog.returnValue === 'save' && input.value.trim() ? input.value.trim() : null);
+    }, { once: true });
+    dialog.returnValue = '';
+    dialog.showModal();
+    input.focus();
+  });
+}
+
+// ---- model, samplers, sizes ----------------------------------------------------------------
+
+function fillSizePresets(defaults) {
+  const select = $('#size-preset');
+  select.replaceChildren();
+  const add = (value, text) => select.append(new Option(text, value));
+  if (defaults.width && defaults.height) {
+    add(`${defaults.width}x${defaults.height}`, `Model default (${defaults.width} × ${defaults.height})`);
+  }
+  for (const [w, h] of SIZE_PRESETS) {
+    add(`${w}x${h}`, `${w} × ${h}${w === h ? '' : w < h ? ' (portrait)' : ' (landscape)'}`);
+  }
+  add('custom', 'Custom');
+}
+
+// Selects the preset that matches the width/height inputs, or "Custom".
+function syncPreset() {
+  const value = `${$('#width').value}x${$('#height').value}`;
+  const select = $('#size-preset');
+  select.value = [...select.options].some((o) => o.value === value) ? value : 'custom';
+}
+
+function fillSamplers(list, preferred) {
+  const select = $('#sampler');
+  const previous = select.value;
+  select.replaceChildren();
+  for (const s of list) {
+    const name = typeof s === 'string' ? s : s.name;
+    const aliases = (typeof s === 'object' && s.aliases) || [];
+    const label = s.label || s.display_name || aliases.find((a) => a !== name) || name;
+    samplerLabels.set(name, label);
+    select.append(new Option(label === name ? name : `${label} (${name})`, name));
+  }
+  const want = previous || preferred;
+  if ([...select.options].some((o) => o.value === want)) select.value = want;
+}
+
+// GET /model answers {name, is_test_model, notice, defaults:{width,height,steps,guidance_scale,
+// scheduler}}; flat default_* fields (ModelInfo's names) are read too.
+function modelDefaults(model) {
+  const d = model.defaults || {};
+  return {
+    width: d.width ?? model.default_width,
+    height: d.height ?? model.default_height,
+    steps: d.steps ?? model.default_steps,
+    guidance_scale: d.guidance_scale ?? model.default_guidance_scale,
+    scheduler: d.scheduler ?? model.default_scheduler ?? '',
+  };
+}
+
+async function loadModel() {
+  let model = {};
+  try {
+    model = await getJson('/model');
+    model = model.model || model;
+  } catch (e) {
+    $('#model-name').textContent = `unknown (${e.message})`;
+  }
+  if (model.name) $('#model-name').textContent = model.name;
+  const notice = $('#test-model-notice');
+  if (model.is_test_model) {
+    notice.textContent = model.notice ||
+      'This is the bundled test model: its weights are random, so every image is noise. ' +
+      'Start diffusiond with --model pointing at a Stable Diffusion folder or Hugging Face id.';
+    notice.hidden = false;
+  }
+  const defaults = modelDefaults(model);
+  fillSizePresets(defaults);
+  const setIfEmpty = (id, v) => { const i = $(`#${id}`); if (i.value === '' && v !== undefined) i.value = v; };
+  setIfEmpty('width', defaults.width || 512);
+  setIfEmpty('height', defaults.height || 512);
+  setIfEmpty('steps', defaults.steps || 30);
+  setIfEmpty('guidance', defaults.guidance_scale ?? 7.5);
+  syncPreset();
+
+  let schedulers = [];
+  let preferred = defaults.scheduler;
+  try {
+    const answer = await getJson('/schedulers');
+    schedulers = Array.isArray(answer) ? answer : answer.schedulers || [];
+    preferred = preferred || answer.default || '';
+  } catch { /* fall back to the model's own list */ }
+  if (schedulers.length === 0) schedulers = model.schedulers || [];
+  if (schedulers.length === 0 && preferred) schedulers = [preferred];
+  fillSamplers(schedulers, preferred);
+}
+
+// ---- the form ------------------------------------------------------------------------------
+
+// A number input's value for the request: omitted when empty (the daemon's default applies).
+function numberField(id) {
+  const v = $(`#${id}`).value.trim();
+  if (v === '') return undefined;
+  const n = Number(v);
+  return Number.isNaN(n) ? v : n;
+}
+
+function randomSeed() {
+  return String(crypto.getRandomValues(new Uint32Array(1))[0]);
+}
+
+function buildRequest() {
+  const body = { prompt: $('#prompt').value.trim() };
+  const negative = $('#negative-prompt').value.trim();
+  if (negative) body.negative_prompt = negative;
+  for (const [field, id] of [['width', 'width'], ['height', 'height'], ['steps', 'steps'],
+                             ['guidance_scale', 'guidance'], ['n', 'count']]) {
+    const v = numberField(id);
+    if (v !== undefined) body[field] = v;
+  }
+  if ($('#sampler').value) body.scheduler = $('#sampler').value;
+  const seed = $('#seed').value.trim();
+  body.seed = seed === '' ? randomSeed() : seed;  // a digit string is sent as a JSON number
+  return body;
+}
+
+let submitting = false;
+async function submitForm() {
+  if (submitting) return;
+  clearFormError();
+  const body = buildRequest();
+  if (!body.prompt) {
+    showFormError('Write a prompt first.', 'prompt');
+    $('#prompt').focus();
+    return;
+  }
+  submitting = true;
+  const button = $('#generate');
+  button.disabled = true;
+  try {
+    const answer = await sendJson('POST', '/generate', body);
+    trackJob(answer.job || answer);
+  } catch (e) {
+    const field = e instanceof ApiError ? e.field : '';
+    showFormError(`Not queued: ${e.message}`, field);
+  } finally {
+    submitting = false;
+    button.disabled = false;
+  }
+}
+
+function reuseSeed(seed) {
+  const input = $('#seed');
+  input.value = seed;
+  input.scrollIntoView({ block: 'center', behavior: 'smooth' });
+  input.focus({ preventScroll: true });
+  notify(`Seed ${seed} will be used for the next image.`);
+}
+
+function wireForm() {
+  const form = $('#generate-form');
+  form.addEventListener('submit', (e) => { e.preventDefault(); submitForm(); });
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey) && !$('dialog[open]')) {
+      e.preventDefault();
+      submitForm();
+    }
+  });
+  $('#seed-random').addEventListener('click', () => { $('#seed').value = randomSeed(); });
+  $('#size-preset').addEventListener('change', () => {
+    const v = $('#size-preset').value;
+    if (v === 'custom') { $('#width').focus(); return; }
+    const [w, h] = v.split('x');
+    $('#width').value = w;
+    $('#height').value = h;
+  });
+  $('#width').addEventListener('input', syncPreset);
+  $('#height').addEventListener('input', syncPreset);
+}
+
+// ---- devices -------------------------------------------------------------------------------
+
+function gib(bytes) { return (bytes / 2 ** 30).toFixed(1); }
+
+function deviceState(d) {
+  if (d.loaded === false) return ['loading', 'Loading model'];
+  if (d.healthy === false) return ['unhealthy', 'Unhealthy'];
+  if (d.busy) return ['busy', 'Busy'];
+  return ['idle', 'Idle'];
+}
+
+function renderDevices(list) {
+  const ul = $('#devices');
+  ul.replaceChildren();
+  for (const d of list) {
+    const [state, words] = deviceState(d);
+    const li = document.createElement('li');
+    li.className = 'device';
+    li.dataset.state = state;
+    li.dataset.device = d.name;
+    const head = document.createElement('div');
+    head.className = 'device-head';
+    const name = document.createElement('strong');
+    name.textContent = d.name;
+    const badge = document.createElement('span');
+    badge.className = 'badge';
+    badge.textContent = words;
+    head.append(name, badge);
+    const desc = document.createElement('p');
+    desc.className = 'desc';
+    desc.textContent = d.description || '';
+    const facts = document.createElement('dl');
+    const fact = (term, value) => {
+      const dt = document.createElement('dt');
+      dt.textContent = term;
+      const dd = document.createElement('dd');
+      dd.textContent = value;
+      facts.append(dt, dd);
+    };
+    fact('Images done', String(d.images_done ?? 0));
+    fact('Steps/s', Number(d.steps_per_second || 0).toFixed(2));
+    if (d.memory_total_bytes > 0) {
+      fact('Memory', `${gib(d.memory_used_bytes || 0)} / ${gib(d.memory_total_bytes)} GiB`);
+    }
+    if (d.busy && d.current_job) fact('Job', d.current_job);
+    li.append(head, desc, facts);
+    ul.append(li);
+  }
+}
+
+async function pollDevices() {
+  const err = $('#devices-error');
+  try {
+    const answer = await getJson('/devices');
+    renderDevices(Array.isArray(answer) ? answer : answer.devices || []);
+    err.hidden = true;
+  } catch (e) {
+    err.textContent = e.message;
+    err.hidden = false;
+  }
+  setTimeout(pollDevices, document.hidden ? 10000 : 2000);
+}
+
+// ---- start ---------------------------------------------------------------------------------
+
+async function loadHistory() {
+  try {
+    const answer = await getJson('/jobs?limit=20');
+    const jobs = Array.isArray(answer) ? answer : answer.jobs || [];
+    for (const j of jobs) trackJob(j, { append: true });  // newest first
+  } catch { /* an empty queue is fine */ }
+}
+
+async function start() {
+  onKeyNeeded(askForKey);
+  initGallery({ samplerLabel, onReuseSeed: reuseSeed, notify });
+  initQueue({ samplerLabel, onImage: addImage });
+  wireForm();
+  await loadModel();  // first, so that a 401 asks for the key only once
+  loadHistory();
+  pollDevices();
+  document.body.dataset.ready = 'true';
+}
+
+start();
