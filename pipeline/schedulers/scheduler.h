@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 namespace diffusiond {
 
@@ -33,6 +33,23 @@ class Scheduler {
   // randn_tensor with a CPU generator.
   virtual torch::Tensor step(const torch::Tensor& model_output, int step_index,
                              const torch::Tensor& sample, at::Generator& generator) = 0;
+
+  // Batched form of step(): generators[i] draws the noise of batch row i, as diffusers'
+  // randn_tensor does with a list of generators (row i gets torch.randn((1, ...),
+  // generator=generators[i])), so an image never depends on its batch neighbours. With one
+  // generator this is exactly step(..., generators[0]). generators.size() must be 1 or B.
+  torch::Tensor step_batch(const torch::Tensor& model_output, int step_index,
+                           const torch::Tensor& sample, std::vector<at::Generator>& generators);
+
+ protected:
+  // The noise a sampler draws inside step(): torch::randn(like.sizes(), generator) in like's
+  // dtype on the CPU, then moved to like's device (diffusers' randn_tensor with a CPU generator;
+  // diffusers passes model_output as `like`). Inside step_batch() with B generators each batch
+  // row comes from its own generator. Every sampler must draw its step noise through this.
+  torch::Tensor step_noise(const torch::Tensor& like, at::Generator& generator) const;
+
+ private:
+  std::vector<at::Generator>* row_generators_ = nullptr;  // set only during step_batch()
 };
 
 // Canonical names: pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lms, heun, unipc, lcm.
@@ -46,6 +63,7 @@ const std::vector<SchedulerEntry>& scheduler_registry();
 // Canonical name for a name or alias, case-insensitive; nullopt when unknown.
 std::optional<std::string> canonical_scheduler_name(const std::string& name_or_alias);
 // The canonical name matching a scheduler_config.json (_class_name, use_karras_sigmas).
+// Throws std::invalid_argument naming the class when no sampler here implements it.
 std::string default_scheduler_name(const nlohmann::json& model_scheduler_config);
 
 // Builds the sampler from the model's scheduler_config.json the way
