@@ -7,11 +7,14 @@ const KEY_STORAGE = 'diffusiond.apiKey';
 
 let apiKey = localStorage.getItem(KEY_STORAGE) || '';
 let keyPrompt = null;      // Promise of the open key dialog, shared by every request that got 401
+let keyDeclined = false;  // the user closed the dialog: do not ask again until they act
 let askForKeyHandler = null;
 
 // The page provides the dialog that asks for the key: askForKey(message) -> Promise<string|null>.
 export function onKeyNeeded(handler) { askForKeyHandler = handler; }
 export function hasKey() { return apiKey !== ''; }
+// A user action (e.g. Generate) may ask for the key again after the user once declined.
+export function allowKeyPrompt() { keyDeclined = false; }
 export function forgetKey() {
   apiKey = '';
   localStorage.removeItem(KEY_STORAGE);
@@ -50,14 +53,17 @@ function authHeaders(extra = {}) {
 }
 
 async function askKeyOnce(refused) {
-  if (!askForKeyHandler) return false;
+  if (!askForKeyHandler || keyDeclined) return false;
   if (!keyPrompt) {
     const msg = refused ? 'The daemon refused that API key. Enter the right one.'
                         : 'This daemon needs an API key. Enter it once; this browser will remember it.';
     keyPrompt = askForKeyHandler(msg).finally(() => { keyPrompt = null; });
   }
   const key = await keyPrompt;
-  if (key === null || key === undefined) return false;
+  if (key === null || key === undefined) {
+    keyDeclined = true;
+    return false;
+  }
   if (key !== apiKey) {
     apiKey = key.trim();
     localStorage.setItem(KEY_STORAGE, apiKey);

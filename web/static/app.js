@@ -2,7 +2,7 @@
 // Plain ES modules, no build step, nothing loaded from outside the daemon. Runs on the page's
 // single JS thread.
 
-import { ApiError, getJson, onKeyNeeded, sendJson } from './api.js';
+import { allowKeyPrompt, ApiError, getJson, onKeyNeeded, sendJson } from './api.js';
 import { addImage, initGallery } from './gallery.js';
 import { initQueue, trackJob } from './queue.js';
 
@@ -59,7 +59,10 @@ function askForKey(message) {
     const input = $('#api-key');
     input.value = '';
     dialog.addEventListener('close', () => {
-      resolve(dialog.returnValue === 'save' && input.value.trim() ? input.value.trim() : null);
+      const key = dialog.returnValue === 'save' && input.value.trim() ? input.value.trim() : null;
+      resolve(key);
+      // Declined at start-up, given later: fetch what the page could not read without it.
+      if (key && !modelLoaded && document.body.dataset.ready) setTimeout(reloadAfterKey, 0);
     }, { once: true });
     dialog.returnValue = '';
     dialog.showModal();
@@ -117,11 +120,13 @@ function modelDefaults(model) {
   };
 }
 
+let modelLoaded = false;
 async function loadModel() {
   let model = {};
   try {
     model = await getJson('/model');
     model = model.model || model;
+    modelLoaded = true;
   } catch (e) {
     $('#model-name').textContent = `unknown (${e.message})`;
   }
@@ -194,6 +199,7 @@ async function submitForm() {
     return;
   }
   submitting = true;
+  allowKeyPrompt();
   const button = $('#generate');
   button.disabled = true;
   try {
@@ -308,6 +314,11 @@ async function loadHistory() {
     const jobs = Array.isArray(answer) ? answer : answer.jobs || [];
     for (const j of jobs) trackJob(j, { append: true });  // newest first
   } catch { /* an empty queue is fine */ }
+}
+
+async function reloadAfterKey() {
+  await loadModel();
+  loadHistory();
 }
 
 async function start() {
