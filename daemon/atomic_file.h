@@ -1,0 +1,19 @@
+// Writing a file so that readers (and a crash) only ever see the old state or the complete new
+// file: write to a temporary name in the same folder, fsync it, rename over the target, fsync
+// the folder. Thread-safety: free functions, safe from any thread for different targets.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <vector>
+
+namespace diffusiond {
+
+// Throws std::runtime_error naming the file and the errno text.
+void write_file_atomically(const std::filesystem::path& target,
+                           const std::vector<std::uint8_t>& bytes);
+
+// Temporary files left by a crash inside write_file_atomically ("*.tmp-*"), removed under dir.
+int remove_stale_temp_files(const std::filesystem::path& dir);
+
+}  // namespace diffusiond

@@ -1,0 +1,572 @@
+#include "daemon/core_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+
+#include "daemon/atomic_file.h"
+
+namespace diffusiond {
+
+namespace {
+JobEvent make_event(JobEvent::Kind kind, const std::string& job_id, int image = -1) {
+  JobEvent e;
+  e.kind = kind;
+  e.job_id = job_id;
+  e.image = image;
+  return e;
+}
+
+bool all_images_terminal(const JobView& view) {
+  return std::all_of(view.images.begin(), view.images.end(),
+                     [](const ImageView& i) { return is_terminal(i.status); });
+}
+
+ServiceError store_failure(const std::exception& e) {
+  return ServiceError(500, "store_error", e.what());
+}
+}  // namespace
+
+CoreService::CoreService(JobStore& store, ModelBackend& backend, std::vector<DeviceSpec> devices,
+                         CoreOptions options, PngEncoder encoder)
+    : store_(store),
+      backend_(backend),
+      devices_(std::move(devices)),
+      options_(std::move(options)),
+      encoder_(std::move(encoder)),
+      model_info_(backend.model_info()),
+      dispatcher_(static_cast<int>(devices_.size()), options_.dispatch, options_.unhealthy_after),
+      png_pool_(std::make_unique<ThreadPool>(options_.png_threads, "png encoder")) {
+  for (std::size_t i = 0; i < devices_.size(); ++i)
+    workers_.push_back(std::make_unique<DeviceWorker>(static_cast<int>(i), devices_[i], backend_,
+                                                      dispatcher_, static_cast<TaskHost&>(*this)));
+}
+
+CoreService::~CoreService() {
+  drain(std::chrono::milliseconds(0));
+}
+
+// ---- lifecycle -------------------------------------------------------------------------------
+
+void CoreService::start() {
+  if (started_.exchange(true)) return;
+  auto unfinished = store_.recover();
+  std::vector<std::string> to_flush;
+  int requeued = 0;
+  {
+    std::lock_guard lock(mu_);
+    const auto now = unix_ms_now();
+    for (auto& record : unfinished) {
+      const std::string id = record.view.id;
+      ActiveJob job{std::move(record), {}, false};
+      job.queued_since_ms.assign(job.record.view.images.size(), now);
+      auto& inserted = active_.emplace(id, std::move(job)).first->second;
+      const JobStatus next =
+          next_job_status(inserted.record.view.status, inserted.record.view.images);
+      if (next != inserted.record.view.status) {  // every image ended before the job row did
+        check_job_transition(inserted.record.view.status, next, id);
+        inserted.record.view.status = next;
+      }
+      for (const auto& image : inserted.record.view.images) {
+        if (image.status != ImageStatus::queued) continue;
+        dispatcher_.enqueue(
+            {id, image.index, inserted.record.view.request.priority, inserted.record.seq, -1});
+        ++requeued;
+      }
+      commit_locked(inserted, {}, to_flush);  // may finish (and forget) the job
+    }
+  }
+  flush(to_flush);
+  if (!unfinished.empty())
+    spdlog::info("recovered {} unfinished job(s) from the store, {} image(s) queued again",
+                 unfinished.size(), requeued);
+  for (auto& worker : workers_) worker->start();
+}
+
+bool CoreService::wait_loaded(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(load_mu_);
+  load_cv_.wait_for(lock, timeout,
+                    [&] { return loads_finished_ == static_cast<int>(workers_.size()); });
+  return loads_finished_ == static_cast<int>(workers_.size()) && loads_ok_ > 0;
+}
+
+void CoreService::drain(std::chrono::milliseconds grace) {
+  if (drained_.exchange(true)) return;
+  draining_ = true;
+  dispatcher_.stop();  // idle workers return; busy ones finish their image if they can
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  auto any_busy = [&] {
+    return std::any_of(workers_.begin(), workers_.end(),
+                       [](const auto& w) { return w->stats().busy; });
+  };
+  while (any_busy() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  stop_now_ = true;  // the rest stop at their next step and are persisted as queued
+  for (auto& worker : workers_) worker->join();
+  png_pool_->shutdown();  // pending PNG writes complete
+}
+
+bool CoreService::workers_alive() const {
+  if (dispatcher_.healthy_count() == 0) return false;
+  for (const auto& worker : workers_) {
+    if (!dispatcher_.healthy(worker->index())) continue;
+    if (!worker->alive(options_.stall_limit)) return false;
+  }
+  return true;
+}
+
+std::string CoreService::status_line() const {
+  int busy = 0, loaded = 0;
+  for (const auto& worker : workers_) {
+    const auto s = worker->stats();
+    busy += s.busy ? 1 : 0;
+    loaded += s.loaded ? 1 : 0;
+  }
+  std::string line = "queue=" + std::to_string(dispatcher_.queued()) +
+                     " running=" + std::to_string(busy) +
+                     " devices=" + std::to_string(dispatcher_.healthy_count()) + "/" +
+                     std::to_string(workers_.size());
+  if (loaded < static_cast<int>(workers_.size()) && !draining_) line += " loading";
+  if (draining_) line += " draining";
+  return line;
+}
+
+// ---- ImageService ----------------------------------------------------------------------------
+
+ModelInfo CoreService::model_info() const {
+  return model_info_;
+}
+
+std::optional<std::string> CoreService::canonical_scheduler(const std::string& name) const {
+  return backend_.canonical_scheduler(name);
+}
+
+JobView CoreService::submit(const GenerateRequest& request) {
+  if (draining_) throw ServiceError(503, "draining", "the daemon is shutting down", 5);
+  if (request.prompts.empty() || request.n < 1 || request.steps < 1 || request.width < 8 ||
+      request.height < 8)
+    throw ServiceError(400, "invalid_request",
+                       "a request needs a prompt, n >= 1, steps >= 1 and a size");
+  const int count = image_count(request);
+  JobView view;
+  {
+    std::lock_guard lock(mu_);
+    if (dispatcher_.healthy_count() == 0)
+      throw ServiceError(503, "no_device", "no healthy device is left to run images");
+    const std::size_t depth = dispatcher_.queued();
+    if (depth > 0 &&
+        depth + static_cast<std::size_t>(count) > static_cast<std::size_t>(options_.max_queue))
+      throw ServiceError(429, "queue_full",
+                         "the queue holds " + std::to_string(depth) + " images (max " +
+                             std::to_string(options_.max_queue) + "); retry later",
+                         retry_after_seconds_locked());
+    JobRecord record = make_job(request, make_job_id(), unix_ms_now(), model_info_.name);
+    try {
+      store_.insert(record);  // committed and synced: the job is durable from here on
+    } catch (const std::exception& e) {
+      throw store_failure(e);
+    }
+    const std::string id = record.view.id;
+    ActiveJob job{std::move(record), {}, false};
+    job.queued_since_ms.assign(job.record.view.images.size(), job.record.view.created_ms);
+    auto& stored = active_.emplace(id, std::move(job)).first->second;
+    std::vector<std::string> unused;
+    emit_locked(stored, make_event(JobEvent::Kind::queued, id), unused);
+    for (int k = 0; k < count; ++k)
+      dispatcher_.enqueue({id, k, request.priority, stored.record.seq, -1});
+    view = stored.record.view;
+  }
+  flush({view.id});
+  spdlog::info("job {} queued: {} image(s), {} steps, {}x{}, priority {}", view.id, count,
+               request.steps, request.width, request.height, request.priority);
+  return view;
+}
+
+std::optional<JobView> CoreService::job(const std::string& id) const {
+  {
+    std::lock_guard lock(mu_);
+    auto it = active_.find(id);
+    if (it != active_.end()) return it->second.record.view;
+  }
+  try {
+    auto record = store_.load(id);
+    if (!record) return std::nullopt;
+    return std::move(record->view);
+  } catch (const std::exception& e) {
+    throw store_failure(e);
+  }
+}
+
+std::vector<JobView> CoreService::jobs(std::optional<JobStatus> status, int limit) const {
+  std::vector<JobRecord> records;
+  try {
+    records = store_.list(status, std::max(1, limit));
+  } catch (const std::exception& e) {
+    throw store_failure(e);
+  }
+  std::vector<JobView> views;
+  std::lock_guard lock(mu_);
+  for (auto& record : records) {
+    auto it = active_.find(record.view.id);  // live progress of unfinished jobs
+    views.push_back(it != active_.end() ? it->second.record.view : std::move(record.view));
+  }
+  return views;
+}
+
+CancelResult CoreService::cancel(const std::string& id) {
+  std::vector<std::string> to_flush;
+  {
+    std::lock_guard lock(mu_);
+    ActiveJob* job = find_locked(id);
+    if (!job || is_terminal(job->record.view.status)) {
+      if (job) return CancelResult::already_finished;
+      try {
+        return store_.load(id) ? CancelResult::already_finished : CancelResult::not_found;
+      } catch (const std::exception& e) {
+        throw store_failure(e);
+      }
+    }
+    dispatcher_.cancel_job(id);
+    const auto was_queued = cancel_job(job->record);
+    const auto now = unix_ms_now();
+    for (int k : was_queued) job->record.view.images[static_cast<std::size_t>(k)].finished_ms = now;
+    commit_locked(*job, was_queued, to_flush);
+  }
+  flush(to_flush);
+  spdlog::info("job {} cancelled", id);
+  return CancelResult::cancelled;
+}
+
+std::optional<std::string> CoreService::image_path(const std::string& id, int k) const {
+  auto view = job(id);
+  if (!view || k < 0 || k >= static_cast<int>(view->images.size())) return std::nullopt;
+  if (!view->images[static_cast<std::size_t>(k)].has_file) return std::nullopt;
+  const auto path = store_.image_file(id, k);
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return std::nullopt;
+  return path.string();
+}
+
+std::unique_ptr<Subscription> CoreService::subscribe(
+    const std::string& job_id, std::function<void(const JobEvent&)> on_event) {
+  return hub_.subscribe(job_id, std::move(on_event));
+}
+
+std::vector<DeviceView> CoreService::devices() const {
+  std::vector<DeviceView> out;
+  for (const auto& worker : workers_) {
+    const auto s = worker->stats();
+    DeviceView d;
+    d.name = s.name;
+    d.description = s.loaded ? s.description
+                             : (s.load_finished ? "model failed to load: " + s.load_error
+                                                : std::string("loading the model"));
+    d.memory_total_bytes = s.memory.total_bytes;
+    d.memory_used_bytes = s.memory.used_bytes;
+    d.loaded = s.loaded;
+    d.healthy = dispatcher_.healthy(worker->index());
+    d.busy = s.busy;
+    d.current_job = s.current_job;
+    d.images_done = s.images_done;
+    d.steps_done = s.steps_done;
+    d.steps_per_second = s.steps_per_second;
+    d.busy_ratio = s.uptime_seconds > 0 ? std::min(1.0, s.busy_seconds / s.uptime_seconds) : 0;
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+bool CoreService::ready() const {
+  if (draining_) return false;
+  std::lock_guard lock(load_mu_);
+  return loads_finished_ == static_cast<int>(workers_.size()) && loads_ok_ > 0;
+}
+
+// ---- worker callbacks ------------------------------------------------------------------------
+
+void CoreService::replica_loaded(int worker, const std::string& error) {
+  const auto& name = devices_[static_cast<std::size_t>(worker)].name;
+  if (error.empty()) {
+    spdlog::info("{}: model replica loaded", name);
+  } else {
+    spdlog::error("{}: cannot load the model: {}; this device gets no work", name, error);
+    strand_orphans(dispatcher_.mark_unhealthy(worker));
+  }
+  {
+    std::lock_guard lock(load_mu_);
+    ++loads_finished_;
+    if (error.empty()) ++loads_ok_;
+  }
+  load_cv_.notify_all();
+}
+
+std::optional<ImageTaskSpec> CoreService::begin_task(int worker, const TaskRef& task) {
+  std::vector<std::string> to_flush;
+  ImageTaskSpec spec;
+  {
+    std::lock_guard lock(mu_);
+    ActiveJob* job = find_locked(task.job_id);
+    if (!job || stop_now_ || job->record.cancel_requested) return std::nullopt;
+    auto& view = job->record.view;
+    const auto k = static_cast<std::size_t>(task.image);
+    if (k >= view.images.size() || view.images[k].status != ImageStatus::queued)
+      return std::nullopt;
+    set_image_status(job->record, task.image, ImageStatus::running);
+    auto& image = view.images[k];
+    const auto now = unix_ms_now();
+    image.device = devices_[static_cast<std::size_t>(worker)].name;
+    image.started_ms = now;
+    image.step = 0;
+    image.steps = view.request.steps;
+    ++job->record.attempts[k];
+    queue_wait_.observe(static_cast<double>(now - job->queued_since_ms[k]) / 1000.0);
+    JobEvent started = make_event(JobEvent::Kind::started, task.job_id, task.image);
+    started.device = image.device;
+    started.steps = image.steps;
+    emit_locked(*job, started, to_flush);
+    spec = ImageTaskSpec{image.prompt,        view.request.negative_prompt,
+                         view.request.steps,  view.request.guidance_scale,
+                         image.seed,          view.request.width,
+                         view.request.height, view.request.scheduler};
+    commit_locked(*job, {task.image}, to_flush);
+  }
+  flush(to_flush);
+  return spec;
+}
+
+bool CoreService::task_progress(int, const TaskRef& task, int step, int steps) {
+  std::vector<std::string> to_flush;
+  {
+    std::lock_guard lock(mu_);
+    ActiveJob* job = find_locked(task.job_id);
+    if (!job || stop_now_ || job->record.cancel_requested) return false;
+    auto& image = job->record.view.images[static_cast<std::size_t>(task.image)];
+    image.step = step;
+    image.steps = steps;
+    JobEvent progress = make_event(JobEvent::Kind::progress, task.job_id, task.image);
+    progress.step = step;
+    progress.steps = steps;
+    emit_locked(*job, progress, to_flush);
+  }
+  flush(to_flush);
+  return true;
+}
+
+void CoreService::task_succeeded(int worker, const TaskRef& task, GeneratedImage image) {
+  dispatcher_.report_success(worker);
+  const std::string device = devices_[static_cast<std::size_t>(worker)].name;
+  PngTextChunks chunks;
+  {
+    std::lock_guard lock(mu_);
+    ActiveJob* job = find_locked(task.job_id);
+    if (!job) return;
+    chunks =
+        make_png_metadata(job->record.view, task.image, device,
+                          sampler_display(job->record.view.request.scheduler), options_.version);
+  }
+  auto shared = std::make_shared<GeneratedImage>(std::move(image));
+  auto work = [this, task, device, shared, chunks] { write_png(task, device, *shared, chunks); };
+  if (!png_pool_->post(work)) work();
+}
+
+void CoreService::write_png(const TaskRef& task, const std::string& device,
+                            const GeneratedImage& image, const PngTextChunks& chunks) {
+  std::string error;
+  try {
+    const auto bytes = encoder_(image, chunks);
+    store_.prepare_image_dir(task.job_id);
+    write_file_atomically(store_.image_file(task.job_id, task.image), bytes);
+  } catch (const std::exception& e) {
+    error = std::string("cannot write the PNG: ") + e.what();
+    spdlog::error("{}/{} on {}: {}", task.job_id, task.image, device, error);
+  }
+  image_written(task, error);
+}
+
+void CoreService::image_written(const TaskRef& task, const std::string& error) {
+  std::vector<std::string> to_flush;
+  {
+    std::lock_guard lock(mu_);
+    ActiveJob* job = find_locked(task.job_id);
+    if (!job) return;
+    if (!error.empty()) {
+      fail_image_locked(*job, task.image, error, to_flush);
+    } else {
+      set_image_status(job->record, task.image, ImageStatus::done);
+      auto& image = job->record.view.images[static_cast<std::size_t>(task.image)];
+      image.has_file = true;
+      image.finished_ms = unix_ms_now();
+      image.step = image.steps;
+      image.error.clear();
+      ++images_written_;
+      spdlog::info("job {} image {} done on {} ({} ms)", task.job_id, task.image, image.device,
+                   image.finished_ms - image.started_ms);
+      emit_locked(*job, make_event(JobEvent::Kind::image, task.job_id, task.image), to_flush);
+      commit_locked(*job, {task.image}, to_flush);
+    }
+  }
+  flush(to_flush);
+}
+
+void CoreService::task_stopped(int worker, const TaskRef& task) {
+  std::vector<std::string> to_flush;
+  {
+    std::lock_guard lock(mu_);
+    ActiveJob* job = find_locked(task.job_id);
+    if (!job) return;
+    auto& image = job->record.view.images[static_cast<std::size_t>(task.image)];
+    if (job->record.cancel_requested) {
+      set_image_status(job->record, task.image, ImageStatus::cancelled);
+      image.finished_ms = unix_ms_now();
+    } else if (stop_now_) {  // shutdown: runs again after the restart
+      set_image_status(job->record, task.image, ImageStatus::queued);
+      image.device.clear();
+      image.started_ms = 0;
+      image.step = 0;
+      spdlog::info("job {} image {} interrupted by shutdown on {}; queued for the next start",
+                   task.job_id, task.image, devices_[static_cast<std::size_t>(worker)].name);
+    } else {
+      fail_image_locked(*job, task.image, "generation stopped unexpectedly", to_flush);
+      job = nullptr;
+    }
+    if (job) commit_locked(*job, {task.image}, to_flush);
+  }
+  flush(to_flush);
+}
+
+void CoreService::task_failed(int worker, const TaskRef& task, const std::string& error) {
+  const auto& name = devices_[static_cast<std::size_t>(worker)].name;
+  spdlog::error("job {} image {} failed on {}: {}", task.job_id, task.image, name, error);
+  std::vector<std::string> to_flush;
+  {
+    std::lock_guard lock(mu_);
+    std::vector<TaskRef> orphans;
+    if (dispatcher_.report_failure(worker, &orphans))
+      spdlog::error("{}: {} failures in a row; marked unhealthy, its queue moves to the others",
+                    name, options_.unhealthy_after);
+    strand_orphans(orphans);
+    ActiveJob* job = find_locked(task.job_id);
+    if (job) {
+      const auto k = static_cast<std::size_t>(task.image);
+      auto& image = job->record.view.images[k];
+      if (job->record.cancel_requested) {
+        set_image_status(job->record, task.image, ImageStatus::cancelled);
+        image.finished_ms = unix_ms_now();
+        commit_locked(*job, {task.image}, to_flush);
+      } else if (job->record.attempts[k] < options_.max_attempts && !stop_now_ &&
+                 dispatcher_.healthy_count() > 0) {
+        set_image_status(job->record, task.image, ImageStatus::queued);
+        image.error = error + " (on " + name + "; retrying)";
+        image.device.clear();
+        image.step = 0;
+        job->queued_since_ms[k] = unix_ms_now();
+        commit_locked(*job, {task.image}, to_flush);
+        if (!draining_ && !dispatcher_.requeue(task, worker))
+          fail_image_locked(*find_locked(task.job_id), task.image, error, to_flush);
+      } else {
+        fail_image_locked(*job, task.image, error + " (on " + name + ")", to_flush);
+      }
+    }
+  }
+  flush(to_flush);
+}
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+CoreService::ActiveJob* CoreService::find_locked(const std::string& id) {
+  auto it = active_.find(id);
+  return it == active_.end() ? nullptr : &it->second;
+}
+
+void CoreService::emit_locked(ActiveJob& job, JobEvent event, std::vector<std::string>& flush) {
+  if (job.terminal_event_sent) return;  // nothing follows done / failed / cancelled
+  hub_.enqueue(event);
+  flush.push_back(event.job_id);
+}
+
+void CoreService::commit_locked(ActiveJob& job, const std::vector<int>& images,
+                                std::vector<std::string>& flush) {
+  auto& view = job.record.view;
+  const auto now = unix_ms_now();
+  if (view.status != JobStatus::queued && view.started_ms == 0) view.started_ms = now;
+  if (is_terminal(view.status) && view.finished_ms == 0) view.finished_ms = now;
+  if (view.status == JobStatus::failed && view.error.empty()) {
+    for (const auto& image : view.images)
+      if (image.status == ImageStatus::failed) {
+        view.error = "image " + std::to_string(image.index) + ": " + image.error;
+        break;
+      }
+  }
+  try {
+    store_.update(job.record, images);
+  } catch (const std::exception& e) {
+    spdlog::error("job {}: {}", view.id, e.what());  // memory stays right; a restart re-runs it
+  }
+  if (is_terminal(view.status) && !job.terminal_event_sent) {
+    JobEvent::Kind kind = view.status == JobStatus::done     ? JobEvent::Kind::done
+                          : view.status == JobStatus::failed ? JobEvent::Kind::failed
+                                                             : JobEvent::Kind::cancelled;
+    JobEvent event = make_event(kind, view.id);
+    event.error = view.error;
+    emit_locked(job, event, flush);
+    job.terminal_event_sent = true;
+    if (kind == JobEvent::Kind::done)
+      spdlog::info("job {} done in {} ms", view.id, view.finished_ms - view.created_ms);
+    if (kind == JobEvent::Kind::failed) spdlog::warn("job {} failed: {}", view.id, view.error);
+  }
+  if (is_terminal(view.status) && all_images_terminal(view)) active_.erase(view.id);
+}
+
+void CoreService::fail_image_locked(ActiveJob& job, int k, const std::string& error,
+                                    std::vector<std::string>& flush) {
+  auto& image = job.record.view.images[static_cast<std::size_t>(k)];
+  set_image_status(job.record, k, ImageStatus::failed);
+  image.error = error;
+  image.finished_ms = unix_ms_now();
+  ++images_failed_;
+  JobEvent failed = make_event(JobEvent::Kind::failed, job.record.view.id, k);
+  failed.error = error;
+  emit_locked(job, failed, flush);
+  commit_locked(job, {k}, flush);
+}
+
+void CoreService::strand_orphans(const std::vector<TaskRef>& orphans) {
+  if (orphans.empty()) return;
+  spdlog::critical(
+      "no healthy device is left: {} queued image(s) stay queued in the store and run after a "
+      "restart (the systemd watchdog restarts the daemon)",
+      orphans.size());
+}
+
+void CoreService::flush(const std::vector<std::string>& job_ids) {
+  std::vector<std::string> unique = job_ids;
+  std::sort(unique.begin(), unique.end());
+  unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
+  for (const auto& id : unique) hub_.flush(id);
+}
+
+int CoreService::retry_after_seconds_locked() const {
+  double per_image = 0;
+  int known = 0;
+  for (const auto& worker : workers_) {
+    const auto s = worker->stats();
+    if (s.seconds_per_image > 0) {
+      per_image += s.seconds_per_image;
+      ++known;
+    }
+  }
+  per_image = known ? per_image / known : 10.0;
+  const double wait = per_image * static_cast<double>(dispatcher_.queued()) /
+                      std::max(1, dispatcher_.healthy_count());
+  return static_cast<int>(std::clamp(std::ceil(wait), 1.0, 3600.0));
+}
+
+std::string CoreService::sampler_display(const std::string& canonical) const {
+  for (const auto& s : model_info_.schedulers)
+    if (s.name == canonical) return s.aliases.empty() ? s.name : s.aliases.front();
+  return canonical;
+}
+
+}  // namespace diffusiond

@@ -1,0 +1,150 @@
+// CoreService: the daemon core behind the HTTP layer. Implements ImageService over the job
+// store (durable state), the dispatcher (who runs what), one DeviceWorker per device (model
+// replicas) and a CPU pool that encodes and writes PNGs. See job.h for the state machine and
+// /work/notes/core-notes.md for the event order the HTTP layer relies on.
+//
+// Lifecycle (control thread): construct -> start() (recovers unfinished jobs, starts workers,
+// which load their replicas in parallel) -> wait_loaded() -> ... -> drain() -> destroy.
+// Thread-safety: every ImageService method may be called from any thread at any time and never
+// waits on a device. Lock order: mu_ -> (dispatcher, store, event hub); callbacks run unlocked.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "daemon/device_worker.h"
+#include "daemon/dispatcher.h"
+#include "daemon/event_hub.h"
+#include "daemon/image_generator.h"
+#include "daemon/job.h"
+#include "daemon/job_store.h"
+#include "daemon/metrics.h"
+#include "daemon/png_metadata.h"
+#include "daemon/thread_pool.h"
+#include "http/service.h"
+
+namespace diffusiond {
+
+// Encodes an image with its metadata chunks into PNG bytes (runs on the PNG pool).
+using PngEncoder =
+    std::function<std::vector<std::uint8_t>(const GeneratedImage&, const PngTextChunks&)>;
+
+struct CoreOptions {
+  DispatchPolicy dispatch = DispatchPolicy::round_robin;
+  int max_queue = 256;      // queued images; beyond: 429 queue_full (an idle queue always
+                            // accepts one job, however large)
+  int png_threads = 2;      // PNG encoder pool
+  int max_attempts = 2;     // an image runs at most twice: one retry, on another device
+  int unhealthy_after = 3;  // consecutive failures that mark a device unhealthy
+  std::chrono::seconds stall_limit{600};  // a busy worker without a step for this long is dead
+  std::string version = "0";
+};
+
+class CoreService final : public ImageService, private TaskHost {
+ public:
+  CoreService(JobStore& store, ModelBackend& backend, std::vector<DeviceSpec> devices,
+              CoreOptions options, PngEncoder encoder);
+  ~CoreService() override;  // drain(0) if still running
+
+  // Re-queues the store's unfinished jobs and starts the workers. Call once.
+  void start();
+  // Waits until every replica finished loading; true if at least one loaded.
+  bool wait_loaded(std::chrono::milliseconds timeout);
+  // Stops taking work: submit() answers 503; running images get `grace` to finish, then stop at
+  // their next step and are persisted as queued (they run again after a restart). Joins the
+  // workers and the PNG pool. Idempotent.
+  void drain(std::chrono::milliseconds grace);
+
+  // For the supervisor thread (sd_notify): healthy workers alive and not stalled.
+  bool workers_alive() const;
+  std::string status_line() const;  // "queue=3 running=2 devices=2/2 ..." (STATUS=)
+  std::size_t queue_depth() const { return dispatcher_.queued(); }
+
+  // ImageService
+  ModelInfo model_info() const override;
+  std::optional<std::string> canonical_scheduler(const std::string& name) const override;
+  JobView submit(const GenerateRequest& request) override;
+  std::optional<JobView> job(const std::string& id) const override;
+  std::vector<JobView> jobs(std::optional<JobStatus> status, int limit) const override;
+  CancelResult cancel(const std::string& id) override;
+  std::optional<std::string> image_path(const std::string& id, int k) const override;
+  std::unique_ptr<Subscription> subscribe(const std::string& job_id,
+                                          std::function<void(const JobEvent&)> on_event) override;
+  std::vector<DeviceView> devices() const override;
+  bool ready() const override;
+  std::string metrics_text() const override;  // core_metrics.cpp
+
+ private:
+  struct ActiveJob {
+    JobRecord record;
+    std::vector<std::int64_t> queued_since_ms;  // per image, for the queue-wait histogram
+    bool terminal_event_sent = false;
+  };
+
+  // TaskHost (worker threads)
+  void replica_loaded(int worker, const std::string& error) override;
+  std::optional<ImageTaskSpec> begin_task(int worker, const TaskRef& task) override;
+  bool task_progress(int worker, const TaskRef& task, int step, int steps) override;
+  void task_succeeded(int worker, const TaskRef& task, GeneratedImage image) override;
+  void task_stopped(int worker, const TaskRef& task) override;
+  void task_failed(int worker, const TaskRef& task, const std::string& error) override;
+
+  // Runs on the PNG pool.
+  void write_png(const TaskRef& task, const std::string& device, const GeneratedImage& image,
+                 const PngTextChunks& chunks);
+  void image_written(const TaskRef& task, const std::string& error);
+
+  // Helpers; *_locked need mu_. They queue events and note the job ids to flush after unlock.
+  ActiveJob* find_locked(const std::string& id);
+  void emit_locked(ActiveJob& job, JobEvent event, std::vector<std::string>& flush);
+  // After a change: stamps job times and error, writes the job row and the listed images,
+  // emits the terminal event once, and forgets the job once every image is terminal.
+  // `job` may be destroyed on return.
+  void commit_locked(ActiveJob& job, const std::vector<int>& images,
+                     std::vector<std::string>& flush);
+  void fail_image_locked(ActiveJob& job, int k, const std::string& error,
+                         std::vector<std::string>& flush);
+  // Tasks no healthy device can take stay queued in the store (they run after a restart).
+  void strand_orphans(const std::vector<TaskRef>& orphans);
+  void flush(const std::vector<std::string>& job_ids);
+  int retry_after_seconds_locked() const;
+  std::string sampler_display(const std::string& canonical) const;
+
+  JobStore& store_;
+  ModelBackend& backend_;
+  const std::vector<DeviceSpec> devices_;
+  const CoreOptions options_;
+  const PngEncoder encoder_;
+  const ModelInfo model_info_;
+
+  Dispatcher dispatcher_;
+  EventHub hub_;
+  Histogram queue_wait_{Histogram::wait_seconds_buckets()};
+  std::vector<std::unique_ptr<DeviceWorker>> workers_;
+  std::unique_ptr<ThreadPool> png_pool_;
+
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, ActiveJob> active_;
+  std::int64_t images_written_ = 0;
+  std::int64_t images_failed_ = 0;
+
+  mutable std::mutex load_mu_;
+  std::condition_variable load_cv_;
+  int loads_finished_ = 0;
+  int loads_ok_ = 0;
+
+  std::atomic<bool> started_{false};
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> stop_now_{false};  // running images stop at their next step
+  std::atomic<bool> drained_{false};
+};
+
+}  // namespace diffusiond

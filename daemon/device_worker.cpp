@@ -1,0 +1,165 @@
+#include "daemon/device_worker.h"
+
+#include <spdlog/spdlog.h>
+
+#include <exception>
+
+namespace diffusiond {
+
+namespace {
+double seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+void blend(double& average, double sample) {  // exponential moving average, alpha 0.2
+  average = average == 0 ? sample : 0.8 * average + 0.2 * sample;
+}
+}  // namespace
+
+DeviceWorker::DeviceWorker(int index, DeviceSpec spec, ModelBackend& backend,
+                           Dispatcher& dispatcher, TaskHost& host)
+    : index_(index),
+      spec_(std::move(spec)),
+      backend_(backend),
+      dispatcher_(dispatcher),
+      host_(host) {
+  stats_.name = spec_.name;
+  started_at_ = last_progress_ = Clock::now();
+}
+
+DeviceWorker::~DeviceWorker() {
+  join();
+}
+
+void DeviceWorker::start() {
+  running_ = true;
+  thread_ = std::thread([this] { run(); });
+}
+
+void DeviceWorker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void DeviceWorker::run() {
+  std::string load_error;
+  try {
+    generator_ = backend_.load_replica(spec_);
+    std::lock_guard lock(mu_);
+    stats_.loaded = true;
+    stats_.description = generator_->description();
+    stats_.memory = generator_->memory();
+  } catch (const std::exception& e) {
+    load_error = e.what();
+  } catch (...) {
+    load_error = "unknown error";
+  }
+  {
+    std::lock_guard lock(mu_);
+    stats_.load_finished = true;
+    stats_.load_error = load_error;
+  }
+  host_.replica_loaded(index_, load_error);
+  if (load_error.empty()) {
+    while (auto task = dispatcher_.take(index_)) run_task(*task);
+  }
+  try {
+    generator_.reset();  // frees the replica on its own thread (and CUDA stream)
+  } catch (...) {
+  }
+  running_ = false;
+}
+
+void DeviceWorker::run_task(const TaskRef& task) {
+  std::optional<ImageTaskSpec> spec;
+  try {
+    spec = host_.begin_task(index_, task);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: cannot start {}/{}: {}", spec_.name, task.job_id, task.image, e.what());
+  }
+  if (!spec) return;
+  const auto begin = Clock::now();
+  {
+    std::lock_guard lock(mu_);
+    stats_.busy = true;
+    stats_.current_job = task.job_id;
+    busy_since_ = last_progress_ = begin;
+  }
+  auto previous_step = begin;
+  auto progress = [&](int step, int steps) {
+    const auto now = Clock::now();
+    const double step_time = seconds(now - previous_step);
+    previous_step = now;
+    step_seconds_.observe(step_time);
+    {
+      std::lock_guard lock(mu_);
+      ++stats_.steps_done;
+      last_progress_ = now;
+      if (step_time > 0) blend(stats_.steps_per_second, 1.0 / step_time);
+    }
+    return host_.task_progress(index_, task, step, steps);
+  };
+
+  enum class Outcome { done, stopped, failed } outcome = Outcome::failed;
+  std::string error;
+  GeneratedImage image;
+  try {
+    image = generator_->generate_one(*spec, progress);
+    outcome = Outcome::done;
+  } catch (const GenerationStopped&) {
+    outcome = Outcome::stopped;
+  } catch (const std::exception& e) {
+    error = e.what();
+  } catch (...) {
+    error = "unknown error";
+  }
+  const auto end = Clock::now();
+  {
+    std::lock_guard lock(mu_);
+    stats_.busy = false;
+    stats_.current_job.clear();
+    stats_.busy_seconds += seconds(end - begin);
+    if (outcome == Outcome::done) {
+      ++stats_.images_done;
+      blend(stats_.seconds_per_image, seconds(end - begin));
+    }
+    if (outcome == Outcome::failed) ++stats_.images_failed;
+  }
+  try {
+    const DeviceMemory memory = generator_->memory();
+    std::lock_guard lock(mu_);
+    stats_.memory = memory;
+  } catch (...) {
+  }
+  try {
+    switch (outcome) {
+      case Outcome::done:
+        host_.task_succeeded(index_, task, std::move(image));
+        break;
+      case Outcome::stopped:
+        host_.task_stopped(index_, task);
+        break;
+      case Outcome::failed:
+        host_.task_failed(index_, task, error);
+        break;
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("{}: cannot record the end of {}/{}: {}", spec_.name, task.job_id, task.image,
+                  e.what());
+  }
+}
+
+WorkerStats DeviceWorker::stats() const {
+  std::lock_guard lock(mu_);
+  WorkerStats s = stats_;
+  const auto now = Clock::now();
+  s.uptime_seconds = seconds(now - started_at_);
+  if (s.busy) s.busy_seconds += seconds(now - busy_since_);
+  return s;
+}
+
+bool DeviceWorker::alive(std::chrono::seconds stall_limit) const {
+  if (!running_) return false;
+  std::lock_guard lock(mu_);
+  return !stats_.busy || Clock::now() - last_progress_ < stall_limit;
+}
+
+}  // namespace diffusiond

@@ -1,0 +1,97 @@
+// One device worker: one thread that loads its own model replica (on that thread, so replicas
+// of all devices load in parallel), then takes image tasks from the dispatcher and runs them.
+// It never touches HTTP, the store or job state: it reports to a TaskHost (the CoreService).
+// A failure inside generation (exception, out of memory) is reported, never propagated.
+// Owner: CoreService. Thread-safety: start/join from the control thread; stats()/alive() from
+// any thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "daemon/device_spec.h"
+#include "daemon/dispatcher.h"
+#include "daemon/image_generator.h"
+#include "daemon/metrics.h"
+
+namespace diffusiond {
+
+// What a worker reports to. Called on the worker's thread.
+class TaskHost {
+ public:
+  virtual ~TaskHost() = default;
+  virtual void replica_loaded(int worker, const std::string& error) = 0;  // error "" = loaded
+  // Marks the task running on `worker`; nullopt when it must not run any more.
+  virtual std::optional<ImageTaskSpec> begin_task(int worker, const TaskRef& task) = 0;
+  // After every step; false stops the generation (cancel or shutdown).
+  virtual bool task_progress(int worker, const TaskRef& task, int step, int steps) = 0;
+  virtual void task_succeeded(int worker, const TaskRef& task, GeneratedImage image) = 0;
+  virtual void task_stopped(int worker, const TaskRef& task) = 0;
+  virtual void task_failed(int worker, const TaskRef& task, const std::string& error) = 0;
+};
+
+struct WorkerStats {
+  std::string name;
+  std::string description;
+  DeviceMemory memory;
+  bool loaded = false;
+  bool load_finished = false;
+  std::string load_error;
+  bool busy = false;
+  std::string current_job;
+  std::int64_t images_done = 0;
+  std::int64_t images_failed = 0;
+  std::int64_t steps_done = 0;
+  double busy_seconds = 0;
+  double uptime_seconds = 0;
+  double steps_per_second = 0;   // exponential moving average over recent steps
+  double seconds_per_image = 0;  // moving average of generation time per image
+};
+
+class DeviceWorker {
+ public:
+  DeviceWorker(int index, DeviceSpec spec, ModelBackend& backend, Dispatcher& dispatcher,
+               TaskHost& host);
+  ~DeviceWorker();  // join()
+  DeviceWorker(const DeviceWorker&) = delete;
+  DeviceWorker& operator=(const DeviceWorker&) = delete;
+
+  void start();
+  void join();  // returns once take() gave nullopt (dispatcher stopped / device unhealthy)
+
+  int index() const { return index_; }
+  const DeviceSpec& spec() const { return spec_; }
+  WorkerStats stats() const;
+  Histogram::Snapshot step_seconds() const { return step_seconds_.snapshot(); }
+  // The thread runs and, when busy, made progress within `stall_limit`.
+  bool alive(std::chrono::seconds stall_limit) const;
+
+ private:
+  void run();
+  void run_task(const TaskRef& task);
+
+  using Clock = std::chrono::steady_clock;
+  const int index_;
+  const DeviceSpec spec_;
+  ModelBackend& backend_;
+  Dispatcher& dispatcher_;
+  TaskHost& host_;
+  std::unique_ptr<ImageGenerator> generator_;  // touched only by the worker thread
+  std::thread thread_;
+  std::atomic<bool> running_{false};
+  Histogram step_seconds_{Histogram::step_seconds_buckets()};
+
+  mutable std::mutex mu_;  // guards stats_ and the timestamps below
+  WorkerStats stats_;
+  Clock::time_point started_at_;
+  Clock::time_point busy_since_;
+  Clock::time_point last_progress_;
+};
+
+}  // namespace diffusiond

@@ -1,0 +1,72 @@
+// The torch-free boundary between the daemon core and the pipeline: a model (ModelBackend)
+// makes one replica per device (ImageGenerator), which turns one image task into RGB pixels.
+// The real implementation is torch_backend.h (over pipeline/txt2img.h); tests use a fake.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "daemon/device_spec.h"
+#include "http/service.h"
+
+namespace diffusiond {
+
+// One image to make: image k of a job (its own prompt and seed).
+struct ImageTaskSpec {
+  std::string prompt;
+  std::string negative_prompt;
+  int steps = 0;
+  double guidance_scale = 7.5;
+  std::uint64_t seed = 0;
+  int width = 0;
+  int height = 0;
+  std::string scheduler;
+};
+
+struct GeneratedImage {
+  int width = 0;
+  int height = 0;
+  std::vector<std::uint8_t> rgb;  // HWC, RGB, row-major
+};
+
+// Called after every denoising step (step in 1..steps); returning false stops the generation,
+// which then throws GenerationStopped.
+using StepProgress = std::function<bool(int step, int steps)>;
+
+class GenerationStopped : public std::runtime_error {
+ public:
+  GenerationStopped() : std::runtime_error("generation stopped") {}
+};
+
+struct DeviceMemory {
+  std::int64_t total_bytes = 0;  // 0 = unknown
+  std::int64_t used_bytes = 0;
+};
+
+// One model replica on one device. Owner: that device's DeviceWorker; only its thread calls it
+// (it is created, used and destroyed on that thread).
+class ImageGenerator {
+ public:
+  virtual ~ImageGenerator() = default;
+  // Throws GenerationStopped when `progress` returned false, anything else on failure.
+  virtual GeneratedImage generate_one(const ImageTaskSpec& task, const StepProgress& progress) = 0;
+  virtual std::string description() const = 0;  // "NVIDIA H100 80GB HBM3", "CPU (4 threads)"
+  virtual DeviceMemory memory() const { return {}; }
+};
+
+// The loaded model description. Thread-safety: every method may be called from any thread;
+// load_replica() is called concurrently, once per device, on that device's worker thread.
+class ModelBackend {
+ public:
+  virtual ~ModelBackend() = default;
+  virtual ModelInfo model_info() const = 0;
+  virtual std::optional<std::string> canonical_scheduler(const std::string& name) const = 0;
+  virtual std::unique_ptr<ImageGenerator> load_replica(const DeviceSpec& device) = 0;
+};
+
+}  // namespace diffusiond

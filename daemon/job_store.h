@@ -1,0 +1,91 @@
+// The durable job store: SQLite (WAL, synchronous=FULL so that a committed job survives a power
+// cut: a 202 means durable) at DATA_DIR/diffusiond.db, PNG files at DATA_DIR/images/<job>/<k>.png.
+// The store is the source of truth; the daemon's in-memory state mirrors it.
+// One process per data dir: an exclusive lock on DATA_DIR/diffusiond.lock is held while open.
+// Owner: the daemon core (CoreService). Thread-safety: every method may be called from any
+// thread; calls are serialised on one connection by an internal mutex.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "daemon/job.h"
+
+namespace diffusiond {
+
+class SqliteDatabase;
+
+// Start-up and I/O failures of the store, with the file and what to do in plain words.
+class StoreError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct RetentionPolicy {
+  int keep_days = 0;   // finished jobs older than this are deleted; 0 = keep forever
+  int max_images = 0;  // at most this many image files are kept (oldest jobs go first); 0 = no cap
+};
+
+struct PruneResult {
+  int jobs_deleted = 0;
+  int files_deleted = 0;
+};
+
+class JobStore {
+ public:
+  // Creates data_dir if needed, locks it, opens/creates the database and checks it. Throws
+  // StoreError: database corrupt or not a database, locked by another process, data dir in use.
+  static std::unique_ptr<JobStore> open(const std::filesystem::path& data_dir);
+  ~JobStore();
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
+
+  // Inserts the job and all its images in one transaction (committed and synced on return);
+  // sets job.seq. Throws StoreError.
+  void insert(JobRecord& job);
+  // Writes the job row and the listed images in one transaction. Throws StoreError.
+  void update(const JobRecord& job, const std::vector<int>& images);
+
+  std::optional<JobRecord> load(const std::string& id) const;
+  // Newest first (by submission), optionally only one status.
+  std::vector<JobRecord> list(std::optional<JobStatus> status, int limit) const;
+  std::map<JobStatus, std::int64_t> count_by_status() const;
+
+  // After a restart: images left running are re-queued (running jobs stay running); images of
+  // finished jobs that were still running become cancelled. Returns every unfinished job,
+  // oldest first.
+  std::vector<JobRecord> recover();
+
+  // Deletes finished jobs (rows and image files) beyond the policy. Jobs with an image still
+  // queued or running are never touched.
+  PruneResult prune(const RetentionPolicy& policy, std::int64_t now_ms);
+
+  const std::filesystem::path& data_dir() const { return data_dir_; }
+  std::filesystem::path database_path() const { return data_dir_ / "diffusiond.db"; }
+  // Where image k of a job lives (the folder is created by prepare_image_dir).
+  std::filesystem::path image_file(const std::string& job_id, int k) const;
+  std::filesystem::path relative_image_file(const std::string& job_id, int k) const;
+  void prepare_image_dir(const std::string& job_id) const;
+
+ private:
+  JobStore(std::filesystem::path data_dir, int lock_fd);
+  void open_database();
+  void remove_orphan_image_dirs();
+  std::vector<JobRecord> select_jobs(const std::string& where_order_limit,
+                                     const std::vector<std::string>& params) const;
+  void write_images(const JobRecord& job, const std::vector<int>& images);
+
+  std::filesystem::path data_dir_;
+  int lock_fd_ = -1;
+  mutable std::mutex mu_;
+  std::unique_ptr<SqliteDatabase> db_;
+};
+
+}  // namespace diffusiond
