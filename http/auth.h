@@ -1,0 +1,24 @@
+// Bearer API keys. Owner: engineer "http". Pure functions; any thread.
+//
+// When keys are configured, a request is authorised by "Authorization: Bearer <key>", or (for
+// GET/HEAD only, because browsers cannot add headers to <img src> or EventSource) by an
+// "api_key=<key>" query parameter. Keys are compared in constant time.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace diffusiond::http_api {
+
+// Compares a and b in time that depends only on their lengths' maximum, not on where they differ.
+bool constant_time_equal(std::string_view a, std::string_view b);
+
+// The token of an "Authorization: Bearer <token>" header value (scheme case-insensitive);
+// empty if the header is not a bearer one.
+std::string_view bearer_token(std::string_view authorization_header);
+
+// True if `token` matches any key (every key is compared, whatever matched).
+bool key_matches(std::string_view token, const std::vector<std::string>& keys);
+
+}  // namespace diffusiond::http_api

@@ -1,0 +1,80 @@
+// POST /generate: validate, submit, then answer 202 + job, or (?wait=1) the finished job, or
+// (Accept: image/png, one image) the PNG itself.
+#include <random>
+
+#include "http/handlers.h"
+#include "http/job_waiter.h"
+#include "http/json_views.h"
+#include "http/request_validation.h"
+
+namespace diffusiond::http_api {
+namespace {
+
+std::uint32_t random_seed() {
+  thread_local std::mt19937 engine{std::random_device{}()};
+  return static_cast<std::uint32_t>(engine());
+}
+
+bool wants_png(const Request& req) {
+  const std::string_view accept = req[http::field::accept];
+  return accept.find("image/png") != std::string_view::npos;
+}
+
+bool truthy(const std::map<std::string, std::string>& query, const char* key) {
+  auto it = query.find(key);
+  return it != query.end() &&
+         (it->second.empty() || it->second == "1" || it->second == "true" || it->second == "yes");
+}
+
+Response finished_json(const JobView& view) {
+  return json_response(http::status::ok, job_json(view));
+}
+
+Response finished_png(ServerContext& c, const JobView& view) {
+  if (view.status == JobStatus::done) return image_file_response(c, "", view.id, 0);
+  if (view.status == JobStatus::cancelled) {
+    return error_response(http::status::conflict, "job_cancelled",
+                          "job '" + view.id + "' was cancelled before its image was made");
+  }
+  return error_response(http::status::internal_server_error, "generation_failed",
+                        "job '" + view.id + "' failed: " + view.error);
+}
+
+}  // namespace
+
+void handle_generate(ServerContext& c, Exchange& ex, const RouteParams& p) {
+  const Request& req = ex.request();
+  const ModelInfo model = c.service.model_info();
+  auto resolve = [&c](const std::string& name) { return c.service.canonical_scheduler(name); };
+  auto parsed = parse_generate_request(req.body(), model, resolve, c.options, random_seed());
+  if (auto* err = std::get_if<ValidationError>(&parsed)) {
+    ex.respond(
+        error_response(static_cast<http::status>(err->http_status), err->code, err->message));
+    return;
+  }
+  const GenerateRequest& request = std::get<GenerateRequest>(parsed);
+  const bool png = wants_png(req);
+  const std::size_t images = request.prompts.size() * static_cast<std::size_t>(request.n);
+  if (png && images != 1) {
+    ex.respond(error_response(
+        http::status::not_acceptable, "not_acceptable",
+        "'Accept: image/png' needs a request for exactly one image, this one makes " +
+            std::to_string(images) + "; ask for application/json instead"));
+    return;
+  }
+  const JobView job = c.service.submit(request);
+  if (png) {
+    answer_when_finished(c, ex, job.id,
+                         [&c](const JobView& view) { return finished_png(c, view); });
+    return;
+  }
+  if (truthy(p.query, "wait")) {
+    answer_when_finished(c, ex, job.id, finished_json);
+    return;
+  }
+  auto res = json_response(http::status::accepted, job_json(job));
+  res.set(http::field::location, job_url(job.id));
+  ex.respond(std::move(res));
+}
+
+}  // namespace diffusiond::http_api

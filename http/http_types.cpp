@@ -1,0 +1,59 @@
+#include "http/http_types.h"
+
+namespace diffusiond::http_api {
+
+StringResponse json_response(http::status status, const nlohmann::json& body) {
+  StringResponse res{status, 11};
+  res.set(http::field::content_type, "application/json");
+  res.set(http::field::cache_control, "no-store");
+  // 'replace' keeps a response valid JSON even if some string were not UTF-8.
+  res.body() = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  res.body() += '\n';
+  return res;
+}
+
+StringResponse error_response(http::status status, std::string_view code,
+                              std::string_view message) {
+  nlohmann::json body = {{"error", {{"code", code}, {"message", message}}}};
+  return json_response(status, body);
+}
+
+StringResponse text_response(http::status status, std::string body, std::string_view content_type) {
+  StringResponse res{status, 11};
+  res.set(http::field::content_type, content_type);
+  res.body() = std::move(body);
+  return res;
+}
+
+unsigned status_code(const Response& r) {
+  return std::visit([](const auto& m) { return m.result_int(); }, r);
+}
+
+void finalize(Response& r, const Request& req) {
+  const bool head = req.method() == http::verb::head;
+  if (head && std::holds_alternative<FileResponse>(r)) {
+    // A HEAD answer needs only the headers; drop the open file.
+    auto& file = std::get<FileResponse>(r);
+    StringResponse headers{file.result(), file.version(), std::string{}};
+    for (const auto& field : file.base()) headers.set(field.name_string(), field.value());
+    headers.content_length(file.body().size());
+    r = std::move(headers);
+  }
+  std::visit(
+      [&](auto& m) {
+        m.version(req.version());
+        m.set(http::field::server, "diffusiond/" DIFFUSIOND_VERSION);
+        m.keep_alive(m.keep_alive() && req.keep_alive());
+        if (head) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(m)>, StringResponse>) {
+            if (!m.has_content_length()) m.content_length(m.body().size());
+            m.body().clear();
+          }
+        } else {
+          m.prepare_payload();
+        }
+      },
+      r);
+}
+
+}  // namespace diffusiond::http_api

@@ -1,0 +1,31 @@
+// Beast message types shared by the HTTP layer, and small builders for JSON/text answers.
+// Owner: engineer "http". Pure functions; any thread.
+#pragma once
+
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <variant>
+
+namespace diffusiond::http_api {
+
+namespace http = boost::beast::http;
+
+using Request = http::request<http::string_body>;
+using StringResponse = http::response<http::string_body>;
+using FileResponse = http::response<http::file_body>;
+// What a handler answers: a text/JSON body in memory, or a file streamed from disk.
+using Response = std::variant<StringResponse, FileResponse>;
+
+// 200-style JSON answer (pretty-printing off; UTF-8).
+StringResponse json_response(http::status status, const nlohmann::json& body);
+// {"error":{"code":...,"message":...}} with the given status.
+StringResponse error_response(http::status status, std::string_view code, std::string_view message);
+StringResponse text_response(http::status status, std::string body, std::string_view content_type);
+
+unsigned status_code(const Response& r);
+// Sets Server, Content-Length and keep-alive from the request; empties the body for HEAD.
+void finalize(Response& r, const Request& req);
+
+}  // namespace diffusiond::http_api

@@ -1,0 +1,30 @@
+// Maps a request to its handler: path matching, 404/405 (with Allow), API-key check, and the
+// translation of handler exceptions (ServiceError and others) into JSON errors.
+// Owner: engineer "http". Called on a session's strand.
+#pragma once
+
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "http/exchange.h"
+
+namespace diffusiond::http_api {
+
+struct RouteParams {
+  std::string path;                          // decoded path, without the query
+  std::map<std::string, std::string> query;  // decoded query parameters (last one wins)
+  std::string job_id;                        // /jobs/{id}...
+  int image = -1;                            // /jobs/{id}/images/{k}.png
+};
+
+// Splits "/a/b?x=1&y=%20" into a decoded path and query map; false if the target is malformed.
+bool parse_target(std::string_view target, std::string& path,
+                  std::map<std::string, std::string>& query);
+
+void route_request(ServerContext& context, Exchange& exchange);
+
+// Answers an exception thrown by a handler (ServiceError -> its status, with Retry-After).
+Response response_for_exception(std::exception_ptr error);
+
+}  // namespace diffusiond::http_api

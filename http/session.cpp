@@ -1,0 +1,362 @@
+#include "http/session.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/post.hpp>
+
+#include "http/router.h"
+#include "http/sse.h"
+
+namespace diffusiond::http_api {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+using tcp = asio::ip::tcp;
+
+void SessionRegistry::add(const std::shared_ptr<Session>& s) {
+  std::lock_guard lock(mutex_);
+  sessions_[s.get()] = s;
+}
+
+void SessionRegistry::remove(const Session* s) {
+  std::lock_guard lock(mutex_);
+  sessions_.erase(s);
+}
+
+std::vector<std::shared_ptr<Session>> SessionRegistry::snapshot() const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::shared_ptr<Session>> out;
+  for (const auto& [ptr, weak] : sessions_) {
+    if (auto s = weak.lock()) out.push_back(std::move(s));
+  }
+  return out;
+}
+
+Session::Session(tcp::socket socket, ServerContext& context, SessionRegistry& registry,
+                 bool over_capacity)
+    : stream_(std::move(socket)),
+      context_(context),
+      registry_(registry),
+      over_capacity_(over_capacity),
+      keepalive_timer_(stream_.get_executor()) {
+  beast::error_code ec;
+  const auto ep = stream_.socket().remote_endpoint(ec);
+  if (!ec) peer_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+  context_.stats.connection_opened();
+}
+
+Session::~Session() {
+  context_.stats.connection_closed();
+  if (streaming_) context_.stats.event_stream_closed();
+  registry_.remove(this);
+}
+
+void Session::start() {
+  registry_.add(shared_from_this());
+  asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_header(); });
+}
+
+void Session::close() {
+  asio::post(stream_.get_executor(), [self = shared_from_this()] { self->close_now(); });
+}
+
+void Session::read_header() {
+  if (closed_ || lingering_) return;
+  parser_.emplace();
+  parser_->header_limit(static_cast<std::uint32_t>(context_.options.max_header_bytes));
+  parser_->body_limit(context_.options.max_body_bytes);
+  stream_.expires_after(context_.options.header_timeout);
+  http::async_read_header(
+      stream_, buffer_, *parser_,
+      [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
+}
+
+void Session::on_header(beast::error_code ec) {
+  if (closed_) return;
+  request_start_ = std::chrono::steady_clock::now();
+  if (ec) {
+    request_ = Request{};
+    if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
+        ec == asio::error::operation_aborted || ec == asio::error::connection_reset ||
+        ec == asio::error::eof) {
+      close_now();
+    } else if (ec == http::error::header_limit) {
+      reject(
+          http::status::request_header_fields_too_large, "headers_too_large",
+          "request headers exceed " + std::to_string(context_.options.max_header_bytes) + " bytes");
+    } else {
+      reject(http::status::bad_request, "bad_request", "malformed HTTP request: " + ec.message());
+    }
+    return;
+  }
+  auto& header = parser_->get();
+  request_.base() = header.base();  // for the log line and keep-alive of a rejection
+  if (over_capacity_) {
+    context_.stats.connection_rejected();
+    reject(http::status::service_unavailable, "too_many_connections",
+           "the server has " + std::to_string(context_.options.max_connections) +
+               " connections open; try again shortly");
+    return;
+  }
+  if (auto length = parser_->content_length();
+      length && *length > context_.options.max_body_bytes) {
+    reject(http::status::payload_too_large, "body_too_large",
+           "request body is " + std::to_string(*length) + " bytes; at most " +
+               std::to_string(context_.options.max_body_bytes));
+    return;
+  }
+  if (beast::iequals(header[http::field::expect], "100-continue")) {
+    auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
+    stream_.expires_after(context_.options.write_timeout);
+    http::async_write(stream_, *cont,
+                      [self = shared_from_this(), cont](beast::error_code ec2, std::size_t) {
+                        if (ec2) return self->close_now();
+                        self->read_body();
+                      });
+    return;
+  }
+  read_body();
+}
+
+void Session::read_body() {
+  stream_.expires_after(context_.options.body_timeout);
+  http::async_read(
+      stream_, buffer_, *parser_,
+      [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_body(ec); });
+}
+
+void Session::on_body(beast::error_code ec) {
+  if (closed_) return;
+  if (ec == http::error::body_limit) {
+    reject(http::status::payload_too_large, "body_too_large",
+           "request body exceeds " + std::to_string(context_.options.max_body_bytes) + " bytes");
+    return;
+  }
+  if (ec) {
+    if (ec == beast::error::timeout) {
+      spdlog::info("http: {} request body not received within {}s; closing", peer_,
+                   context_.options.body_timeout.count());
+    }
+    close_now();
+    return;
+  }
+  stream_.expires_never();
+  request_ = parser_->release();
+  dispatch();
+}
+
+void Session::dispatch() {
+  ++request_seq_;
+  answered_ = false;
+  try {
+    route_request(context_, *this);
+  } catch (const std::exception& e) {
+    fail_internal(e.what());
+  }
+  if (!answered_ && !closed_ && !streaming_) {
+    // The handler waits on the service: stay alive and notice if the client goes away.
+    self_hold_ = shared_from_this();
+    watch_peer();
+  }
+}
+
+void Session::fail_internal(const char* what) {
+  spdlog::error("http: {} {} failed: {}", std::string(request_.method_string()),
+                std::string(request_.target()), what);
+  if (streaming_) {
+    end_event_stream();
+  } else if (!answered_) {
+    respond(error_response(http::status::internal_server_error, "internal_error", what));
+  }
+}
+
+void Session::reject(http::status status, std::string_view code, std::string_view message) {
+  ++request_seq_;
+  answered_ = false;
+  request_unread_ = true;
+  request_.keep_alive(false);
+  auto res = error_response(status, code, message);
+  if (status == http::status::service_unavailable) res.set(http::field::retry_after, "1");
+  res.keep_alive(false);
+  respond(std::move(res));
+}
+
+void Session::respond(Response response) {
+  if (answered_ || closed_ || streaming_) return;
+  answered_ = true;
+  subscription_.reset();
+  self_hold_.reset();
+  beast::error_code ignored;
+  stream_.socket().cancel(ignored);  // ends watch_peer's wait
+
+  finalize(response, request_);
+  const unsigned status = status_code(response);
+  context_.stats.request_answered(status);
+  const bool keep_alive =
+      std::visit([](const auto& m) { return m.keep_alive(); }, response) && !request_unread_;
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - request_start_)
+          .count();
+  const auto level = (status < 400 && request_.method() == http::verb::get) ? spdlog::level::debug
+                                                                            : spdlog::level::info;
+  std::string target(request_.target().substr(0, request_.target().find('?')));
+  spdlog::log(level, "http: {} {} {} -> {} ({:.1f} ms)", peer_,
+              std::string(request_.method_string()), target, status, ms);
+
+  writing_response_ = std::make_shared<Response>(std::move(response));
+  stream_.expires_after(context_.options.write_timeout);
+  std::visit(
+      [&](auto& msg) {
+        http::async_write(
+            stream_, msg,
+            [self = shared_from_this(), keep_alive](beast::error_code ec, std::size_t) {
+              self->on_written(keep_alive, ec);
+            });
+      },
+      *writing_response_);
+}
+
+void Session::on_written(bool keep_alive, beast::error_code ec) {
+  writing_response_.reset();
+  if (ec) return close_now();
+  if (!keep_alive) return linger_close();
+  read_header();
+}
+
+void Session::keep(std::unique_ptr<Subscription> subscription) {
+  subscription_ = std::move(subscription);
+}
+
+Exchange::Poster Session::poster() {
+  return [weak = weak_from_this(), exec = stream_.get_executor(),
+          seq = request_seq_](std::function<void(Exchange&)> fn) {
+    asio::post(exec, [weak, seq, fn = std::move(fn)] {
+      auto self = weak.lock();
+      if (!self || self->closed_ || self->request_seq_ != seq || self->answered_) return;
+      try {
+        fn(*self);
+      } catch (const std::exception& e) {
+        self->fail_internal(e.what());
+      }
+    });
+  };
+}
+
+// While a handler waits (or streams), the socket has no read pending: wait for it to become
+// readable; end-of-stream then means the client left, so drop the wait and its subscription.
+void Session::watch_peer() {
+  stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(),
+                                                       seq = request_seq_](beast::error_code ec) {
+    if (ec || self->closed_ || self->request_seq_ != seq || self->answered_) return;
+    char byte;
+    beast::error_code peek_ec;
+    const std::size_t n =
+        self->stream_.socket().receive(asio::buffer(&byte, 1), tcp::socket::message_peek, peek_ec);
+    if (n == 0 || (peek_ec && peek_ec != asio::error::would_block)) {
+      spdlog::debug("http: {} left before its answer was ready", self->peer_);
+      self->close_now();
+    }
+    // Otherwise the client sent more (a pipelined request): it is read after this answer.
+  });
+}
+
+void Session::start_event_stream() {
+  if (answered_ || closed_ || streaming_) return;
+  streaming_ = true;
+  context_.stats.event_stream_opened();
+  context_.stats.request_answered(200);
+  spdlog::info("http: {} GET {} -> 200 event stream", peer_,
+               std::string(request_.target().substr(0, request_.target().find('?'))));
+  stream_queue_.push_back(
+      "HTTP/1.1 200 OK\r\n"
+      "Server: diffusiond/" DIFFUSIOND_VERSION
+      "\r\n"
+      "Content-Type: text/event-stream\r\n"
+      "Cache-Control: no-store\r\n"
+      "X-Accel-Buffering: no\r\n"
+      "Connection: close\r\n\r\n");
+  write_next_chunk();
+  arm_keepalive();
+  watch_peer();
+}
+
+void Session::send_event_data(std::string text) {
+  if (!streaming_ || stream_ending_ || closed_) return;
+  stream_queue_.push_back(std::move(text));
+  if (!stream_writing_) write_next_chunk();
+}
+
+void Session::end_event_stream() {
+  if (!streaming_ || stream_ending_) return;
+  stream_ending_ = true;
+  answered_ = true;
+  subscription_.reset();
+  keepalive_timer_.cancel();
+  if (!stream_writing_ && stream_queue_.empty()) linger_close();
+}
+
+void Session::write_next_chunk() {
+  if (closed_ || stream_queue_.empty()) return;
+  stream_writing_ = true;
+  stream_.expires_after(context_.options.write_timeout);
+  asio::async_write(stream_, asio::buffer(stream_queue_.front()),
+                    [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                      self->stream_writing_ = false;
+                      if (ec) return self->close_now();
+                      self->stream_queue_.pop_front();
+                      if (!self->stream_queue_.empty()) return self->write_next_chunk();
+                      self->stream_.expires_never();
+                      if (self->stream_ending_) self->linger_close();
+                    });
+}
+
+void Session::arm_keepalive() {
+  keepalive_timer_.expires_after(context_.options.sse_keepalive);
+  keepalive_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+    if (ec || self->closed_ || self->stream_ending_) return;
+    if (!self->stream_writing_ && self->stream_queue_.empty()) {
+      self->send_event_data(sse_comment("keep-alive"));
+    }
+    self->arm_keepalive();
+  });
+}
+
+// Sends FIN, then reads and discards what the client still sends (e.g. the rest of a refused
+// body) for a short while, so the client reads our answer instead of a connection reset.
+void Session::linger_close() {
+  if (closed_ || lingering_) return;
+  lingering_ = true;
+  answered_ = true;
+  subscription_.reset();
+  self_hold_.reset();
+  keepalive_timer_.cancel();
+  beast::error_code ec;
+  stream_.socket().cancel(ec);  // ends watch_peer's wait
+  stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+  if (ec) return close_now();
+  stream_.expires_after(std::chrono::seconds(5));
+  discard_more();
+}
+
+void Session::discard_more() {
+  stream_.async_read_some(asio::buffer(discard_),
+                          [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                            self->discarded_ += n;
+                            if (ec || self->discarded_ > 8 * 1024 * 1024) return self->close_now();
+                            self->discard_more();
+                          });
+}
+
+void Session::close_now() {
+  if (closed_) return;
+  closed_ = true;
+  answered_ = true;
+  subscription_.reset();
+  self_hold_.reset();
+  keepalive_timer_.cancel();
+  beast::error_code ec;
+  stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+  stream_.socket().close(ec);
+}
+
+}  // namespace diffusiond::http_api
