@@ -4,16 +4,11 @@ namespace diffusiond {
 
 const char* to_string(JobStatus s) {
   switch (s) {
-    case JobStatus::queued:
-      return "queued";
-    case JobStatus::running:
-      return "running";
-    case JobStatus::done:
-      return "done";
-    case JobStatus::failed:
-      return "failed";
-    case JobStatus::cancelled:
-      return "cancelled";
+    case JobStatus::queued: return "queued";
+    case JobStatus::running: return "running";
+    case JobStatus::done: return "done";
+    case JobStatus::failed: return "failed";
+    case JobStatus::cancelled: return "cancelled";
   }
   return "unknown";
 }
@@ -28,20 +23,13 @@ std::optional<JobStatus> parse_job_status(const std::string& s) {
 
 const char* to_string(JobEvent::Kind k) {
   switch (k) {
-    case JobEvent::Kind::queued:
-      return "queued";
-    case JobEvent::Kind::started:
-      return "started";
-    case JobEvent::Kind::progress:
-      return "progress";
-    case JobEvent::Kind::image:
-      return "image";
-    case JobEvent::Kind::done:
-      return "done";
-    case JobEvent::Kind::failed:
-      return "failed";
-    case JobEvent::Kind::cancelled:
-      return "cancelled";
+    case JobEvent::Kind::queued: return "queued";
+    case JobEvent::Kind::started: return "started";
+    case JobEvent::Kind::progress: return "progress";
+    case JobEvent::Kind::image: return "image";
+    case JobEvent::Kind::done: return "done";
+    case JobEvent::Kind::failed: return "failed";
+    case JobEvent::Kind::cancelled: return "cancelled";
   }
   return "unknown";
 }

@@ -33,7 +33,7 @@ enum class JobStatus { queued, running, done, failed, cancelled };
 // Image tasks share the same five states.
 using ImageStatus = JobStatus;
 
-const char* to_string(JobStatus s);                               // "queued", "running", ...
+const char* to_string(JobStatus s);                     // "queued", "running", ...
 std::optional<JobStatus> parse_job_status(const std::string& s);  // inverse; nullopt if unknown
 
 struct ImageView {
@@ -75,12 +75,12 @@ struct JobEvent {
 const char* to_string(JobEvent::Kind k);  // "queued", "started", "progress", ...
 
 struct DeviceView {
-  std::string name;                     // "cuda:0", "cpu:1"
-  std::string description;              // "NVIDIA H100 80GB HBM3", "CPU (4 threads)"
+  std::string name;         // "cuda:0", "cpu:1"
+  std::string description;  // "NVIDIA H100 80GB HBM3", "CPU (4 threads)"
   std::int64_t memory_total_bytes = 0;  // 0 when unknown
   std::int64_t memory_used_bytes = 0;
-  bool loaded = false;  // model replica loaded
-  bool healthy = true;  // false after repeated failures
+  bool loaded = false;   // model replica loaded
+  bool healthy = true;   // false after repeated failures
   bool busy = false;
   std::string current_job;  // empty when idle
   std::int64_t images_done = 0;
@@ -110,7 +110,8 @@ struct ModelInfo {
 // Thrown by ImageService::submit and friends; the HTTP layer maps it to a JSON error.
 class ServiceError : public std::runtime_error {
  public:
-  ServiceError(int http_status, std::string code, const std::string& message, int retry_after_s = 0)
+  ServiceError(int http_status, std::string code, const std::string& message,
+               int retry_after_s = 0)
       : std::runtime_error(message),
         http_status_(http_status),
         code_(std::move(code)),
@@ -154,11 +155,11 @@ class ImageService {
 
   // Calls on_event for every later event of the job, from any thread, in order. The first
   // event delivered is a snapshot-consistent one: subscribe, then read job() to catch up.
-  virtual std::unique_ptr<Subscription> subscribe(
-      const std::string& job_id, std::function<void(const JobEvent&)> on_event) = 0;
+  virtual std::unique_ptr<Subscription> subscribe(const std::string& job_id,
+                                                  std::function<void(const JobEvent&)> on_event) = 0;
 
   virtual std::vector<DeviceView> devices() const = 0;
-  virtual bool ready() const = 0;                // every replica loaded
+  virtual bool ready() const = 0;             // every replica loaded
   virtual std::string metrics_text() const = 0;  // Prometheus text exposition format
 };
 
