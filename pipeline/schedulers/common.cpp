@@ -297,7 +297,43 @@ std::vector<double> trailing_timesteps(int64_t num_train_timesteps, int num_infe
   return t;
 }
 
+std::vector<double> float32_timesteps(Spacing spacing, int64_t num_train_timesteps,
+                                      int num_inference_steps, int64_t steps_offset) {
+  std::vector<double> t;
+  switch (spacing) {
+    case Spacing::Linspace:
+      t = linspace_timesteps(num_train_timesteps, num_inference_steps);
+      break;
+    case Spacing::Leading:
+      t = leading_timesteps(num_train_timesteps, num_inference_steps, 0);
+      for (double& v : t) {
+        v = static_cast<double>(static_cast<float>(v) + static_cast<float>(steps_offset));
+      }
+      break;
+    case Spacing::Trailing: {
+      const double ratio =
+          static_cast<double>(num_train_timesteps) / static_cast<double>(num_inference_steps);
+      t = np_arange(static_cast<double>(num_train_timesteps), 0.0, -ratio);
+      for (double& v : t) v = static_cast<double>(static_cast<float>(np_round(v)) - 1.0f);
+      break;
+    }
+  }
+  return round_to_float32(t);
+}
+
 // ---- sigma helpers ------------------------------------------------------------------------
+
+double sigma_init_noise(const torch::Tensor& sigmas, Spacing spacing) {
+  torch::Tensor max_sigma = sigmas.max();
+  if (spacing == Spacing::Linspace || spacing == Spacing::Trailing) {
+    return max_sigma.item<double>();
+  }
+  return (max_sigma.pow(2) + 1).pow(0.5).item<double>();
+}
+
+torch::Tensor scale_by_sigma(const torch::Tensor& sample, const torch::Tensor& sigma) {
+  return sample / (sigma.pow(2) + 1).pow(0.5);
+}
 
 std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int num_inference_steps,
                                   double rho) {

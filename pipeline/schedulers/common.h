@@ -127,7 +127,18 @@ std::vector<double> leading_timesteps(int64_t num_train_timesteps, int num_infer
 // trailing: np.round(np.arange(T, 0, -T/n)) - 1 (already descending).
 std::vector<double> trailing_timesteps(int64_t num_train_timesteps, int num_inference_steps);
 
+// The float32 timesteps of the sigma samplers (Euler, Euler a, LMS, Heun all compute them the
+// same way: the spacing in float64, cast to float32, then +steps_offset / -1 in float32).
+std::vector<double> float32_timesteps(Spacing spacing, int64_t num_train_timesteps,
+                                      int num_inference_steps, int64_t steps_offset);
+
 // ---- sigma helpers ------------------------------------------------------------------------
+
+// init_noise_sigma of the sigma samplers: sigmas.max() for linspace/trailing spacing, else
+// (max**2 + 1) ** 0.5, in float32 tensor math. sigmas: 1-D float32 CPU tensor.
+double sigma_init_noise(const torch::Tensor& sigmas, Spacing spacing);
+// sample / (sigma**2 + 1) ** 0.5 with sigma a 0-dim float32 CPU tensor (scale_model_input).
+torch::Tensor scale_by_sigma(const torch::Tensor& sample, const torch::Tensor& sigma);
 
 // Ref: _convert_to_karras: (max^(1/rho) + ramp*(min^(1/rho) - max^(1/rho)))^rho, ramp =
 // np.linspace(0, 1, n), float64.
