@@ -1,0 +1,74 @@
+#include "pipeline/attention_ops.h"
+
+#include <cmath>
+#include <limits>
+
+#include <torch/version.h>
+
+namespace diffusiond {
+
+torch::Tensor scaled_dot_product_attention_math(const torch::Tensor& q, const torch::Tensor& k,
+                                                const torch::Tensor& v,
+                                                const std::optional<torch::Tensor>& mask,
+                                                bool causal, bool upcast_fp32,
+                                                std::optional<double> scale) {
+  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  torch::Tensor query = upcast_fp32 ? q.to(torch::kFloat32) : q;
+  torch::Tensor key = upcast_fp32 ? k.to(torch::kFloat32) : k;
+  // [B, heads, Lq, Lk]; the scale multiplies the product, as baddbmm(alpha=scale) does.
+  torch::Tensor scores = torch::matmul(query, key.transpose(-1, -2)) * s;
+  if (causal) {
+    const auto lq = scores.size(-2), lk = scores.size(-1);
+    auto allowed = torch::ones({lq, lk}, scores.options().dtype(torch::kBool)).tril();
+    scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  }
+  if (mask) {
+    if (mask->scalar_type() == torch::kBool) {
+      scores = scores.masked_fill(mask->logical_not(), -std::numeric_limits<float>::infinity());
+    } else {
+      scores = scores + mask->to(scores.scalar_type());
+    }
+  }
+  torch::Tensor probs =
+      upcast_fp32 ? torch::softmax(scores, -1, torch::kFloat32) : torch::softmax(scores, -1);
+  return torch::matmul(probs.to(v.scalar_type()), v);
+}
+
+torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                           const torch::Tensor& v,
+                                           const std::optional<torch::Tensor>& mask, bool causal,
+                                           bool upcast_fp32, std::optional<double> scale) {
+#if TORCH_VERSION_MAJOR >= 2
+  (void)upcast_fp32;  // the fused kernels accumulate in float32 (diffusers' AttnProcessor2_0)
+  std::optional<torch::Tensor> attn_mask = mask;
+  if (attn_mask && attn_mask->scalar_type() != torch::kBool) {
+    attn_mask = attn_mask->to(q.scalar_type());
+  }
+  bool is_causal = causal;
+  if (causal && attn_mask) {  // the fused API rejects mask + is_causal together: merge them
+    const auto lq = q.size(-2), lk = k.size(-2);
+    auto allowed = torch::ones({lq, lk}, q.options().dtype(torch::kBool)).tril();
+    if (attn_mask->scalar_type() == torch::kBool) {
+      attn_mask = attn_mask->logical_and(allowed);
+    } else {
+      attn_mask =
+          attn_mask->masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+    }
+    is_causal = false;
+  }
+  // c10::optional and std::optional differ before LibTorch 2.3: convert explicitly.
+  const c10::optional<at::Tensor> fused_mask =
+      attn_mask ? c10::optional<at::Tensor>(*attn_mask) : c10::nullopt;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  const c10::optional<double> fused_scale = scale ? c10::optional<double>(*scale) : c10::nullopt;
+  return at::scaled_dot_product_attention(q, k, v, fused_mask, 0.0, is_causal, fused_scale);
+#else
+  if (!scale) return at::scaled_dot_product_attention(q, k, v, fused_mask, 0.0, is_causal);
+  return scaled_dot_product_attention_math(q, k, v, mask, causal, upcast_fp32, scale);
+#endif
+#else
+  return scaled_dot_product_attention_math(q, k, v, mask, causal, upcast_fp32, scale);
+#endif
+}
+
+}  // namespace diffusiond

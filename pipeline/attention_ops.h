@@ -1,0 +1,34 @@
+// Scaled dot-product attention shared by the CLIP text encoder and the UNet.
+// Ref: torch.nn.functional.scaled_dot_product_attention (LibTorch >= 2.0) and, for LibTorch 1.13,
+// the exact math of diffusers' AttnProcessor / transformers' CLIPAttention (scores = q·kᵀ·scale,
+// masks, softmax, ·v). Never baddbmm over an uninitialised tensor (NaN on 1.13 CPU).
+// Thread-safety: pure function; any thread.
+#pragma once
+
+#include <optional>
+
+#include <torch/torch.h>
+
+namespace diffusiond {
+
+// q: [B, heads, Lq, d], k: [B, heads, Lk, d], v: [B, heads, Lk, dv] -> [B, heads, Lq, dv].
+// mask: optional, broadcastable to [B, heads, Lq, Lk]; bool (true = attend) or additive float.
+// causal: position i attends to j <= i only (Lq == Lk).
+// upcast_fp32: compute scores and softmax in float32 (diffusers' upcast_attention /
+//   upcast_softmax); the result has v's dtype. On LibTorch >= 2 the fused kernel is used as
+//   diffusers' AttnProcessor2_0 does, which accumulates in float32 itself.
+// scale: defaults to 1/sqrt(d).
+torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                           const torch::Tensor& v,
+                                           const std::optional<torch::Tensor>& mask = std::nullopt,
+                                           bool causal = false, bool upcast_fp32 = false,
+                                           std::optional<double> scale = std::nullopt);
+
+// The 1.13 path, always available (tests compare it with the fused kernel on LibTorch >= 2).
+torch::Tensor scaled_dot_product_attention_math(const torch::Tensor& q, const torch::Tensor& k,
+                                                const torch::Tensor& v,
+                                                const std::optional<torch::Tensor>& mask,
+                                                bool causal, bool upcast_fp32,
+                                                std::optional<double> scale);
+
+}  // namespace diffusiond
