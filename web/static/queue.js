@@ -189,7 +189,8 @@ async function cancelJob(id) {
     if (raw && (raw.id || raw.job)) mergeJob(entry.job, normaliseJob(raw.job || raw));
     else await refresh(entry);
   } catch (e) {
-    entry.cancelError = `Could not cancel: ${e.message}`;
+    if (e.status === 409) await refresh(entry);  // it finished first: nothing to cancel
+    else entry.cancelError = `Could not cancel: ${e.message}`;
   } finally {
     button.disabled = false;
   }
