@@ -12,6 +12,7 @@
 
 #include <torch/torch.h>
 
+#include "pipeline/image.h"
 #include "pipeline/model_folder.h"
 
 namespace diffusiond {
@@ -28,13 +29,8 @@ struct Txt2ImgParams {
   std::string scheduler;  // name or alias; "" = the model's own scheduler
 };
 
-struct RgbImage {
-  int width = 0;
-  int height = 0;
-  std::vector<std::uint8_t> pixels;  // HWC, RGB, row-major
-};
-
-// Called after every denoising step of every image (step in 1..steps); return false to stop.
+// Called after every denoising step of every image of the batch (step in 1..steps, where steps is
+// the number of model evaluations, e.g. 9 for PNDM at 8 inference steps); return false to stop.
 using StepCallback = std::function<bool(int image, int step, int steps)>;
 
 class GenerationCancelled : public std::runtime_error {
@@ -44,6 +40,14 @@ class GenerationCancelled : public std::runtime_error {
 
 // Optional sink for intermediates (--dump): called with a name and a CPU tensor.
 using DumpSink = std::function<void(const std::string& name, const torch::Tensor& value)>;
+
+// Wall-clock seconds of the stages of the last generate() call (bench/pipeline reads them).
+struct GenerationTimings {
+  double text_encode_s = 0;    // tokenize + text encoder (0 for prompts found in the cache)
+  std::vector<double> step_s;  // one per denoising step (scale_model_input + UNet + step)
+  double vae_decode_s = 0;     // VAE decode + conversion to uint8 on the host
+  double total_s = 0;
+};
 
 class StableDiffusion {
  public:
@@ -58,10 +62,15 @@ class StableDiffusion {
                                          const StepCallback& on_step = {},
                                          const DumpSink& dump = {}) = 0;
 
-  virtual int default_width() const = 0;   // unet sample_size * vae scale factor
+  virtual int default_width() const = 0;  // unet sample_size * vae scale factor
   virtual int default_height() const = 0;
   virtual std::string default_scheduler() const = 0;  // canonical name from scheduler_config
   virtual torch::Device device() const = 0;
+
+  // Timings of the last generate(). With set_profiling(true) each stage boundary waits for the
+  // device (CUDA synchronize) so the figures are real; off by default (no extra syncs).
+  virtual GenerationTimings last_timings() const { return {}; }
+  virtual void set_profiling(bool /*on*/) {}
 };
 
 }  // namespace diffusiond
