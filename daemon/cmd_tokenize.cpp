@@ -1,11 +1,37 @@
+// `diffusiond tokenize --model MODEL "TEXT"`: prints the padded CLIP token ids of TEXT as one
+// JSON array on one line, exactly what the text encoder would receive.
 #include <CLI/CLI.hpp>
 
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
 #include "daemon/commands.h"
+#include "pipeline/clip_tokenizer.h"
+#include "pipeline/model_folder.h"
 
 namespace diffusiond {
-// Placeholder until its issue lands: registers the subcommand so the CLI is complete.
+
 void add_tokenize_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("tokenize", "(being built)");
-  cmd->callback([] { throw std::runtime_error("'tokenize' is not built yet"); });
+  struct Options {
+    std::string model;
+    std::string text;
+  };
+  auto options = std::make_shared<Options>();
+  auto* cmd = app.add_subcommand(
+      "tokenize", "Print the CLIP token ids of TEXT (bos, tokens, eos, padding) as a JSON array");
+  cmd->add_option("--model", options->model,
+                  "model folder, or Hugging Face repo id found in the local HF cache")
+      ->required();
+  cmd->add_option("text", options->text, "the prompt (put -- before it if it starts with '-')")
+      ->required();
+  cmd->callback([options] {
+    const ModelFolder model = resolve_model(options->model);
+    const ClipTokenizer tokenizer = ClipTokenizer::load(model.root / "tokenizer");
+    std::cout << nlohmann::json(tokenizer.encode(options->text)).dump() << std::endl;
+  });
 }
+
 }  // namespace diffusiond
