@@ -31,8 +31,7 @@ std::string random_suffix() {
 }
 }  // namespace
 
-void write_file_atomically(const std::filesystem::path& target,
-                           const std::vector<std::uint8_t>& bytes) {
+void write_file_atomically(const std::filesystem::path& target, std::string_view bytes) {
   const auto dir = target.parent_path().empty() ? std::filesystem::path(".") : target.parent_path();
   const auto temp = dir / (target.filename().string() + ".tmp-" + random_suffix());
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);

@@ -3,15 +3,13 @@
 // the folder. Thread-safety: free functions, safe from any thread for different targets.
 #pragma once
 
-#include <cstdint>
 #include <filesystem>
-#include <vector>
+#include <string_view>
 
 namespace diffusiond {
 
 // Throws std::runtime_error naming the file and the errno text.
-void write_file_atomically(const std::filesystem::path& target,
-                           const std::vector<std::uint8_t>& bytes);
+void write_file_atomically(const std::filesystem::path& target, std::string_view bytes);
 
 // Temporary files left by a crash inside write_file_atomically ("*.tmp-*"), removed under dir.
 int remove_stale_temp_files(const std::filesystem::path& dir);

@@ -92,6 +92,11 @@ bool CoreService::wait_loaded(std::chrono::milliseconds timeout) {
   return loads_finished_ == static_cast<int>(workers_.size()) && loads_ok_ > 0;
 }
 
+bool CoreService::loading_finished() const {
+  std::lock_guard lock(load_mu_);
+  return loads_finished_ == static_cast<int>(workers_.size());
+}
+
 void CoreService::drain(std::chrono::milliseconds grace) {
   if (drained_.exchange(true)) return;
   draining_ = true;
@@ -145,8 +150,8 @@ std::optional<std::string> CoreService::canonical_scheduler(const std::string& n
 
 JobView CoreService::submit(const GenerateRequest& request) {
   if (draining_) throw ServiceError(503, "draining", "the daemon is shutting down", 5);
-  if (request.prompts.empty() || request.n < 1 || request.steps < 1 || request.width < 8 ||
-      request.height < 8)
+  if (request.prompts.empty() || request.n < 1 || request.steps < 1 || request.width < 1 ||
+      request.height < 1)
     throw ServiceError(400, "invalid_request",
                        "a request needs a prompt, n >= 1, steps >= 1 and a size");
   const int count = image_count(request);
@@ -354,28 +359,27 @@ bool CoreService::task_progress(int, const TaskRef& task, int step, int steps) {
   return true;
 }
 
-void CoreService::task_succeeded(int worker, const TaskRef& task, GeneratedImage image) {
+void CoreService::task_succeeded(int worker, const TaskRef& task, RgbImage image) {
   dispatcher_.report_success(worker);
   const std::string device = devices_[static_cast<std::size_t>(worker)].name;
-  PngTextChunks chunks;
+  PngGenerationInfo info;
   {
     std::lock_guard lock(mu_);
     ActiveJob* job = find_locked(task.job_id);
     if (!job) return;
-    chunks =
-        make_png_metadata(job->record.view, task.image, device,
-                          sampler_display(job->record.view.request.scheduler), options_.version);
+    info = make_png_info(job->record.view, task.image, device,
+                         sampler_display(job->record.view.request.scheduler), options_.dtype);
   }
-  auto shared = std::make_shared<GeneratedImage>(std::move(image));
-  auto work = [this, task, device, shared, chunks] { write_png(task, device, *shared, chunks); };
+  auto shared = std::make_shared<RgbImage>(std::move(image));
+  auto work = [this, task, device, shared, info] { write_png(task, device, *shared, info); };
   if (!png_pool_->post(work)) work();
 }
 
-void CoreService::write_png(const TaskRef& task, const std::string& device,
-                            const GeneratedImage& image, const PngTextChunks& chunks) {
+void CoreService::write_png(const TaskRef& task, const std::string& device, const RgbImage& image,
+                            const PngGenerationInfo& info) {
   std::string error;
   try {
-    const auto bytes = encoder_(image, chunks);
+    const auto bytes = encoder_(image, info);
     store_.prepare_image_dir(task.job_id);
     write_file_atomically(store_.image_file(task.job_id, task.image), bytes);
   } catch (const std::exception& e) {

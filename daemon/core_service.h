@@ -27,15 +27,15 @@
 #include "daemon/job.h"
 #include "daemon/job_store.h"
 #include "daemon/metrics.h"
-#include "daemon/png_metadata.h"
+#include "daemon/png_info.h"
 #include "daemon/thread_pool.h"
 #include "http/service.h"
 
 namespace diffusiond {
 
-// Encodes an image with its metadata chunks into PNG bytes (runs on the PNG pool).
-using PngEncoder =
-    std::function<std::vector<std::uint8_t>(const GeneratedImage&, const PngTextChunks&)>;
+// Encodes an image with its metadata chunks into PNG bytes (runs on the PNG pool); the real one
+// is pipeline/png.h's encode_png_with_metadata.
+using PngEncoder = std::function<std::string(const RgbImage&, const PngGenerationInfo&)>;
 
 struct CoreOptions {
   DispatchPolicy dispatch = DispatchPolicy::round_robin;
@@ -45,7 +45,7 @@ struct CoreOptions {
   int max_attempts = 2;     // an image runs at most twice: one retry, on another device
   int unhealthy_after = 3;  // consecutive failures that mark a device unhealthy
   std::chrono::seconds stall_limit{600};  // a busy worker without a step for this long is dead
-  std::string version = "0";
+  std::string dtype = "fp32";             // written into the PNG metadata
 };
 
 class CoreService final : public ImageService, private TaskHost {
@@ -58,6 +58,7 @@ class CoreService final : public ImageService, private TaskHost {
   void start();
   // Waits until every replica finished loading; true if at least one loaded.
   bool wait_loaded(std::chrono::milliseconds timeout);
+  bool loading_finished() const;  // every replica loaded or failed to
   // Stops taking work: submit() answers 503; running images get `grace` to finish, then stop at
   // their next step and are persisted as queued (they run again after a restart). Joins the
   // workers and the PNG pool. Idempotent.
@@ -67,6 +68,8 @@ class CoreService final : public ImageService, private TaskHost {
   bool workers_alive() const;
   std::string status_line() const;  // "queue=3 running=2 devices=2/2 ..." (STATUS=)
   std::size_t queue_depth() const { return dispatcher_.queued(); }
+  // True once drain() interrupts running images (its grace is over).
+  bool stopping_now() const { return stop_now_; }
 
   // ImageService
   ModelInfo model_info() const override;
@@ -93,13 +96,13 @@ class CoreService final : public ImageService, private TaskHost {
   void replica_loaded(int worker, const std::string& error) override;
   std::optional<ImageTaskSpec> begin_task(int worker, const TaskRef& task) override;
   bool task_progress(int worker, const TaskRef& task, int step, int steps) override;
-  void task_succeeded(int worker, const TaskRef& task, GeneratedImage image) override;
+  void task_succeeded(int worker, const TaskRef& task, RgbImage image) override;
   void task_stopped(int worker, const TaskRef& task) override;
   void task_failed(int worker, const TaskRef& task, const std::string& error) override;
 
   // Runs on the PNG pool.
-  void write_png(const TaskRef& task, const std::string& device, const GeneratedImage& image,
-                 const PngTextChunks& chunks);
+  void write_png(const TaskRef& task, const std::string& device, const RgbImage& image,
+                 const PngGenerationInfo& info);
   void image_written(const TaskRef& task, const std::string& error);
 
   // Helpers; *_locked need mu_. They queue events and note the job ids to flush after unlock.

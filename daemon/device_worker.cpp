@@ -100,7 +100,7 @@ void DeviceWorker::run_task(const TaskRef& task) {
 
   enum class Outcome { done, stopped, failed } outcome = Outcome::failed;
   std::string error;
-  GeneratedImage image;
+  RgbImage image;
   try {
     image = generator_->generate_one(*spec, progress);
     outcome = Outcome::done;

@@ -31,7 +31,7 @@ class TaskHost {
   virtual std::optional<ImageTaskSpec> begin_task(int worker, const TaskRef& task) = 0;
   // After every step; false stops the generation (cancel or shutdown).
   virtual bool task_progress(int worker, const TaskRef& task, int step, int steps) = 0;
-  virtual void task_succeeded(int worker, const TaskRef& task, GeneratedImage image) = 0;
+  virtual void task_succeeded(int worker, const TaskRef& task, RgbImage image) = 0;
   virtual void task_stopped(int worker, const TaskRef& task) = 0;
   virtual void task_failed(int worker, const TaskRef& task, const std::string& error) = 0;
 };

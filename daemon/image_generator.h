@@ -13,6 +13,7 @@
 
 #include "daemon/device_spec.h"
 #include "http/service.h"
+#include "pipeline/image.h"
 
 namespace diffusiond {
 
@@ -26,12 +27,6 @@ struct ImageTaskSpec {
   int width = 0;
   int height = 0;
   std::string scheduler;
-};
-
-struct GeneratedImage {
-  int width = 0;
-  int height = 0;
-  std::vector<std::uint8_t> rgb;  // HWC, RGB, row-major
 };
 
 // Called after every denoising step (step in 1..steps); returning false stops the generation,
@@ -54,7 +49,7 @@ class ImageGenerator {
  public:
   virtual ~ImageGenerator() = default;
   // Throws GenerationStopped when `progress` returned false, anything else on failure.
-  virtual GeneratedImage generate_one(const ImageTaskSpec& task, const StepProgress& progress) = 0;
+  virtual RgbImage generate_one(const ImageTaskSpec& task, const StepProgress& progress) = 0;
   virtual std::string description() const = 0;  // "NVIDIA H100 80GB HBM3", "CPU (4 threads)"
   virtual DeviceMemory memory() const { return {}; }
 };

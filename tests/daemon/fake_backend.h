@@ -1,0 +1,53 @@
+// A torch-free stand-in for the model, for the daemon core's unit tests: images are a pure
+// function of (prompt, seed, size) so results can be checked independently; prompts steer
+// behaviour: "FAIL" always throws, "BLOCK" waits at step 1 until release() is called.
+// Devices listed in failing_devices throw on every image.
+#pragma once
+
+#include <condition_variable>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "daemon/image_generator.h"
+
+namespace diffusiond::test {
+
+// What image the fake makes for a task: pixel i = (seed * 31 + i + prompt length) mod 256.
+RgbImage expected_fake_image(const std::string& prompt, std::uint64_t seed, int width, int height);
+
+struct FakeCall {
+  std::string device;
+  std::string prompt;
+  std::uint64_t seed = 0;
+};
+
+class FakeBackend : public ModelBackend {
+ public:
+  std::set<std::string> failing_devices;  // set before start
+  std::set<std::string> failing_loads;    // load_replica throws for these
+
+  ModelInfo model_info() const override;
+  std::optional<std::string> canonical_scheduler(const std::string& name) const override;
+  std::unique_ptr<ImageGenerator> load_replica(const DeviceSpec& device) override;
+
+  void hold_loads();  // load_replica waits until release_loads()
+  void release_loads();
+  void release();                                        // lets every BLOCK generation continue
+  bool wait_blocked(int count, int timeout_ms = 10000);  // until `count` generations wait
+  std::vector<FakeCall> calls() const;                   // generations started, in order
+  void record(FakeCall call);
+  // Used by the generators.
+  void block_until_released();
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool released_ = false;
+  bool loads_held_ = false;
+  int blocked_ = 0;
+  std::vector<FakeCall> calls_;
+};
+
+}  // namespace diffusiond::test

@@ -1,0 +1,274 @@
+// The job store against real SQLite files in temporary folders.
+#include <sqlite3.h>
+#include <catch2/catch.hpp>
+
+#include <fstream>
+
+#include "daemon/atomic_file.h"
+#include "daemon/job_store.h"
+#include "temp_dir.h"
+
+using namespace diffusiond;
+using diffusiond::test::TempDir;
+
+namespace {
+JobRecord sample_job(const std::string& prompt = "a lighthouse", int n = 2) {
+  GenerateRequest r;
+  r.prompts = {prompt};
+  r.n = n;
+  r.steps = 5;
+  r.seed = 42;
+  r.width = 64;
+  r.height = 64;
+  r.scheduler = "euler_a";
+  r.negative_prompt = "fog";
+  return make_job(r, make_job_id(), unix_ms_now(), "tiny-sd1");
+}
+
+void finish_image(JobStore& store, JobRecord& job, int k, std::int64_t when_ms) {
+  set_image_status(job, k, ImageStatus::running);
+  set_image_status(job, k, ImageStatus::done);
+  auto& image = job.view.images[static_cast<std::size_t>(k)];
+  image.has_file = true;
+  image.finished_ms = when_ms;
+  store.prepare_image_dir(job.view.id);
+  write_file_atomically(store.image_file(job.view.id, k), "png");
+  if (is_terminal(job.view.status)) job.view.finished_ms = when_ms;
+  store.update(job, {k});
+}
+
+void write_bytes(const std::filesystem::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
+}
+}  // namespace
+
+TEST_CASE("a stored job survives closing and reopening the store", "[store]") {
+  TempDir dir;
+  JobRecord job = sample_job();
+  {
+    auto store = JobStore::open(dir.path());
+    store->insert(job);
+    CHECK(job.seq > 0);
+    set_image_status(job, 0, ImageStatus::running);
+    job.view.images[0].device = "cpu:1";
+    job.view.images[0].started_ms = 1234;
+    job.attempts[0] = 1;
+    job.view.started_ms = 1234;
+    store->update(job, {0});
+  }
+  auto store = JobStore::open(dir.path());
+  auto back = store->load(job.view.id);
+  REQUIRE(back);
+  CHECK(back->seq == job.seq);
+  CHECK(back->view.status == JobStatus::running);
+  CHECK(back->view.started_ms == 1234);
+  CHECK(back->view.request.prompts == job.view.request.prompts);
+  CHECK(back->view.request.negative_prompt == "fog");
+  CHECK(back->view.request.scheduler == "euler_a");
+  CHECK(back->view.model == "tiny-sd1");
+  REQUIRE(back->view.images.size() == 2);
+  CHECK(back->view.images[0].status == ImageStatus::running);
+  CHECK(back->view.images[0].device == "cpu:1");
+  CHECK(back->view.images[0].seed == 42);
+  CHECK(back->view.images[1].seed == 43);
+  CHECK(back->attempts == std::vector<int>{1, 0});
+  CHECK_FALSE(store->load("ffffffffffffffff"));
+}
+
+TEST_CASE("recover re-queues running images and returns unfinished jobs in order", "[store]") {
+  TempDir dir;
+  JobRecord first = sample_job("first"), second = sample_job("second"),
+            done = sample_job("done", 1);
+  {
+    auto store = JobStore::open(dir.path());
+    store->insert(first);
+    store->insert(second);
+    store->insert(done);
+    set_image_status(first, 0, ImageStatus::running);
+    first.view.images[0].device = "cuda:0";
+    store->update(first, {0});
+    finish_image(*store, done, 0, unix_ms_now());
+  }  // "crash": nothing else is written
+  auto store = JobStore::open(dir.path());
+  const auto unfinished = store->recover();
+  REQUIRE(unfinished.size() == 2);
+  CHECK(unfinished[0].view.id == first.view.id);
+  CHECK(unfinished[1].view.id == second.view.id);
+  CHECK(unfinished[0].view.status == JobStatus::running);  // it had started
+  CHECK(unfinished[0].view.images[0].status == ImageStatus::queued);
+  CHECK(unfinished[0].view.images[0].device.empty());
+  CHECK(store->load(done.view.id)->view.status == JobStatus::done);
+}
+
+TEST_CASE("recover cancels images left running in a job that was already cancelled", "[store]") {
+  TempDir dir;
+  JobRecord job = sample_job("c", 2);
+  {
+    auto store = JobStore::open(dir.path());
+    store->insert(job);
+    set_image_status(job, 0, ImageStatus::running);
+    cancel_job(job);
+    store->update(job, {0, 1});
+  }
+  auto store = JobStore::open(dir.path());
+  CHECK(store->recover().empty());
+  auto back = store->load(job.view.id);
+  CHECK(back->view.images[0].status == ImageStatus::cancelled);
+  CHECK(back->view.images[1].status == ImageStatus::cancelled);
+}
+
+TEST_CASE("list is newest first, filters by status and counts by status", "[store]") {
+  TempDir dir;
+  auto store = JobStore::open(dir.path());
+  std::vector<JobRecord> jobs;
+  for (int i = 0; i < 4; ++i) {
+    jobs.push_back(sample_job("p" + std::to_string(i), 1));
+    store->insert(jobs.back());
+  }
+  finish_image(*store, jobs[1], 0, 10);
+  const auto all = store->list(std::nullopt, 10);
+  REQUIRE(all.size() == 4);
+  CHECK(all[0].view.id == jobs[3].view.id);
+  CHECK(all[3].view.id == jobs[0].view.id);
+  CHECK(store->list(std::nullopt, 2).size() == 2);
+  const auto finished = store->list(JobStatus::done, 10);
+  REQUIRE(finished.size() == 1);
+  CHECK(finished[0].view.id == jobs[1].view.id);
+  CHECK(finished[0].view.images[0].has_file);
+  const auto counts = store->count_by_status();
+  CHECK(counts.at(JobStatus::queued) == 3);
+  CHECK(counts.at(JobStatus::done) == 1);
+  CHECK(counts.at(JobStatus::failed) == 0);
+}
+
+TEST_CASE("retention by age deletes old finished jobs and their files only", "[store]") {
+  TempDir dir;
+  auto store = JobStore::open(dir.path());
+  const std::int64_t day = 86'400'000, now = 100 * day;
+  JobRecord old_job = sample_job("old", 1), new_job = sample_job("new", 1),
+            unfinished = sample_job("queued", 1);
+  store->insert(old_job);
+  store->insert(new_job);
+  store->insert(unfinished);
+  finish_image(*store, old_job, 0, now - 8 * day);
+  finish_image(*store, new_job, 0, now - 1 * day);
+  const auto result = store->prune({7, 0}, now);
+  CHECK(result.jobs_deleted == 1);
+  CHECK(result.files_deleted == 1);
+  CHECK_FALSE(store->load(old_job.view.id));
+  CHECK_FALSE(std::filesystem::exists(dir.path() / "images" / old_job.view.id));
+  CHECK(store->load(new_job.view.id));
+  CHECK(std::filesystem::exists(store->image_file(new_job.view.id, 0)));
+  CHECK(store->load(unfinished.view.id));
+}
+
+TEST_CASE("retention by count keeps the newest images", "[store]") {
+  TempDir dir;
+  auto store = JobStore::open(dir.path());
+  std::vector<JobRecord> jobs;
+  for (int i = 0; i < 4; ++i) {
+    jobs.push_back(sample_job("p" + std::to_string(i), 2));  // 2 images each
+    store->insert(jobs.back());
+    finish_image(*store, jobs.back(), 0, 1000 + i);
+    finish_image(*store, jobs.back(), 1, 1000 + i);
+  }
+  const auto result = store->prune({0, 5}, 2000);  // 8 files, keep at most 5
+  CHECK(result.jobs_deleted == 2);
+  CHECK(result.files_deleted == 4);
+  CHECK_FALSE(store->load(jobs[0].view.id));
+  CHECK_FALSE(store->load(jobs[1].view.id));
+  CHECK(store->load(jobs[2].view.id));
+  CHECK(store->load(jobs[3].view.id));
+  CHECK(store->prune({0, 5}, 2000).jobs_deleted == 0);
+  CHECK(store->prune({0, 0}, 2000).jobs_deleted == 0);  // no policy: keep everything
+}
+
+TEST_CASE("a corrupt database is a clear start-up error, never silent loss", "[store]") {
+  TempDir dir;
+  {
+    JobRecord job = sample_job();
+    JobStore::open(dir.path())->insert(job);
+  }
+  write_bytes(dir.path() / "diffusiond.db",
+              std::string(8192, '\x5a') + "this is not an SQLite database");
+  std::filesystem::remove(dir.path() / "diffusiond.db-wal");
+  std::filesystem::remove(dir.path() / "diffusiond.db-shm");
+  try {
+    JobStore::open(dir.path());
+    FAIL("a garbage database opened");
+  } catch (const StoreError& e) {
+    const std::string message = e.what();
+    CHECK_THAT(message, Catch::Contains("diffusiond.db"));
+    CHECK_THAT(message, Catch::Contains("corrupt or not a diffusiond database"));
+    CHECK_THAT(message, Catch::Contains("--data-dir"));
+  }
+}
+
+TEST_CASE("a database locked by another connection is a clear start-up error", "[store]") {
+  TempDir dir;
+  JobStore::open(dir.path());  // creates the database, then closes it
+  sqlite3* other = nullptr;
+  REQUIRE(sqlite3_open((dir.path() / "diffusiond.db").c_str(), &other) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  try {
+    JobStore::open(dir.path());
+    FAIL("opened a locked database");
+  } catch (const StoreError& e) {
+    CHECK_THAT(std::string(e.what()), Catch::Contains("locked by another process"));
+  }
+  sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);
+  sqlite3_close(other);
+  CHECK_NOTHROW(JobStore::open(dir.path()));  // usable again once the lock is gone
+}
+
+TEST_CASE("two stores on one data dir: the second is refused", "[store]") {
+  TempDir dir;
+  auto first = JobStore::open(dir.path());
+  CHECK_THROWS_WITH(JobStore::open(dir.path()), Catch::Contains("in use by another diffusiond"));
+  first.reset();
+  CHECK_NOTHROW(JobStore::open(dir.path()));
+}
+
+TEST_CASE("the store uses WAL with full sync", "[store]") {
+  TempDir dir;
+  { JobStore::open(dir.path()); }
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open((dir.path() / "diffusiond.db").c_str(), &db) == SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &stmt, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
+  CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0))) == "wal");
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
+TEST_CASE("files are written atomically; stale temporaries and orphan folders go", "[store]") {
+  TempDir dir;
+  const auto target = dir.path() / "x.png";
+  write_file_atomically(target, "first version");
+  write_file_atomically(target, std::string("\x01\x02", 2));
+  std::ifstream in(target, std::ios::binary);
+  std::string content((std::istreambuf_iterator<char>(in)), {});
+  CHECK(content == std::string("\x01\x02", 2));
+  int files = 0;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(dir.path())) ++files;
+  CHECK(files == 1);  // no temporary left behind
+  CHECK_THROWS_WITH(write_file_atomically(dir.path() / "missing" / "x.png", "x"),
+                    Catch::Contains("missing"));
+
+  TempDir data;
+  { JobStore::open(data.path()); }
+  std::filesystem::create_directories(data.path() / "images" / "0000000000000000");
+  write_bytes(data.path() / "images" / "0000000000000000" / "0.png", "x");
+  auto store = JobStore::open(data.path());
+  CHECK_FALSE(std::filesystem::exists(data.path() / "images" / "0000000000000000"));
+  JobRecord job = sample_job();
+  store->insert(job);
+  store->prepare_image_dir(job.view.id);
+  write_bytes(store->image_file(job.view.id, 0).string() + ".tmp-123", "partial");
+  store.reset();
+  store = JobStore::open(data.path());
+  CHECK(std::filesystem::exists(data.path() / "images" / job.view.id));
+  CHECK_FALSE(std::filesystem::exists(store->image_file(job.view.id, 0).string() + ".tmp-123"));
+}
