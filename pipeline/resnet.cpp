@@ -1,0 +1,93 @@
+#include "pipeline/resnet.h"
+
+#include <stdexcept>
+
+namespace diffusiond {
+namespace nn = torch::nn;
+namespace F = torch::nn::functional;
+
+ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& options) : options_(options) {
+  if (options_.out_channels == 0) options_.out_channels = options_.in_channels;
+  const int in = options_.in_channels, out = options_.out_channels;
+  if (options_.time_embedding_norm != "default" && options_.time_embedding_norm != "scale_shift" &&
+      options_.temb_channels > 0) {
+    throw std::invalid_argument("ResnetBlock2D: unsupported time_embedding_norm '" +
+                                options_.time_embedding_norm + "'");
+  }
+  norm1 = register_module(
+      "norm1", nn::GroupNorm(nn::GroupNormOptions(options_.groups, in).eps(options_.eps)));
+  conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1)));
+  if (options_.temb_channels > 0) {
+    // scale_shift predicts a scale and a shift per channel.
+    const int proj_out = options_.time_embedding_norm == "scale_shift" ? 2 * out : out;
+    time_emb_proj = register_module("time_emb_proj", nn::Linear(options_.temb_channels, proj_out));
+  }
+  norm2 = register_module(
+      "norm2", nn::GroupNorm(nn::GroupNormOptions(options_.groups, out).eps(options_.eps)));
+  conv2 = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(out, out, 3).padding(1)));
+  if (in != out) {
+    conv_shortcut = register_module("conv_shortcut", nn::Conv2d(nn::Conv2dOptions(in, out, 1)));
+  }
+}
+
+torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
+  torch::Tensor h = apply_activation(options_.act, norm1(x));
+  h = conv1(h);  // [B,out,H,W]
+
+  torch::Tensor t;
+  if (time_emb_proj && temb.defined()) {
+    t = time_emb_proj(apply_activation(options_.act, temb)).unsqueeze(-1).unsqueeze(-1);
+  }
+  if (options_.time_embedding_norm == "scale_shift" && t.defined()) {
+    auto parts = t.chunk(2, 1);  // scale, shift: [B,out,1,1] each
+    h = norm2(h) * (1 + parts[0]) + parts[1];
+  } else {
+    if (t.defined()) h = h + t;
+    h = norm2(h);
+  }
+  h = apply_activation(options_.act, h);
+  h = conv2(h);  // dropout is the identity at inference
+
+  torch::Tensor shortcut = conv_shortcut ? conv_shortcut(x) : x;
+  torch::Tensor out = shortcut + h;
+  if (options_.output_scale_factor != 1.0) out = out / options_.output_scale_factor;
+  return out;
+}
+
+Downsample2DImpl::Downsample2DImpl(int channels, int out_channels, int padding)
+    : padding_(padding) {
+  conv = register_module(
+      "conv", nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 3).stride(2).padding(padding)));
+}
+
+torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
+  if (padding_ == 0) {
+    // Asymmetric padding: one zero column on the right and one row at the bottom.
+    return conv(F::pad(x, F::PadFuncOptions({0, 1, 0, 1}).mode(torch::kConstant).value(0)));
+  }
+  return conv(x);
+}
+
+Upsample2DImpl::Upsample2DImpl(int channels, int out_channels) {
+  conv =
+      register_module("conv", nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 3).padding(1)));
+}
+
+torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x,
+                                      c10::optional<std::vector<int64_t>> output_size) {
+  // upsample_nearest2d lacks bfloat16 kernels on some builds: diffusers goes through float32.
+  const auto dtype = x.scalar_type();
+  torch::Tensor h = dtype == torch::kBFloat16 ? x.to(torch::kFloat32) : x;
+  if (h.size(0) >= 64) h = h.contiguous();
+  auto options = F::InterpolateFuncOptions().mode(torch::kNearest);
+  if (output_size) {
+    options.size(*output_size);
+  } else {
+    options.scale_factor(std::vector<double>{2.0, 2.0});
+  }
+  h = F::interpolate(h, options);
+  if (dtype == torch::kBFloat16) h = h.to(dtype);
+  return conv(h);
+}
+
+}  // namespace diffusiond

@@ -1,0 +1,191 @@
+#include "pipeline/unet.h"
+
+#include "pipeline/config_util.h"
+#include "pipeline/safetensors.h"
+#include "pipeline/weights.h"
+
+namespace diffusiond {
+namespace nn = torch::nn;
+
+UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config)
+    : config_(config), act_(parse_activation(config.act_fn)) {
+  const auto& c = config_;
+  const std::size_t n = c.num_blocks();
+  const int ch0 = c.block_out_channels[0];
+
+  conv_in =
+      register_module("conv_in", nn::Conv2d(nn::Conv2dOptions(c.in_channels, ch0, c.conv_in_kernel)
+                                                .padding((c.conv_in_kernel - 1) / 2)));
+  // time_proj (sinusoidal, ch0 features) has no weights: see forward().
+  time_embedding =
+      register_module("time_embedding", TimestepEmbedding(ch0, c.time_embedding_dim, act_));
+
+  auto common = [&] {
+    UNetBlockOptions o;
+    o.temb_channels = c.time_embedding_dim;
+    o.resnet_eps = c.norm_eps;
+    o.resnet_groups = c.norm_num_groups;
+    o.act = act_;
+    o.time_embedding_norm = c.resnet_time_scale_shift;
+    o.use_linear_projection = c.use_linear_projection;
+    o.upcast_attention = c.upcast_attention;
+    return o;
+  };
+
+  auto down_list = register_module("down_blocks", nn::ModuleList());
+  int output_channel = ch0;
+  for (std::size_t i = 0; i < n; ++i) {
+    UNetBlockOptions o = common();
+    o.in_channels = output_channel;
+    output_channel = c.block_out_channels[i];
+    o.out_channels = output_channel;
+    o.num_layers = c.layers_per_block[i];
+    o.transformer_layers = c.down_transformer_layers[i];
+    o.add_sample_resize = i + 1 < n;
+    o.downsample_padding = c.downsample_padding;
+    o.num_attention_heads = c.num_attention_heads[i];
+    o.cross_attention_dim = c.cross_attention_dim[i];
+    o.only_cross_attention = c.only_cross_attention[i];
+    auto block = std::make_shared<DownBlock2DImpl>(
+        o, /*with_attention=*/c.down_block_types[i] == "CrossAttnDownBlock2D");
+    down_list->push_back(block);
+    down_blocks_.push_back(block);
+  }
+
+  if (!c.mid_block_type.empty()) {
+    UNetBlockOptions o = common();
+    o.in_channels = c.block_out_channels[n - 1];
+    o.out_channels = o.in_channels;
+    o.num_layers = 1;
+    o.transformer_layers = {c.mid_transformer_layers};
+    o.output_scale_factor = c.mid_block_scale_factor;
+    o.num_attention_heads = c.num_attention_heads[n - 1];
+    o.cross_attention_dim = c.cross_attention_dim[n - 1];
+    mid_block = register_module("mid_block", UNetMidBlock2DCrossAttn(o));
+  }
+
+  auto up_list = register_module("up_blocks", nn::ModuleList());
+  output_channel = c.block_out_channels[n - 1];
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t mirror = n - 1 - i;  // the down block at the same resolution
+    UNetBlockOptions o = common();
+    o.prev_output_channels = output_channel;
+    output_channel = c.block_out_channels[mirror];
+    o.out_channels = output_channel;
+    o.in_channels = c.block_out_channels[mirror == 0 ? 0 : mirror - 1];
+    o.num_layers = c.up_layers(i);
+    o.transformer_layers = c.up_transformer_layers[i];
+    o.add_sample_resize = i + 1 < n;
+    o.num_attention_heads = c.up_num_attention_heads(i);
+    o.cross_attention_dim = c.up_cross_attention_dim(i);
+    o.only_cross_attention = c.up_only_cross_attention(i);
+    if (o.add_sample_resize) ++num_upsamplers_;
+    auto block = std::make_shared<UpBlock2DImpl>(
+        o, /*with_attention=*/c.up_block_types[i] == "CrossAttnUpBlock2D");
+    up_list->push_back(block);
+    up_blocks_.push_back(block);
+  }
+
+  conv_norm_out = register_module(
+      "conv_norm_out", nn::GroupNorm(nn::GroupNormOptions(c.norm_num_groups, ch0).eps(c.norm_eps)));
+  conv_out = register_module("conv_out",
+                             nn::Conv2d(nn::Conv2dOptions(ch0, c.out_channels, c.conv_out_kernel)
+                                            .padding((c.conv_out_kernel - 1) / 2)));
+}
+
+torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, double timestep,
+                                                torch::Tensor encoder_hidden_states) {
+  // A Python float timestep becomes a float64 tensor in diffusers and is then cast to float32
+  // by the sinusoidal embedding: the same rounding as building it in float32 here.
+  auto t = torch::full({}, timestep, torch::dtype(torch::kFloat32).device(sample.device()));
+  return forward(std::move(sample), t, std::move(encoder_hidden_states));
+}
+
+torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, torch::Tensor timesteps,
+                                                torch::Tensor encoder_hidden_states,
+                                                const TensorTap& tap) {
+  const auto& c = config_;
+  TORCH_CHECK(sample.dim() == 4 && sample.size(1) == c.in_channels, "UNet: sample must be [B,",
+              c.in_channels, ",h,w], got ", sample.sizes());
+  TORCH_CHECK(encoder_hidden_states.dim() == 3 && encoder_hidden_states.size(0) == sample.size(0),
+              "UNet: encoder_hidden_states must be [B,S,D] with the sample's batch, got ",
+              encoder_hidden_states.sizes());
+  auto emit = [&](const char* name, const torch::Tensor& value) {
+    if (tap) tap(name, value);
+  };
+  const int64_t batch = sample.size(0);
+
+  // Skip connections need an explicit upsample size when h or w is not a multiple of
+  // 2 ** num_upsamplers.
+  const int64_t factor = int64_t{1} << num_upsamplers_;
+  const bool forward_upsample_size = sample.size(2) % factor != 0 || sample.size(3) % factor != 0;
+
+  if (c.center_input_sample) sample = 2 * sample - 1.0;
+
+  // 1. time: sinusoidal embedding in float32, then the model's dtype.
+  timesteps = timesteps.to(sample.device());
+  if (timesteps.dim() == 0) timesteps = timesteps.unsqueeze(0);
+  timesteps = timesteps.expand({batch});
+  torch::Tensor t_emb =
+      timestep_embedding(timesteps, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
+          .to(sample.scalar_type());  // [B,ch0]
+  emit("time_proj", t_emb);
+  torch::Tensor emb = time_embedding(t_emb);  // [B,time_embed_dim]
+  emit("time_embedding", emb);
+
+  // 2. pre-process
+  torch::Tensor h = conv_in(sample);  // [B,ch0,h,w]
+  emit("conv_in", h);
+
+  // 3. down
+  std::vector<torch::Tensor> res_samples{h};
+  for (std::size_t i = 0; i < down_blocks_.size(); ++i) {
+    h = down_blocks_[i]->forward(h, emb, encoder_hidden_states, res_samples);
+    if (tap) tap("down_blocks." + std::to_string(i), h);
+  }
+
+  // 4. mid
+  if (mid_block) {
+    h = mid_block(h, emb, encoder_hidden_states);
+    emit("mid_block", h);
+  }
+
+  // 5. up
+  for (std::size_t i = 0; i < up_blocks_.size(); ++i) {
+    const auto& block = up_blocks_[i];
+    const bool is_final = i + 1 == up_blocks_.size();
+    std::optional<std::vector<int64_t>> upsample_size;
+    const auto remaining = res_samples.size() - static_cast<std::size_t>(block->num_resnets());
+    if (!is_final && forward_upsample_size && remaining > 0) {
+      const auto& target = res_samples[remaining - 1];
+      upsample_size = std::vector<int64_t>{target.size(2), target.size(3)};
+    }
+    h = block->forward(h, emb, encoder_hidden_states, res_samples, upsample_size);
+    if (tap) tap("up_blocks." + std::to_string(i), h);
+  }
+
+  // 6. post-process
+  h = conv_norm_out(h);
+  emit("conv_norm_out", h);
+  h = conv_out(apply_activation(act_, h));  // [B,out_channels,h,w]
+  emit("conv_out", h);
+  return h;
+}
+
+UNet2DConditionModel load_unet(const std::filesystem::path& config_json,
+                               const std::filesystem::path& weights, torch::Device device,
+                               torch::ScalarType dtype) {
+  UNet2DConditionModel model(
+      UNetConfig::from_json(read_json_file(config_json), config_json.string()));
+  auto file = SafetensorsFile::open(weights);
+  load_weights(*model, *file, device, dtype);
+  model->eval();
+  return model;
+}
+
+UNet2DConditionModel load_unet(const ModelFolder& folder, torch::Device device,
+                               torch::ScalarType dtype) {
+  return load_unet(folder.config_path("unet"), folder.weights_path("unet"), device, dtype);
+}
+
+}  // namespace diffusiond

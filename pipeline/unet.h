@@ -1,0 +1,63 @@
+// The denoising UNet of Stable Diffusion 1.x / 2.x, built entirely from unet/config.json.
+// Ref: diffusers v0.27.2 models/unets/unet_2d_condition.py (UNet2DConditionModel).
+// Owner: one device worker owns one replica; forward() must not run concurrently on the same
+// replica (LibTorch modules are not re-entrant). Loading may happen on any thread.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "pipeline/embeddings.h"
+#include "pipeline/model_folder.h"
+#include "pipeline/unet_blocks.h"
+#include "pipeline/unet_config.h"
+
+namespace diffusiond {
+
+// Receives named intermediates ("time_proj", "time_embedding", "conv_in", "down_blocks.N",
+// "mid_block", "up_blocks.N", "conv_norm_out", "conv_out") for debugging parity.
+using TensorTap = std::function<void(const std::string& name, const torch::Tensor& value)>;
+
+// Ref: UNet2DConditionModel. Keys: conv_in, time_embedding.linear_{1,2}, down_blocks.N,
+// mid_block, up_blocks.N, conv_norm_out, conv_out.
+class UNet2DConditionModelImpl : public torch::nn::Module {
+ public:
+  explicit UNet2DConditionModelImpl(const UNetConfig& config);
+
+  const UNetConfig& config() const { return config_; }
+
+  // sample [B,in_channels,h,w], encoder_hidden_states [B,S,cross_attention_dim] ->
+  // [B,out_channels,h,w]. The scalar timestep is broadcast to the batch.
+  torch::Tensor forward(torch::Tensor sample, double timestep, torch::Tensor encoder_hidden_states);
+  // timesteps: a 0-d tensor (broadcast) or one per batch element [B]; any numeric dtype.
+  torch::Tensor forward(torch::Tensor sample, torch::Tensor timesteps,
+                        torch::Tensor encoder_hidden_states, const TensorTap& tap = {});
+
+ private:
+  UNetConfig config_;
+  Activation act_;
+  int num_upsamplers_ = 0;
+  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
+  TimestepEmbedding time_embedding{nullptr};
+  std::vector<std::shared_ptr<UNetDownBlock>> down_blocks_;
+  UNetMidBlock2DCrossAttn mid_block{nullptr};
+  std::vector<std::shared_ptr<UNetUpBlock>> up_blocks_;
+  torch::nn::GroupNorm conv_norm_out{nullptr};
+};
+TORCH_MODULE(UNet2DConditionModel);
+
+// Builds the model from folder.config_path("unet") and loads folder.weights_path("unet")
+// strictly, on `device` in `dtype`, in eval mode. Throws ConfigError / WeightsError /
+// SafetensorsError naming the file and the problem.
+UNet2DConditionModel load_unet(const ModelFolder& folder, torch::Device device,
+                               torch::ScalarType dtype);
+UNet2DConditionModel load_unet(const std::filesystem::path& config_json,
+                               const std::filesystem::path& weights, torch::Device device,
+                               torch::ScalarType dtype);
+
+}  // namespace diffusiond
