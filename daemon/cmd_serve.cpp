@@ -1,11 +1,196 @@
+// `diffusiond serve`: the daemon. Wires the job store, the model backend (one replica per
+// device), the core service, the HTTP server and the systemd supervisor together, then waits
+// for SIGTERM/SIGINT and drains.
+//
+// Start-up order: options and config file -> logging -> devices and model resolution -> job
+// store (a corrupt or locked database stops here with a clear error) -> core service (recovers
+// unfinished jobs; workers load their replicas in parallel) -> HTTP (answers /healthz at once,
+// /readyz 503 until loaded) -> READY=1 once every replica finished loading.
+// Shutdown: SIGTERM/SIGINT -> STOPPING=1, stop accepting connections, submit() answers 503,
+// running images get --drain-timeout seconds then stop and stay queued -> exit 0. A second
+// signal exits at once (the store is durable; interrupted images run again at the next start).
+#include <pthread.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
 #include <CLI/CLI.hpp>
 
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
 #include "daemon/commands.h"
+#include "daemon/core_service.h"
+#include "daemon/device_spec.h"
+#include "daemon/job_store.h"
+#include "daemon/sd_notify.h"
+#include "daemon/serve_logging.h"
+#include "daemon/serve_model.h"
+#include "daemon/serve_options.h"
+#include "daemon/supervisor.h"
+#include "daemon/torch_backend.h"
+#include "http/server.h"
+#include "pipeline/png.h"
 
 namespace diffusiond {
-// Placeholder until its issue lands: registers the subcommand so the CLI is complete.
-void add_serve_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("serve", "(being built)");
-  cmd->callback([] { throw std::runtime_error("'serve' is not built yet"); });
+
+namespace {
+
+sigset_t shutdown_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
 }
+
+// Waits up to `timeout` for SIGTERM/SIGINT; returns the signal or 0.
+int wait_signal(std::chrono::milliseconds timeout) {
+  const sigset_t set = shutdown_signals();
+  timespec ts{static_cast<time_t>(timeout.count() / 1000),
+              static_cast<long>((timeout.count() % 1000) * 1000000)};
+  const int sig = ::sigtimedwait(&set, nullptr, &ts);
+  return sig > 0 ? sig : 0;
+}
+
+std::filesystem::path executable_path() {
+  std::error_code ec;
+  auto path = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::filesystem::path() : path;
+}
+
+void warn_test_model(const ModelChoice& model) {
+  spdlog::warn("************************************************************************");
+  spdlog::warn("Serving the bundled TEST model {}: random weights, its images are NOISE.",
+               model.folder.root.string());
+  spdlog::warn("{}", model.notice);
+  spdlog::warn("************************************************************************");
+}
+
+void run_serve(CLI::App& cmd, ServeOptions& options) {
+  // Signals are taken synchronously by this thread: block them before any thread exists so
+  // every thread inherits the mask.
+  const sigset_t signals = shutdown_signals();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (!options.config.empty()) apply_config_file(cmd, options.config);
+  setup_serve_logging(options.log_level);
+
+  const auto dispatch = parse_dispatch_policy(options.dispatch);
+  const auto listen = parse_listen(options.listen);
+  const auto devices = parse_devices(options.devices, cuda_device_count());
+  const auto api_keys = collect_api_keys(options);
+  const std::string data_dir = options.data_dir.empty() ? default_data_dir() : options.data_dir;
+
+  const ModelChoice model = choose_model(options.model, options.variant, executable_path());
+  spdlog::info("diffusiond {} starting: model {} ({}, from {})", DIFFUSIOND_VERSION,
+               model.folder.name, model.folder.root.string(), model.source);
+  if (model.is_test_model) warn_test_model(model);
+
+  int cpu_workers = 0;
+  for (const auto& d : devices) cpu_workers += d.kind == DeviceSpec::Kind::cpu ? 1 : 0;
+  const int total_threads =
+      options.threads > 0 ? options.threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int per_worker = threads_per_worker(total_threads, std::max(1, cpu_workers));
+  std::string device_list;
+  for (const auto& d : devices) device_list += (device_list.empty() ? "" : ", ") + d.name;
+  spdlog::info("devices: {} ({} dispatch{})", device_list, to_string(*dispatch),
+               cpu_workers
+                   ? ", " + std::to_string(per_worker) + " intra-op thread(s) per CPU worker"
+                   : std::string());
+
+  auto store = JobStore::open(data_dir);
+  spdlog::info("job store: {}", store->database_path().string());
+  const RetentionPolicy retention{options.keep_days, options.max_images};
+  if (const auto pruned = store->prune(retention, unix_ms_now()); pruned.jobs_deleted > 0)
+    spdlog::info("retention: deleted {} finished job(s), {} image file(s)", pruned.jobs_deleted,
+                 pruned.files_deleted);
+
+  TorchBackendOptions backend_options;
+  backend_options.dtype = options.dtype;
+  backend_options.threads_per_worker = per_worker;
+  backend_options.is_test_model = model.is_test_model;
+  backend_options.notice = model.notice;
+  backend_options.default_steps = options.default_steps;
+  auto backend = make_torch_backend(model.folder, backend_options);
+
+  CoreOptions core;
+  core.dispatch = *dispatch;
+  core.max_queue = options.max_queue;
+  core.png_threads = options.png_threads;
+  core.dtype = resolve_dtype(options.dtype, devices.front());
+  const int compression = options.png_compression;
+  CoreService service(*store, *backend, devices, core,
+                      [compression](const RgbImage& image, const PngGenerationInfo& info) {
+                        return encode_png_with_metadata(image, info, compression);
+                      });
+  service.start();
+
+  HttpOptions http_options;
+  http_options.host = listen.host;
+  http_options.port = listen.port;
+  http_options.io_threads = options.io_threads;
+  http_options.api_keys = api_keys;
+  http_options.max_pixels = options.max_pixels;
+  http_options.max_steps = options.max_steps;
+  http_options.max_n = options.max_n;
+  http_options.max_connections = options.max_connections;
+  HttpServer http(service, http_options);
+  const std::uint16_t port = http.start();
+  const std::string host =
+      listen.host.find(':') != std::string::npos ? "[" + listen.host + "]" : listen.host;
+  const std::string url = "http://" + host + ":" + std::to_string(port);
+  spdlog::info("diffusiond: listening on {}/{}", url,
+               api_keys.empty() ? "" : " (API key required)");
+  std::cout << "diffusiond: listening on " << url << std::endl;
+
+  Supervisor supervisor(service, *store, {retention});
+  supervisor.start();
+
+  int sig = 0;
+  while (!service.loading_finished() && sig == 0) sig = wait_signal(std::chrono::milliseconds(200));
+  if (sig == 0) {
+    if (!service.ready()) {
+      supervisor.stop();
+      http.stop();
+      service.drain(std::chrono::milliseconds(0));
+      throw std::runtime_error("the model could not be loaded on any device (see the log above)");
+    }
+    notify_systemd("READY=1\nSTATUS=" + service.status_line());
+    spdlog::info("ready: the model is loaded on {} device(s); open {}/ in a browser",
+                 devices.size(), url);
+    if (model.is_test_model) warn_test_model(model);
+    while (sig == 0) sig = wait_signal(std::chrono::seconds(3600));
+  }
+
+  spdlog::info("{}: draining (up to {} s for running images)", sig == SIGINT ? "SIGINT" : "SIGTERM",
+               options.drain_timeout_s);
+  notify_systemd("STOPPING=1\nSTATUS=draining");
+  std::thread([] {  // a second signal: leave now
+    if (const int again = wait_signal(std::chrono::hours(24 * 365)); again > 0) {
+      spdlog::warn("second signal: exiting without finishing the drain");
+      std::_Exit(128 + again);
+    }
+  })
+      .detach();
+  http.stop_accepting();
+  service.drain(std::chrono::seconds(options.drain_timeout_s));
+  supervisor.stop();
+  http.stop();
+  spdlog::info("stopped; {} image(s) stay queued for the next start", service.queue_depth());
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "serve",
+      "Serve text-to-image over HTTP with one model replica per device (see --help for every "
+      "option; each can also be set in a --config file)");
+  auto options = std::make_shared<ServeOptions>();
+  add_serve_options(*cmd, *options);
+  cmd->callback([cmd, options] { run_serve(*cmd, *options); });
+}
+
 }  // namespace diffusiond

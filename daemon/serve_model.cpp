@@ -1,0 +1,65 @@
+#include "daemon/serve_model.h"
+
+#include <cstdlib>
+#include <system_error>
+
+namespace diffusiond {
+
+namespace {
+const char* kTestModelNotice =
+    "This is diffusiond's bundled test model (tiny-sd1, random weights): its images are noise. "
+    "Point the daemon at a real Stable Diffusion model: `diffusiond serve --model "
+    "/path/to/stable-diffusion-v1-5` (a diffusers folder), `--model "
+    "stable-diffusion-v1-5/stable-diffusion-v1-5` (a Hugging Face cache id), or set "
+    "DIFFUSIOND_MODEL / `model =` in the config file.";
+}  // namespace
+
+std::vector<std::filesystem::path> bundled_model_candidates(
+    const std::filesystem::path& executable) {
+  std::vector<std::filesystem::path> out;
+  if (const char* env = std::getenv("DIFFUSIOND_SOURCE_DIR"); env && *env)
+    out.push_back(std::filesystem::path(env) / "tests/fixtures/tiny-sd1");
+#ifdef DIFFUSIOND_SOURCE_DIR
+  out.push_back(std::filesystem::path(DIFFUSIOND_SOURCE_DIR) / "tests/fixtures/tiny-sd1");
+#endif
+  const auto dir = executable.parent_path();
+  if (!dir.empty()) {
+    out.push_back(dir / "../share/diffusiond/tiny-sd1");   // installed: bin/ -> share/diffusiond
+    out.push_back(dir / "../../tests/fixtures/tiny-sd1");  // build tree: build/daemon/diffusiond
+  }
+#ifdef DIFFUSIOND_DATADIR
+  out.push_back(std::filesystem::path(DIFFUSIOND_DATADIR) / "tiny-sd1");
+#endif
+  return out;
+}
+
+ModelChoice choose_model(const std::string& model_option, const std::string& variant,
+                         const std::filesystem::path& executable) {
+  if (!model_option.empty()) return {resolve_model(model_option, variant), "--model", false, ""};
+  if (const char* env = std::getenv("DIFFUSIOND_MODEL"); env && *env)
+    return {resolve_model(env, variant), "$DIFFUSIOND_MODEL", false, ""};
+  for (const char* repo :
+       {"stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"}) {
+    try {
+      return {resolve_model(repo, variant), "the Hugging Face cache", false, ""};
+    } catch (const ModelNotFound&) {
+    }
+  }
+  std::string tried;
+  for (const auto& candidate : bundled_model_candidates(executable)) {
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(candidate / "model_index.json", ec)) {
+      ModelChoice choice{resolve_model(std::filesystem::weakly_canonical(candidate, ec).string()),
+                         "bundled", true, kTestModelNotice};
+      choice.folder.name = "tiny-sd1 (test model, random weights)";
+      return choice;
+    }
+    tried += "\n  " + candidate.string();
+  }
+  throw ModelNotFound(
+      "no model configured: give --model (a diffusers folder or a Hugging Face cache id) or set "
+      "DIFFUSIOND_MODEL; no Stable Diffusion 1.5 was found in the Hugging Face cache (" +
+      hf_hub_cache_dir().string() + ") and the bundled test model is not at any of:" + tried);
+}
+
+}  // namespace diffusiond

@@ -1,0 +1,188 @@
+#include "daemon/serve_options.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdlib>
+#include <fstream>
+#include <stdexcept>
+
+namespace diffusiond {
+
+void add_serve_options(CLI::App& cmd, ServeOptions& o) {
+  cmd.add_option("--config", o.config,
+                 "Read options from this file: `key = value` lines, keys are the long options "
+                 "below without dashes (the systemd unit passes /etc/diffusiond/diffusiond.conf); "
+                 "the command line wins")
+      ->check(CLI::ExistingFile);
+  cmd.add_option("--model", o.model,
+                 "Model: a diffusers folder or a Hugging Face repo id in the HF cache (offline). "
+                 "Default: $DIFFUSIOND_MODEL, else Stable Diffusion 1.5 from the HF cache, else "
+                 "the bundled test model (random weights: noise)");
+  cmd.add_option("--variant", o.variant, "Weights variant, e.g. fp16 (*.fp16.safetensors)");
+  cmd.add_option("--devices", o.devices,
+                 "auto (every CUDA device, else the CPU), cpu, cpu*N (N CPU workers, each with "
+                 "its own replica), cuda, or a list like cuda:0,cuda:2")
+      ->capture_default_str();
+  cmd.add_option("--dtype", o.dtype, "auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "fp32", "fp16", "bf16"}));
+  cmd.add_option("--listen", o.listen,
+                 "HOST:PORT to serve HTTP on (loopback by default; port 0 picks a free port)")
+      ->capture_default_str();
+  cmd.add_option("--data-dir", o.data_dir,
+                 "Job store (SQLite) and PNG files. Default: $STATE_DIRECTORY, else "
+                 "$XDG_STATE_HOME/diffusiond, else ~/.local/state/diffusiond");
+  cmd.add_option("--api-key", o.api_keys,
+                 "Require `Authorization: Bearer KEY` on every route but /healthz and the UI "
+                 "files (repeatable)");
+  cmd.add_option("--api-key-file", o.api_key_file,
+                 "File with API keys, one per line (# comments); safer than --api-key");
+  cmd.add_option("--dispatch", o.dispatch,
+                 "round-robin: images rotate over the devices; least-loaded: an idle device "
+                 "takes the next image")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"round-robin", "least-loaded"}));
+  cmd.add_option("--max-queue", o.max_queue, "Queued images beyond which submissions get 429")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
+  cmd.add_option("--max-pixels", o.max_pixels, "Largest width x height accepted")
+      ->capture_default_str()
+      ->check(CLI::Range(64 * 64, 16384 * 16384));
+  cmd.add_option("--max-steps", o.max_steps, "Most denoising steps accepted")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cmd.add_option("--max-n", o.max_n, "Most images per prompt accepted")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  cmd.add_option("--max-connections", o.max_connections, "Concurrent HTTP connections")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  cmd.add_option("--keep-days", o.keep_days,
+                 "Delete finished jobs and their PNGs after this many days (0: keep)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
+  cmd.add_option("--max-images", o.max_images,
+                 "Keep at most this many PNGs; the oldest finished jobs go first (0: no cap)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000000000));
+  cmd.add_option("--png-compression", o.png_compression, "zlib level of the PNG files, 0..9")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 9));
+  cmd.add_option("--png-threads", o.png_threads, "CPU threads encoding PNGs")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  cmd.add_option("--threads", o.threads,
+                 "Intra-op CPU threads shared by the CPU workers (each gets total/N; 0: every "
+                 "core)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 4096));
+  cmd.add_option("--io-threads", o.io_threads, "HTTP I/O threads")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  cmd.add_option("--drain-timeout", o.drain_timeout_s,
+                 "On SIGTERM, seconds running images get to finish before they stop and are "
+                 "kept queued for the next start")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600));
+  cmd.add_option("--default-steps", o.default_steps, "Steps when a request gives none")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cmd.add_option("--log-level", o.log_level, "trace, debug, info, warn, error")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+}
+
+void apply_config_file(CLI::App& cmd, const std::string& path) {
+  std::vector<CLI::ConfigItem> items;
+  try {
+    items = CLI::ConfigTOML().from_file(path);
+  } catch (const CLI::FileError& e) {
+    throw CLI::FileError(std::string("cannot read the config file: ") + e.what());
+  }
+  for (const auto& item : items) {
+    if (item.name == "++" || item.name == "--") continue;  // section markers
+    // Keys may sit at the top level or in a [serve] section.
+    std::string name = item.name;
+    if (!item.parents.empty() && !(item.parents.size() == 1 && item.parents[0] == "serve"))
+      name = item.parents.back() + "." + item.name;
+    if (name == "config")
+      throw CLI::ValidationError(path, "a config file cannot name another config file");
+    auto* option = cmd.get_option_no_throw("--" + name);
+    if (!option)
+      throw CLI::ValidationError(
+          path, "unknown option '" + name + "' (see `diffusiond serve --help` for the names)");
+    if (option->count() > 0) continue;  // given on the command line
+    try {
+      option->add_result(item.inputs);
+      option->run_callback();
+    } catch (const CLI::ParseError& e) {
+      throw CLI::ValidationError(path, "'" + name + "': " + e.what());
+    }
+  }
+}
+
+std::string default_data_dir() {
+  if (const char* state = std::getenv("STATE_DIRECTORY"); state && *state) {
+    std::string first = state;  // systemd may list several, separated by ':'
+    return first.substr(0, first.find(':'));
+  }
+  if (const char* xdg = std::getenv("XDG_STATE_HOME"); xdg && *xdg)
+    return std::string(xdg) + "/diffusiond";
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return std::string(home) + "/.local/state/diffusiond";
+  return "diffusiond-data";
+}
+
+ListenAddress parse_listen(const std::string& text) {
+  ListenAddress out{"127.0.0.1", 0};
+  std::string port;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':')
+      throw std::invalid_argument("--listen: expected [IPV6]:PORT, got '" + text + "'");
+    out.host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else if (const auto colon = text.rfind(':'); colon != std::string::npos) {
+    if (text.find(':') != colon)
+      throw std::invalid_argument("--listen: write IPv6 addresses as [ADDR]:PORT");
+    if (colon > 0) out.host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  } else {
+    port = text;
+  }
+  std::size_t used = 0;
+  long value = -1;
+  try {
+    value = std::stol(port, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (port.empty() || used != port.size() || value < 0 || value > 65535)
+    throw std::invalid_argument("--listen: bad port in '" + text + "' (0..65535)");
+  out.port = static_cast<std::uint16_t>(value);
+  return out;
+}
+
+std::vector<std::string> collect_api_keys(const ServeOptions& options) {
+  std::vector<std::string> keys;
+  for (const auto& key : options.api_keys)
+    if (!key.empty()) keys.push_back(key);
+  if (!options.api_key_file.empty()) {
+    std::ifstream in(options.api_key_file);
+    if (!in) throw std::runtime_error("cannot read --api-key-file " + options.api_key_file);
+    std::string line;
+    int found = 0;
+    while (std::getline(in, line)) {
+      const auto begin = line.find_first_not_of(" \t\r");
+      if (begin == std::string::npos || line[begin] == '#') continue;
+      const auto end = line.find_last_not_of(" \t\r");
+      keys.push_back(line.substr(begin, end - begin + 1));
+      ++found;
+    }
+    if (found == 0)
+      throw std::runtime_error("--api-key-file " + options.api_key_file + " holds no key");
+  }
+  return keys;
+}
+
+}  // namespace diffusiond

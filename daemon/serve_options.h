@@ -1,0 +1,65 @@
+// Every option of `diffusiond serve`, its CLI11 registration (documented by --help) and the
+// config file (`--config FILE`: `key = value` lines, keys = the long option names; a
+// command-line option wins over the file).
+// Owner: cmd_serve. Thread-safety: used by the control thread only.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace diffusiond {
+
+struct ServeOptions {
+  std::string config;
+  std::string model;
+  std::string variant;
+  std::string devices = "auto";
+  std::string dtype = "auto";
+  std::string listen = "127.0.0.1:7860";
+  std::string data_dir;  // "" = default_data_dir()
+  std::vector<std::string> api_keys;
+  std::string api_key_file;
+  std::string dispatch = "round-robin";
+  int max_queue = 256;
+  int max_pixels = 1024 * 1024;
+  int max_steps = 150;
+  int max_n = 16;
+  int max_connections = 256;
+  int keep_days = 30;
+  int max_images = 0;
+  int png_compression = 1;
+  int png_threads = 2;
+  int threads = 0;  // total intra-op CPU threads for CPU workers; 0 = all cores
+  int io_threads = 2;
+  int drain_timeout_s = 30;
+  int default_steps = 50;
+  std::string log_level = "info";
+};
+
+// Registers every option on the subcommand.
+void add_serve_options(CLI::App& command, ServeOptions& options);
+// Applies --config: every key of the file sets the option of that name unless the command line
+// gave it. Throws CLI::ParseError subclasses naming the file and the key.
+void apply_config_file(CLI::App& command, const std::string& path);
+
+// $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/diffusiond, else ~/.local/state/diffusiond,
+// else ./diffusiond-data.
+std::string default_data_dir();
+
+struct ListenAddress {
+  std::string host;
+  std::uint16_t port = 0;
+};
+// "HOST:PORT", "[V6]:PORT", ":PORT" (loopback) or "PORT". Throws std::invalid_argument.
+ListenAddress parse_listen(const std::string& text);
+
+// API keys from --api-key and the lines of --api-key-file (blank lines and # comments skipped).
+// Throws std::runtime_error naming the file when it cannot be read or has no key.
+std::vector<std::string> collect_api_keys(const ServeOptions& options);
+
+}  // namespace diffusiond

@@ -1,0 +1,166 @@
+#include "daemon/torch_backend.h"
+
+#include <c10/core/Stream.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "daemon/cuda_driver.h"
+#include "pipeline/config_util.h"
+#include "pipeline/schedulers/scheduler.h"
+#include "pipeline/txt2img.h"
+
+namespace diffusiond {
+
+int cuda_device_count() {
+  return static_cast<int>(torch::cuda::device_count());
+}
+
+std::string resolve_dtype(const std::string& option, const DeviceSpec& device) {
+  if (option == "auto" || option.empty())
+    return device.kind == DeviceSpec::Kind::cuda ? "fp16" : "fp32";
+  if (option == "fp32" || option == "float32") return "fp32";
+  if (option == "fp16" || option == "float16" || option == "half") return "fp16";
+  if (option == "bf16" || option == "bfloat16") return "bf16";
+  throw std::invalid_argument("--dtype: unknown '" + option + "' (use auto, fp32, fp16 or bf16)");
+}
+
+namespace {
+
+torch::ScalarType scalar_type(const std::string& dtype) {
+  if (dtype == "fp16") return torch::kHalf;
+  if (dtype == "bf16") return torch::kBFloat16;
+  return torch::kFloat;
+}
+
+DeviceMemory host_memory() {
+  DeviceMemory m;
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  if (pages > 0 && page > 0) m.total_bytes = static_cast<std::int64_t>(pages) * page;
+  std::ifstream statm("/proc/self/statm");
+  long size = 0, resident = 0;
+  if (statm >> size >> resident) m.used_bytes = static_cast<std::int64_t>(resident) * page;
+  return m;  // used = this process's resident memory (shared by every CPU worker)
+}
+
+class TorchGenerator final : public ImageGenerator {
+ public:
+  TorchGenerator(DeviceSpec device, std::unique_ptr<c10::StreamGuard> stream_guard,
+                 std::unique_ptr<StableDiffusion> model, std::string description)
+      : device_(std::move(device)),
+        stream_guard_(std::move(stream_guard)),
+        model_(std::move(model)),
+        description_(std::move(description)) {}
+
+  RgbImage generate_one(const ImageTaskSpec& task, const StepProgress& progress) override {
+    Txt2ImgParams params;
+    params.prompts = {task.prompt};
+    params.negative_prompt = task.negative_prompt;
+    params.num_images_per_prompt = 1;
+    params.steps = task.steps;
+    params.guidance_scale = task.guidance_scale;
+    params.seed = task.seed;  // image k's own seed: the pipeline seeds image 0 with it
+    params.width = task.width;
+    params.height = task.height;
+    params.scheduler = task.scheduler;
+    try {
+      auto images =
+          model_->generate(params, [&](int, int step, int steps) { return progress(step, steps); });
+      if (images.size() != 1)
+        throw std::runtime_error("the pipeline returned " + std::to_string(images.size()) +
+                                 " images for one");
+      return std::move(images.front());
+    } catch (const GenerationCancelled&) {
+      throw GenerationStopped();
+    }
+  }
+
+  std::string description() const override { return description_; }
+
+  DeviceMemory memory() const override {
+    if (device_.kind == DeviceSpec::Kind::cpu) return host_memory();
+    const auto info = cuda_device_info(device_.index);
+    return info ? info->memory : DeviceMemory{};
+  }
+
+ private:
+  DeviceSpec device_;
+  std::unique_ptr<c10::StreamGuard> stream_guard_;  // destroyed last: restores the old stream
+  std::unique_ptr<StableDiffusion> model_;
+  std::string description_;
+};
+
+class TorchBackend final : public ModelBackend {
+ public:
+  TorchBackend(ModelFolder model, TorchBackendOptions options)
+      : model_(std::move(model)), options_(std::move(options)), info_(read_model_info()) {}
+
+  ModelInfo model_info() const override { return info_; }
+
+  std::optional<std::string> canonical_scheduler(const std::string& name) const override {
+    return canonical_scheduler_name(name);
+  }
+
+  std::unique_ptr<ImageGenerator> load_replica(const DeviceSpec& spec) override {
+    const std::string dtype = resolve_dtype(options_.dtype, spec);
+    std::unique_ptr<c10::StreamGuard> guard;
+    std::string description;
+    torch::Device device(torch::kCPU);
+    if (spec.kind == DeviceSpec::Kind::cuda) {
+      device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(spec.index));
+      c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
+      const c10::Stream stream = cuda.getStreamFromGlobalPool(device, /*isHighPriority=*/false);
+      guard = std::make_unique<c10::StreamGuard>(stream);  // device + stream for this thread
+      const auto info = cuda_device_info(spec.index);
+      description = (info && !info->name.empty() ? info->name : "CUDA device") + " (" + dtype +
+                    ", stream " + std::to_string(stream.id()) + ")";
+    } else {
+      if (options_.threads_per_worker > 0) at::set_num_threads(options_.threads_per_worker);
+      description = "CPU (" + std::to_string(at::get_num_threads()) + " threads, " + dtype + ")";
+    }
+    auto sd = StableDiffusion::load(model_, device, scalar_type(dtype));
+    spdlog::info("{}: loaded {} as {}", spec.name, model_.name, description);
+    return std::make_unique<TorchGenerator>(spec, std::move(guard), std::move(sd), description);
+  }
+
+ private:
+  ModelInfo read_model_info() const {
+    ModelInfo info;
+    info.name = model_.name;
+    info.path = model_.root.string();
+    info.is_test_model = options_.is_test_model;
+    info.notice = options_.notice;
+    const auto unet_file = model_.config_path("unet");
+    const auto vae_file = model_.config_path("vae");
+    const auto unet = read_json_file(unet_file);
+    const auto vae = read_json_file(vae_file);
+    const int sample_size = require_key<int>(unet, "sample_size", unet_file.string());
+    const auto blocks = require_key<std::vector<int>>(vae, "block_out_channels", vae_file.string());
+    const int scale = 1 << (blocks.empty() ? 0 : static_cast<int>(blocks.size()) - 1);
+    info.default_width = info.default_height = sample_size * scale;
+    info.default_steps = options_.default_steps;
+    info.default_guidance_scale = 7.5;
+    info.default_scheduler =
+        default_scheduler_name(read_json_file(model_.config_path("scheduler")));
+    for (const auto& entry : scheduler_registry())
+      info.schedulers.push_back({entry.name, entry.aliases});
+    return info;
+  }
+
+  ModelFolder model_;
+  TorchBackendOptions options_;
+  ModelInfo info_;
+};
+
+}  // namespace
+
+std::unique_ptr<ModelBackend> make_torch_backend(const ModelFolder& model,
+                                                 TorchBackendOptions options) {
+  return std::make_unique<TorchBackend>(model, std::move(options));
+}
+
+}  // namespace diffusiond

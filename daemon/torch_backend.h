@@ -1,0 +1,34 @@
+// The real ModelBackend: a diffusers folder loaded with pipeline/txt2img.h, one StableDiffusion
+// replica per device. No LibTorch types in this header.
+// CUDA workers: each replica gets a stream from LibTorch's pool, made current on its worker
+// thread (with its device) for the thread's lifetime, through the device-generic c10
+// stream/guard API, so the same code builds against CPU-only LibTorch.
+// CPU workers: LibTorch's intra-op thread count is process-wide; every CPU worker uses
+// `threads_per_worker` (the total divided by the number of workers, see device_spec.h).
+// Thread-safety: see ModelBackend.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "daemon/image_generator.h"
+#include "pipeline/model_folder.h"
+
+namespace diffusiond {
+
+struct TorchBackendOptions {
+  std::string dtype = "auto";  // auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
+  int threads_per_worker = 0;  // intra-op threads for CPU workers; 0 = LibTorch's default
+  bool is_test_model = false;  // the bundled random-weight model
+  std::string notice;          // shown by /devices and the UI when is_test_model
+  int default_steps = 50;
+};
+
+std::unique_ptr<ModelBackend> make_torch_backend(const ModelFolder& model,
+                                                 TorchBackendOptions options);
+
+int cuda_device_count();  // torch::cuda::device_count(); 0 without CUDA
+// "fp16" / "fp32" / "bf16" for a device, resolving "auto". Throws std::invalid_argument.
+std::string resolve_dtype(const std::string& option, const DeviceSpec& device);
+
+}  // namespace diffusiond
