@@ -80,6 +80,9 @@ void Session::on_header(beast::error_code ec) {
         ec == asio::error::operation_aborted || ec == asio::error::connection_reset ||
         ec == asio::error::eof) {
       close_now();
+    } else if (ec == http::error::body_limit) {  // Content-Length over the limit
+      reject(http::status::payload_too_large, "body_too_large",
+             "request body exceeds " + std::to_string(context_.options.max_body_bytes) + " bytes");
     } else if (ec == http::error::header_limit) {
       reject(
           http::status::request_header_fields_too_large, "headers_too_large",

@@ -1,0 +1,219 @@
+// POST /generate body validation: every limit, wrong types, bad JSON, defaults.
+#include <catch2/catch.hpp>
+
+#include "http/request_validation.h"
+
+using namespace diffusiond;
+using namespace diffusiond::http_api;
+
+namespace {
+
+ModelInfo test_model() {
+  ModelInfo m;
+  m.name = "m";
+  m.default_width = 512;
+  m.default_height = 512;
+  m.default_steps = 50;
+  m.default_guidance_scale = 7.5;
+  m.default_scheduler = "pndm";
+  m.schedulers = {{"pndm", {"PNDM"}}, {"euler_a", {"Euler a"}}};
+  return m;
+}
+
+std::optional<std::string> resolve(const std::string& name) {
+  if (name == "pndm" || name == "PNDM") return "pndm";
+  if (name == "euler_a" || name == "Euler a") return "euler_a";
+  return std::nullopt;
+}
+
+std::variant<GenerateRequest, ValidationError> parse(const std::string& body,
+                                                     HttpOptions limits = {}) {
+  return parse_generate_request(body, test_model(), resolve, limits, 4242);
+}
+
+GenerateRequest ok(const std::string& body) {
+  auto r = parse(body);
+  if (auto* e = std::get_if<ValidationError>(&r)) FAIL("unexpected error: " << e->message);
+  return std::get<GenerateRequest>(r);
+}
+
+ValidationError bad(const std::string& body, HttpOptions limits = {}) {
+  auto r = parse(body, limits);
+  if (std::holds_alternative<GenerateRequest>(r)) FAIL("accepted: " << body);
+  return std::get<ValidationError>(r);
+}
+
+// The error names the field, both in `field` and in the message.
+void expect_field(const std::string& body, const std::string& field,
+                  const std::string& code = "invalid_field") {
+  INFO(body);
+  ValidationError e = bad(body);
+  CHECK(e.http_status == 400);
+  CHECK(e.code == code);
+  CHECK(e.field == field);
+  CHECK(e.message.find(field) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("a minimal request gets the model's defaults", "[http][validation]") {
+  GenerateRequest r = ok(R"({"prompt":"a dog"})");
+  CHECK(r.prompts == std::vector<std::string>{"a dog"});
+  CHECK(r.n == 1);
+  CHECK(r.steps == 50);
+  CHECK(r.width == 512);
+  CHECK(r.height == 512);
+  CHECK(r.guidance_scale == 7.5);
+  CHECK(r.scheduler == "pndm");
+  CHECK(r.seed == 4242);  // the random seed handed in
+  CHECK(r.priority == 0);
+  CHECK(r.negative_prompt.empty());
+}
+
+TEST_CASE("every field is read", "[http][validation]") {
+  GenerateRequest r = ok(R"({"prompts":["a","b"],"negative_prompt":"blurry","n":3,"steps":20,
+      "guidance_scale":4,"seed":123,"width":640,"height":384,"scheduler":"Euler a","priority":-5})");
+  CHECK(r.prompts == std::vector<std::string>{"a", "b"});
+  CHECK(r.negative_prompt == "blurry");
+  CHECK(r.n == 3);
+  CHECK(r.steps == 20);
+  CHECK(r.guidance_scale == 4.0);
+  CHECK(r.seed == 123);
+  CHECK(r.width == 640);
+  CHECK(r.height == 384);
+  CHECK(r.scheduler == "euler_a");  // alias -> canonical
+  CHECK(r.priority == -5);
+}
+
+TEST_CASE("seed: -1 and null mean random; large seeds are kept exactly", "[http][validation]") {
+  CHECK(ok(R"({"prompt":"x","seed":-1})").seed == 4242);
+  CHECK(ok(R"({"prompt":"x","seed":null})").seed == 4242);
+  CHECK(ok(R"({"prompt":"x","seed":0})").seed == 0);
+  CHECK(ok(R"({"prompt":"x","seed":18446744073709551615})").seed == 18446744073709551615ull);
+  expect_field(R"({"prompt":"x","seed":-2})", "seed");
+  expect_field(R"({"prompt":"x","seed":1.5})", "seed");
+  expect_field(R"({"prompt":"x","seed":"7"})", "seed");
+  // seed + image index must not wrap around
+  expect_field(R"({"prompt":"x","n":2,"seed":18446744073709551615})", "seed");
+}
+
+TEST_CASE("null is the same as an absent optional field", "[http][validation]") {
+  GenerateRequest r = ok(R"({"prompt":"x","n":null,"steps":null,"width":null,"scheduler":null,
+      "negative_prompt":null,"guidance_scale":null,"priority":null,"height":null,"prompts":null})");
+  CHECK(r.n == 1);
+  CHECK(r.steps == 50);
+  CHECK(r.width == 512);
+  CHECK(r.scheduler == "pndm");
+}
+
+TEST_CASE("width and height: multiples of 8, within bounds and the pixel limit",
+          "[http][validation]") {
+  expect_field(R"({"prompt":"x","width":100})", "width");
+  expect_field(R"({"prompt":"x","height":100})", "height");
+  expect_field(R"({"prompt":"x","width":56})", "width");  // below 64
+  expect_field(R"({"prompt":"x","width":0})", "width");
+  expect_field(R"({"prompt":"x","width":-64})", "width");
+  expect_field(R"({"prompt":"x","width":4104})", "width");  // above max_side
+  // 1024 x 1032 is over the default 1024*1024 pixels
+  expect_field(R"({"prompt":"x","width":1024,"height":1032})", "width");
+  CHECK(ok(R"({"prompt":"x","width":1024,"height":1024})").width == 1024);
+  CHECK(ok(R"({"prompt":"x","width":64,"height":64})").height == 64);
+  expect_field(R"({"prompt":"x","width":64.0})", "width");
+  expect_field(R"({"prompt":"x","width":"512"})", "width");
+  HttpOptions small;
+  small.max_pixels = 64 * 64;
+  CHECK(bad(R"({"prompt":"x","width":64,"height":72})", small).field == "width");
+  CHECK(bad(R"({"prompt":"x","height":72})", small).field == "height");  // 512 x 72
+}
+
+TEST_CASE("steps 1..max_steps", "[http][validation]") {
+  expect_field(R"({"prompt":"x","steps":0})", "steps");
+  expect_field(R"({"prompt":"x","steps":151})", "steps");
+  expect_field(R"({"prompt":"x","steps":-3})", "steps");
+  expect_field(R"({"prompt":"x","steps":"20"})", "steps");
+  expect_field(R"({"prompt":"x","steps":true})", "steps");
+  expect_field(R"({"prompt":"x","steps":99999999999999999999})", "steps");
+  CHECK(ok(R"({"prompt":"x","steps":1})").steps == 1);
+  CHECK(ok(R"({"prompt":"x","steps":150})").steps == 150);
+}
+
+TEST_CASE("n 1..max_n and the images-per-job bound", "[http][validation]") {
+  expect_field(R"({"prompt":"x","n":0})", "n");
+  expect_field(R"({"prompt":"x","n":17})", "n");
+  expect_field(R"({"prompt":"x","n":99})", "n");
+  expect_field(R"({"prompt":"x","n":[1]})", "n");
+  CHECK(ok(R"({"prompt":"x","n":16})").n == 16);
+  // 5 prompts x 16 = 80 > 64 images
+  expect_field(R"({"prompts":["a","b","c","d","e"],"n":16})", "n");
+  CHECK(ok(R"({"prompts":["a","b","c","d"],"n":16})").n == 16);
+}
+
+TEST_CASE("prompts: exactly one of prompt/prompts, strings, bounded count and length",
+          "[http][validation]") {
+  expect_field(R"({})", "prompt", "missing_field");
+  expect_field(R"({"n":2})", "prompt", "missing_field");
+  expect_field(R"({"prompt":"a","prompts":["b"]})", "prompts");
+  expect_field(R"({"prompt":5})", "prompt");
+  expect_field(R"({"prompt":["a"]})", "prompt");
+  expect_field(R"({"prompts":"a"})", "prompts");
+  expect_field(R"({"prompts":[]})", "prompts");
+  expect_field(R"({"prompts":["a",3]})", "prompts[1]");
+  std::string seventeen = R"({"prompts":[)";
+  for (int i = 0; i < 17; ++i) seventeen += std::string(i ? "," : "") + "\"p\"";
+  expect_field(seventeen + "]}", "prompts");
+
+  const std::string long_ascii(2001, 'a');
+  expect_field(R"({"prompt":")" + long_ascii + "\"}", "prompt");
+  expect_field(R"({"prompt":"x","negative_prompt":")" + long_ascii + "\"}", "negative_prompt");
+  expect_field(R"({"prompt":"x","negative_prompt":7})", "negative_prompt");
+  // The bound counts characters, not bytes: 2000 three-byte characters are fine.
+  std::string cjk;
+  for (int i = 0; i < 2000; ++i) cjk += "\xe7\x8a\xac";  // U+72AC
+  CHECK(ok(R"({"prompt":")" + cjk + "\"}").prompts[0].size() == 6000);
+  CHECK(utf8_length(cjk) == 2000);
+  CHECK(ok(R"({"prompt":""})").prompts[0].empty());
+}
+
+TEST_CASE("guidance_scale: a number in [0, max]", "[http][validation]") {
+  CHECK(ok(R"({"prompt":"x","guidance_scale":0})").guidance_scale == 0.0);
+  CHECK(ok(R"({"prompt":"x","guidance_scale":12.5})").guidance_scale == 12.5);
+  expect_field(R"({"prompt":"x","guidance_scale":-0.5})", "guidance_scale");
+  expect_field(R"({"prompt":"x","guidance_scale":50.5})", "guidance_scale");
+  expect_field(R"({"prompt":"x","guidance_scale":"7"})", "guidance_scale");
+}
+
+TEST_CASE("scheduler: names and aliases; unknown ones listed", "[http][validation]") {
+  CHECK(ok(R"({"prompt":"x","scheduler":"PNDM"})").scheduler == "pndm");
+  ValidationError e = bad(R"({"prompt":"x","scheduler":"lms_karras_turbo"})");
+  CHECK(e.code == "unknown_scheduler");
+  CHECK(e.field == "scheduler");
+  CHECK(e.message.find("lms_karras_turbo") != std::string::npos);
+  CHECK(e.message.find("euler_a") != std::string::npos);  // says what is known
+  expect_field(R"({"prompt":"x","scheduler":3})", "scheduler");
+}
+
+TEST_CASE("priority within bounds", "[http][validation]") {
+  CHECK(ok(R"({"prompt":"x","priority":1000})").priority == 1000);
+  expect_field(R"({"prompt":"x","priority":1001})", "priority");
+  expect_field(R"({"prompt":"x","priority":-1001})", "priority");
+  expect_field(R"({"prompt":"x","priority":"high"})", "priority");
+}
+
+TEST_CASE("unknown fields are rejected by name", "[http][validation]") {
+  ValidationError e = bad(R"({"prompt":"x","step":20,"cfg_scale":7})");
+  CHECK(e.code == "unknown_field");
+  CHECK(e.message.find("'step'") != std::string::npos);
+  CHECK(e.message.find("'cfg_scale'") != std::string::npos);
+  CHECK((e.field == "step" || e.field == "cfg_scale"));
+}
+
+TEST_CASE("malformed bodies", "[http][validation]") {
+  for (const char* body : {"", "   ", "{", "{\"prompt\":}", "not json", "{\"prompt\":\"x\"}}",
+                           "[\"a dog\"]", "\"a dog\"", "42", "null", "{\"prompt\":\"\xff\"}"}) {
+    INFO(body);
+    ValidationError e = bad(body);
+    CHECK(e.http_status == 400);
+    CHECK(e.code == "invalid_json");
+    CHECK_FALSE(e.message.empty());
+  }
+}
