@@ -1,0 +1,127 @@
+// CUDA checks of the torch backend (label gpu; each test skips itself without a CUDA device, so
+// the CPU build compiles and runs this file too): every CUDA replica runs on its own stream from
+// the pool (not the default stream), and images made on the GPU match the CPU's.
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <torch/torch.h>
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <thread>
+
+#include "daemon/core_service.h"
+#include "daemon/torch_backend.h"
+#include "pipeline/png.h"
+#include "temp_dir.h"
+
+using namespace diffusiond;
+
+namespace {
+const std::string kModel = std::string(DIFFUSIOND_FIXTURES) + "/tiny-sd1";
+
+bool have_cuda() {
+  if (torch::cuda::is_available()) return true;
+  WARN("no CUDA device: skipped");
+  return false;
+}
+
+ImageTaskSpec task(std::uint64_t seed) {
+  return ImageTaskSpec{"a watercolor fox", "blurry", 8, 7.5, seed, 64, 64, "euler"};
+}
+
+double mean_abs_diff(const RgbImage& a, const RgbImage& b) {
+  double sum = 0;
+  for (std::size_t i = 0; i < a.pixels.size(); ++i)
+    sum += std::abs(static_cast<int>(a.pixels[i]) - static_cast<int>(b.pixels[i]));
+  return sum / static_cast<double>(a.pixels.size());
+}
+}  // namespace
+
+TEST_CASE("the stream code builds everywhere; CPU replicas keep working", "[gpu]") {
+  auto backend = make_torch_backend(resolve_model(kModel), {});
+  auto replica = backend->load_replica({DeviceSpec::Kind::cpu, 0, "cpu"});
+  const auto image = replica->generate_one(task(1), [](int, int) { return true; });
+  CHECK(image.width == 64);
+  CHECK(image.pixels.size() == 64u * 64 * 3);
+}
+
+TEST_CASE("each CUDA replica runs on its own non-default stream", "[gpu]") {
+  if (!have_cuda()) return;
+  auto backend = make_torch_backend(resolve_model(kModel), {});
+  const DeviceSpec cuda0{DeviceSpec::Kind::cuda, 0, "cuda:0"};
+  std::int64_t stream_id[2] = {-1, -1};
+  std::string error[2];
+  auto worker = [&](int i) {
+    try {
+      auto replica = backend->load_replica(cuda0);
+      c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
+      stream_id[i] = static_cast<std::int64_t>(cuda.getStream(c10::Device(c10::kCUDA, 0)).id());
+      const auto image = replica->generate_one(task(3), [](int, int) { return true; });
+      if (image.pixels.size() != 64u * 64 * 3) error[i] = "wrong image size";
+    } catch (const std::exception& e) {
+      error[i] = e.what();
+    }
+  };
+  std::thread a(worker, 0), b(worker, 1);
+  a.join();
+  b.join();
+  CHECK(error[0].empty());
+  CHECK(error[1].empty());
+  CHECK(stream_id[0] != 0);  // 0 is the default (legacy) stream
+  CHECK(stream_id[1] != 0);
+  CHECK(stream_id[0] != stream_id[1]);
+  // This thread never set a stream: it still sees the default one.
+  c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
+  CHECK(cuda.getStream(c10::Device(c10::kCUDA, 0)).id() == 0);
+}
+
+TEST_CASE("an fp32 image made on cuda:0 matches the CPU's", "[gpu]") {
+  if (!have_cuda()) return;
+  TorchBackendOptions fp32;
+  fp32.dtype = "fp32";
+  auto backend = make_torch_backend(resolve_model(kModel), fp32);
+  RgbImage on_gpu, on_cpu;
+  std::thread gpu_thread([&] {
+    auto replica = backend->load_replica({DeviceSpec::Kind::cuda, 0, "cuda:0"});
+    on_gpu = replica->generate_one(task(7), [](int, int) { return true; });
+  });
+  gpu_thread.join();
+  auto cpu = backend->load_replica({DeviceSpec::Kind::cpu, 0, "cpu"});
+  on_cpu = cpu->generate_one(task(7), [](int, int) { return true; });
+  REQUIRE(on_gpu.pixels.size() == on_cpu.pixels.size());
+  const double diff = mean_abs_diff(on_gpu, on_cpu);
+  INFO("mean |gpu - cpu| = " << diff << " / 255");
+  CHECK(diff < 2.0);
+}
+
+TEST_CASE("the daemon core runs a job on cuda:0 in fp16", "[gpu]") {
+  if (!have_cuda()) return;
+  test::TempDir dir;
+  auto store = JobStore::open(dir.path());
+  auto backend = make_torch_backend(resolve_model(kModel), {});
+  CoreOptions options;
+  options.dtype = "fp16";
+  CoreService service(*store, *backend, parse_devices("cuda:0", cuda_device_count()), options,
+                      [](const RgbImage& image, const PngGenerationInfo& info) {
+                        return encode_png_with_metadata(image, info);
+                      });
+  service.start();
+  REQUIRE(service.wait_loaded(std::chrono::minutes(5)));
+  GenerateRequest request;
+  request.prompts = {"a lighthouse", "a harbour"};
+  request.steps = 6;
+  request.width = request.height = 64;
+  request.scheduler = "euler_a";
+  const auto job = service.submit(request);
+  for (int i = 0; i < 6000; ++i) {
+    if (is_terminal(service.job(job.id)->status)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const auto done = service.job(job.id);
+  CHECK(done->status == JobStatus::done);
+  for (const auto& image : done->images) {
+    CHECK(image.device == "cuda:0");
+    CHECK(service.image_path(job.id, image.index));
+  }
+  CHECK_THAT(service.devices()[0].description, Catch::Contains("fp16"));
+  CHECK(service.devices()[0].memory_total_bytes > 0);
+}
