@@ -1,0 +1,108 @@
+// `diffusiond serve` options: --listen parsing, the config file, API key files.
+#include <catch2/catch.hpp>
+
+#include <CLI/CLI.hpp>
+#include <fstream>
+
+#include "daemon/serve_options.h"
+#include "temp_dir.h"
+
+using namespace diffusiond;
+
+namespace {
+void write_text(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+// Parses argv like the real subcommand, then applies the config file if one was given.
+ServeOptions parse(std::vector<std::string> args) {
+  CLI::App app;
+  auto* serve = app.add_subcommand("serve");
+  ServeOptions options;
+  add_serve_options(*serve, options);
+  args.insert(args.begin(), "serve");
+  std::reverse(args.begin(), args.end());
+  app.parse(args);
+  if (!options.config.empty()) apply_config_file(*serve, options.config);
+  return options;
+}
+}  // namespace
+
+TEST_CASE("--listen forms", "[serve]") {
+  CHECK(parse_listen("127.0.0.1:7860").host == "127.0.0.1");
+  CHECK(parse_listen("127.0.0.1:7860").port == 7860);
+  CHECK(parse_listen("0.0.0.0:0").port == 0);
+  CHECK(parse_listen(":8080").host == "127.0.0.1");
+  CHECK(parse_listen("9000").port == 9000);
+  CHECK(parse_listen("[::1]:81").host == "::1");
+  CHECK(parse_listen("[::1]:81").port == 81);
+  CHECK_THROWS_WITH(parse_listen("host:99999"), Catch::Contains("bad port"));
+  CHECK_THROWS_WITH(parse_listen("host:"), Catch::Contains("bad port"));
+  CHECK_THROWS_WITH(parse_listen("::1:80"), Catch::Contains("[ADDR]:PORT"));
+  CHECK_THROWS_WITH(parse_listen("[::1]80"), Catch::Contains("[IPV6]:PORT"));
+}
+
+TEST_CASE("defaults are the documented safe ones", "[serve]") {
+  const auto o = parse({});
+  CHECK(o.listen == "127.0.0.1:7860");
+  CHECK(o.devices == "auto");
+  CHECK(o.dispatch == "round-robin");
+  CHECK(o.max_queue == 256);
+  CHECK(o.api_keys.empty());
+}
+
+TEST_CASE("the config file sets options; the command line wins", "[serve]") {
+  test::TempDir dir;
+  const auto conf = dir.path() / "diffusiond.conf";
+  write_text(conf,
+             "# comment\n"
+             "listen = 0.0.0.0:9000\n"
+             "devices = \"cpu*2\"\n"
+             "max-queue = 12\n"
+             "api-key = [\"k1\", \"k2\"]\n"
+             "dispatch = least-loaded\n");
+  const auto o = parse({"--config", conf.string(), "--max-queue", "7"});
+  CHECK(o.listen == "0.0.0.0:9000");
+  CHECK(o.devices == "cpu*2");
+  CHECK(o.max_queue == 7);
+  CHECK(o.api_keys == std::vector<std::string>{"k1", "k2"});
+  CHECK(o.dispatch == "least-loaded");
+
+  write_text(conf, "[serve]\nkeep-days = 3\n");
+  CHECK(parse({"--config", conf.string()}).keep_days == 3);
+}
+
+TEST_CASE("config file errors name the key and the file", "[serve]") {
+  test::TempDir dir;
+  const auto conf = dir.path() / "bad.conf";
+  write_text(conf, "max-qeueu = 3\n");
+  CHECK_THROWS_WITH(parse({"--config", conf.string()}),
+                    Catch::Contains("unknown option 'max-qeueu'"));
+  write_text(conf, "max-queue = 0\n");
+  CHECK_THROWS_WITH(parse({"--config", conf.string()}), Catch::Contains("max-queue"));
+  write_text(conf, "dispatch = random\n");
+  CHECK_THROWS_AS(parse({"--config", conf.string()}), CLI::ParseError);
+  CHECK_THROWS_AS(parse({"--config", (dir.path() / "missing.conf").string()}), CLI::ParseError);
+}
+
+TEST_CASE("API keys come from the options and the key file", "[serve]") {
+  test::TempDir dir;
+  ServeOptions o;
+  o.api_keys = {"a"};
+  o.api_key_file = (dir.path() / "keys").string();
+  write_text(o.api_key_file, "# keys\n\n  b  \nc\r\n");
+  CHECK(collect_api_keys(o) == std::vector<std::string>{"a", "b", "c"});
+  write_text(o.api_key_file, "# only a comment\n");
+  CHECK_THROWS_WITH(collect_api_keys(o), Catch::Contains("holds no key"));
+  o.api_key_file = (dir.path() / "nope").string();
+  CHECK_THROWS_WITH(collect_api_keys(o), Catch::Contains("cannot read --api-key-file"));
+}
+
+TEST_CASE("the default data dir follows systemd and XDG", "[serve]") {
+  ::setenv("STATE_DIRECTORY", "/var/lib/diffusiond:/var/lib/other", 1);
+  CHECK(default_data_dir() == "/var/lib/diffusiond");
+  ::unsetenv("STATE_DIRECTORY");
+  ::setenv("XDG_STATE_HOME", "/tmp/state", 1);
+  CHECK(default_data_dir() == "/tmp/state/diffusiond");
+  ::unsetenv("XDG_STATE_HOME");
+}
