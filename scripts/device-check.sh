@@ -5,6 +5,11 @@
 # (fp16) and on the CPU (fp32), and prints a short table last. Logs go to OUT_DIR.
 #
 #   scripts/device-check.sh [OUT_DIR]      (default: $OUT, else /tmp/device-check)
+# Pack the dependencies here first (the runtime .so packages too: the GPU machine has none):
+#   echo /.devdeps/ >> .git/info/exclude; mkdir -p .devdeps
+#   ../shared/device/pack-deps.sh .devdeps/deps.tar.xz zlib1g-dev libspdlog1.10 libfmt9 \
+#       libutf8proc2 libsqlite3-0 pkgconf-bin libpkgconf3
+# and carry .devdeps in the device run.
 # Env: DEPS (default .devdeps/deps.tar.xz, made here by ../shared/device/pack-deps.sh),
 #      BUILD_DIR (default build-gpu), JOBS (default: every core), MODEL (default: tiny-sd1).
 set -uo pipefail
@@ -37,14 +42,23 @@ finish() {
 
 mkdir -p /tmp/deps
 run_step "unpack deps" unpack.log tar -xJf "$deps" -C /tmp/deps || finish 1
+# The packed .pc files and libraries say /usr: point pkg-config and the loader at /tmp/deps.
+libdir=/tmp/deps/usr/lib/x86_64-linux-gnu
+export PKG_CONFIG_SYSROOT_DIR=/tmp/deps
+export PKG_CONFIG_LIBDIR=$libdir/pkgconfig:/tmp/deps/usr/share/pkgconfig
+export LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+pkg_config=()
+if ! command -v pkg-config >/dev/null && [ -x /tmp/deps/usr/bin/pkgconf ]; then
+  pkg_config=(-DPKG_CONFIG_EXECUTABLE=/tmp/deps/usr/bin/pkgconf)
+fi
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)') || finish 1
 torch_info=$(python3 -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda,
   "abi", int(torch._C._GLIBCXX_USE_CXX11_ABI), "gpus", torch.cuda.device_count())')
 row "torch" "$torch_info"
 
 run_step "configure" configure.log cmake -S "$root" -B "$build" -G Ninja \
-  -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_PREFIX_PATH="/tmp/deps/usr;/tmp/deps/usr/lib/x86_64-linux-gnu/cmake;$torch_prefix" ||
+  -DCMAKE_BUILD_TYPE=Release "${pkg_config[@]}" \
+  -DCMAKE_PREFIX_PATH="/tmp/deps/usr;$libdir/cmake;$torch_prefix" ||
   finish 1
 targets=(diffusiond test_daemon)
 for t in test_daemon_gpu test_pipeline bench_pipeline; do
