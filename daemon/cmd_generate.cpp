@@ -1,11 +1,199 @@
+// `diffusiond generate`: one-shot txt2img from the command line, PNGs with metadata.
+// Thread-safety: runs once on the main thread.
 #include <CLI/CLI.hpp>
 
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+
 #include "daemon/commands.h"
+#include "pipeline/model_folder.h"
+#include "pipeline/png.h"
+#include "pipeline/safetensors.h"
+#include "pipeline/schedulers/scheduler.h"
+#include "pipeline/txt2img.h"
 
 namespace diffusiond {
-// Placeholder until its issue lands: registers the subcommand so the CLI is complete.
-void add_generate_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("generate", "(being built)");
-  cmd->callback([] { throw std::runtime_error("'generate' is not built yet"); });
+namespace {
+
+namespace fs = std::filesystem;
+
+struct GenerateOptions {
+  std::string model;
+  std::vector<std::string> prompts;
+  std::string negative_prompt;
+  std::int64_t seed = -1;  // -1: random
+  int steps = 50;
+  double guidance = 7.5;
+  int width = 0, height = 0;  // 0: the model's default
+  std::string scheduler;
+  int n = 1;
+  std::string device = "cpu";
+  std::string dtype;  // "" = fp16 on CUDA, fp32 on CPU
+  std::string variant;
+  std::string dump_dir;
+  std::string output = "out.png";
+  int png_level = 1;
+};
+
+torch::ScalarType parse_dtype(const std::string& name) {
+  if (name == "fp32" || name == "float32") return torch::kFloat32;
+  if (name == "fp16" || name == "float16") return torch::kFloat16;
+  if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
+  throw std::invalid_argument("--dtype '" + name + "' is not one of fp32, fp16, bf16");
 }
+
+std::string dtype_name(torch::ScalarType t) {
+  return t == torch::kFloat16 ? "fp16" : t == torch::kBFloat16 ? "bf16" : "fp32";
+}
+
+// The A1111 display name of a scheduler (its first alias), else the canonical name.
+std::string sampler_display(const std::string& canonical) {
+  for (const auto& entry : scheduler_registry()) {
+    if (entry.name == canonical && !entry.aliases.empty()) return entry.aliases.front();
+  }
+  return canonical;
+}
+
+fs::path output_path(const fs::path& out, int index, int count) {
+  if (count == 1) return out;
+  fs::path p = out;
+  return p.replace_filename(out.stem().string() + "-" + std::to_string(index) +
+                            out.extension().string());
+}
+
+void write_file(const fs::path& path, const std::string& bytes) {
+  if (path.has_parent_path()) fs::create_directories(path.parent_path());
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  f.close();
+  if (!f) throw std::runtime_error(path.string() + ": cannot write");
+}
+
+void run_generate(const GenerateOptions& o) {
+  const torch::Device device(o.device);
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    throw std::invalid_argument("--device " + o.device + ": CUDA is not available in this build");
+  }
+  const torch::ScalarType dtype = o.dtype.empty()
+                                      ? (device.is_cuda() ? torch::kFloat16 : torch::kFloat32)
+                                      : parse_dtype(o.dtype);
+  const ModelFolder folder = resolve_model(o.model, o.variant);
+  auto pipe = StableDiffusion::load(folder, device, dtype);
+
+  Txt2ImgParams params;
+  params.prompts = o.prompts;
+  params.negative_prompt = o.negative_prompt;
+  params.num_images_per_prompt = o.n;
+  params.steps = o.steps;
+  params.guidance_scale = o.guidance;
+  params.seed = o.seed >= 0 ? static_cast<std::uint64_t>(o.seed) : std::random_device{}();
+  params.width = o.width > 0 ? o.width : pipe->default_width();
+  params.height = o.height > 0 ? o.height : pipe->default_height();
+  params.scheduler = o.scheduler.empty()
+                         ? pipe->default_scheduler()
+                         : canonical_scheduler_name(o.scheduler).value_or(o.scheduler);
+
+  std::vector<std::pair<std::string, torch::Tensor>> dumped;
+  DumpSink dump;
+  if (!o.dump_dir.empty()) {
+    dump = [&](const std::string& name, const torch::Tensor& v) { dumped.emplace_back(name, v); };
+  }
+  auto images = pipe->generate(
+      params,
+      [](int image, int step, int steps) {
+        if (image == 0) std::cerr << "\rstep " << step << "/" << steps << std::flush;
+        return true;
+      },
+      dump);
+  std::cerr << "\n";
+  if (!o.dump_dir.empty()) {
+    fs::create_directories(o.dump_dir);
+    write_safetensors(fs::path(o.dump_dir) / "intermediates.safetensors", dumped);
+    std::cerr << "intermediates: " << (fs::path(o.dump_dir) / "intermediates.safetensors").string()
+              << "\n";
+  }
+
+  nlohmann::json request = {{"model", o.model},
+                            {"prompts", o.prompts},
+                            {"negative_prompt", params.negative_prompt},
+                            {"n", params.num_images_per_prompt},
+                            {"steps", params.steps},
+                            {"guidance_scale", params.guidance_scale},
+                            {"seed", params.seed},
+                            {"width", params.width},
+                            {"height", params.height},
+                            {"scheduler", params.scheduler},
+                            {"device", o.device},
+                            {"dtype", dtype_name(dtype)}};
+  if (o.prompts.size() == 1) request["prompt"] = o.prompts.front();
+  const std::string model_name =
+      fs::is_directory(o.model) ? folder.root.filename().string() : folder.name;
+  for (std::size_t k = 0; k < images.size(); ++k) {
+    PngGenerationInfo info;
+    info.prompt = params.prompts[k / static_cast<std::size_t>(params.num_images_per_prompt)];
+    info.negative_prompt = params.negative_prompt;
+    info.steps = params.steps;
+    info.scheduler = params.scheduler;
+    info.sampler = sampler_display(params.scheduler);
+    info.guidance_scale = params.guidance_scale;
+    info.seed = params.seed + k;
+    info.width = params.width;
+    info.height = params.height;
+    info.model_name = model_name;
+    info.device = device.str();
+    info.dtype = dtype_name(dtype);
+    info.image_index = static_cast<int>(k);
+    info.request = request;
+    const fs::path path =
+        output_path(o.output, static_cast<int>(k), static_cast<int>(images.size()));
+    write_file(path, encode_png_with_metadata(images[k], info, o.png_level));
+    std::cout << path.string() << "\n";
+  }
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app) {
+  auto options = std::make_shared<GenerateOptions>();
+  auto* cmd = app.add_subcommand("generate", "Generate images from text prompts into PNG files");
+  cmd->add_option("--model,-m", options->model,
+                  "Model folder or Hugging Face repo id (offline cache)")
+      ->required();
+  cmd->add_option("--prompt,-p", options->prompts, "Prompt (repeat for several)")->required();
+  cmd->add_option("--negative-prompt", options->negative_prompt, "Negative prompt");
+  cmd->add_option("--seed,-s", options->seed,
+                  "Seed of image 0; image k uses seed + k (default: random)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--steps", options->steps, "Denoising steps")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  cmd->add_option("--guidance,--cfg", options->guidance,
+                  "Classifier-free guidance scale (<= 1 disables)")
+      ->capture_default_str();
+  cmd->add_option("--width,-W", options->width, "Width in pixels (default: the model's)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--height,-H", options->height, "Height in pixels (default: the model's)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--scheduler", options->scheduler,
+                  "Sampler name or A1111 alias (default: the model's)");
+  cmd->add_option("-n", options->n, "Images per prompt")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  cmd->add_option("--device", options->device, "cpu or cuda:N")->capture_default_str();
+  cmd->add_option("--dtype", options->dtype,
+                  "fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
+  cmd->add_option("--variant", options->variant, "Weights variant, e.g. fp16 (*.fp16.safetensors)");
+  cmd->add_option("--dump", options->dump_dir,
+                  "Write intermediates to DIR/intermediates.safetensors");
+  cmd->add_option("--png-compression", options->png_level, "zlib level 0-9")
+      ->check(CLI::Range(0, 9))
+      ->capture_default_str();
+  cmd->add_option("-o,--output", options->output, "Output PNG (several images: OUT-0.png, ...)")
+      ->capture_default_str();
+  cmd->callback([options] { run_generate(*options); });
+}
+
 }  // namespace diffusiond

@@ -114,6 +114,7 @@ void CoreService::drain(std::chrono::milliseconds grace) {
 }
 
 bool CoreService::workers_alive() const {
+  if (draining_) return true;  // workers exit on purpose while draining
   if (dispatcher_.healthy_count() == 0) return false;
   for (const auto& worker : workers_) {
     if (!dispatcher_.healthy(worker->index())) continue;
@@ -148,12 +149,26 @@ std::optional<std::string> CoreService::canonical_scheduler(const std::string& n
   return backend_.canonical_scheduler(name);
 }
 
-JobView CoreService::submit(const GenerateRequest& request) {
+GenerateRequest CoreService::normalise(GenerateRequest request) const {
+  if (request.prompts.empty()) throw ServiceError(400, "invalid_request", "prompt is missing");
+  if (request.n < 1) throw ServiceError(400, "invalid_request", "n must be at least 1");
+  if (request.steps <= 0) request.steps = model_info_.default_steps;
+  if (request.width <= 0) request.width = model_info_.default_width;
+  if (request.height <= 0) request.height = model_info_.default_height;
+  if (request.scheduler.empty()) {
+    request.scheduler = model_info_.default_scheduler;
+  } else {
+    auto canonical = backend_.canonical_scheduler(request.scheduler);
+    if (!canonical)
+      throw ServiceError(400, "invalid_request", "unknown scheduler '" + request.scheduler + "'");
+    request.scheduler = *canonical;
+  }
+  return request;
+}
+
+JobView CoreService::submit(const GenerateRequest& original) {
   if (draining_) throw ServiceError(503, "draining", "the daemon is shutting down", 5);
-  if (request.prompts.empty() || request.n < 1 || request.steps < 1 || request.width < 1 ||
-      request.height < 1)
-    throw ServiceError(400, "invalid_request",
-                       "a request needs a prompt, n >= 1, steps >= 1 and a size");
+  const GenerateRequest request = normalise(original);
   const int count = image_count(request);
   JobView view;
   {

@@ -118,7 +118,10 @@ class CoreService final : public ImageService, private TaskHost {
   // Tasks no healthy device can take stay queued in the store (they run after a restart).
   void strand_orphans(const std::vector<TaskRef>& orphans);
   void flush(const std::vector<std::string>& job_ids);
-  int retry_after_seconds_locked() const;
+  // Defaults from the model for steps/size/scheduler left at 0 or "", canonical scheduler name;
+  // ServiceError 400 for what HTTP should have refused already.
+  GenerateRequest normalise(GenerateRequest request) const;
+    int retry_after_seconds_locked() const;
   std::string sampler_display(const std::string& canonical) const;
 
   JobStore& store_;

@@ -48,8 +48,8 @@ void handle_generate(ServerContext& c, Exchange& ex, const RouteParams& p) {
   auto resolve = [&c](const std::string& name) { return c.service.canonical_scheduler(name); };
   auto parsed = parse_generate_request(req.body(), model, resolve, c.options, random_seed());
   if (auto* err = std::get_if<ValidationError>(&parsed)) {
-    ex.respond(
-        error_response(static_cast<http::status>(err->http_status), err->code, err->message));
+    ex.respond(error_response(static_cast<http::status>(err->http_status), err->code, err->message,
+                              err->field));
     return;
   }
   const GenerateRequest& request = std::get<GenerateRequest>(parsed);

@@ -46,7 +46,8 @@ void handle_list_jobs(ServerContext& c, Exchange& ex, const RouteParams& p) {
     if (!status) {
       return ex.respond(error_response(
           http::status::bad_request, "invalid_field",
-          "query parameter 'status' must be one of queued, running, done, failed, cancelled"));
+          "query parameter 'status' must be one of queued, running, done, failed, cancelled",
+          "status"));
     }
   }
   int limit = 50;
@@ -57,7 +58,8 @@ void handle_list_jobs(ServerContext& c, Exchange& ex, const RouteParams& p) {
         limit > c.options.max_list_limit) {
       return ex.respond(error_response(http::status::bad_request, "invalid_field",
                                        "query parameter 'limit' must be an integer from 1 to " +
-                                           std::to_string(c.options.max_list_limit)));
+                                           std::to_string(c.options.max_list_limit),
+                                       "limit"));
     }
   }
   nlohmann::json list = nlohmann::json::array();

@@ -12,10 +12,11 @@ StringResponse json_response(http::status status, const nlohmann::json& body) {
   return res;
 }
 
-StringResponse error_response(http::status status, std::string_view code,
-                              std::string_view message) {
-  nlohmann::json body = {{"error", {{"code", code}, {"message", message}}}};
-  return json_response(status, body);
+StringResponse error_response(http::status status, std::string_view code, std::string_view message,
+                              std::string_view field) {
+  nlohmann::json error = {{"code", code}, {"message", message}};
+  if (!field.empty()) error["field"] = field;
+  return json_response(status, {{"error", std::move(error)}});
 }
 
 StringResponse text_response(http::status status, std::string body, std::string_view content_type) {

@@ -20,8 +20,10 @@ using Response = std::variant<StringResponse, FileResponse>;
 
 // 200-style JSON answer (pretty-printing off; UTF-8).
 StringResponse json_response(http::status status, const nlohmann::json& body);
-// {"error":{"code":...,"message":...}} with the given status.
-StringResponse error_response(http::status status, std::string_view code, std::string_view message);
+// {"error":{"code":...,"message":...[,"field":...]}} with the given status; "field" names the
+// request field at fault when there is one.
+StringResponse error_response(http::status status, std::string_view code,
+                              std::string_view message, std::string_view field = {});
 StringResponse text_response(http::status status, std::string body, std::string_view content_type);
 
 unsigned status_code(const Response& r);

@@ -476,6 +476,32 @@ TEST_CASE("devices and model info come from the backend", "[service]") {
   CHECK_FALSE(h.service->canonical_scheduler("nope"));
 }
 
+TEST_CASE("submit fills model defaults and canonical scheduler names", "[service]") {
+  Harness h;
+  h.start("cpu");
+  GenerateRequest bare;
+  bare.prompts = {"defaults"};
+  bare.scheduler = "Euler";
+  const auto job = h.service->submit(bare);
+  CHECK(job.request.steps == 3);
+  CHECK(job.request.width == 16);
+  CHECK(job.request.height == 8);
+  CHECK(job.request.scheduler == "euler");
+  bare.scheduler.clear();
+  CHECK(h.service->submit(bare).request.scheduler == "euler");  // the model's default
+  bare.scheduler = "no such sampler";
+  try {
+    h.service->submit(bare);
+    FAIL("accepted an unknown scheduler");
+  } catch (const ServiceError& e) {
+    CHECK(e.http_status() == 400);
+    CHECK_THAT(e.what(), Catch::Contains("no such sampler"));
+  }
+  bare.prompts.clear();
+  CHECK_THROWS_AS(h.service->submit(bare), ServiceError);
+  CHECK(h.wait_finished(job.id).status == JobStatus::done);
+}
+
 TEST_CASE("100 concurrent submissions all complete", "[service]") {
   Harness h;
   h.options.max_queue = 1000;

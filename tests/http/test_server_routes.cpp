@@ -143,6 +143,7 @@ TEST_CASE("invalid requests answer 400 JSON naming the field; the server keeps s
   auto r = f.post("/generate", R"({"prompt":"x","width":100})");
   check_error(r, 400, "invalid_field");
   CHECK(r.json()["error"]["message"].get<std::string>().find("width") != std::string::npos);
+  CHECK(r.json()["error"]["field"] == "width");
   check_error(f.post("/generate", R"({"prompt":"x","steps":0})"), 400, "invalid_field");
   check_error(f.post("/generate", R"({"prompt":"x","n":99})"), 400, "invalid_field");
   check_error(f.post("/generate", R"({"prompt":"x","steps":"ten"})"), 400, "invalid_field");

@@ -1,0 +1,131 @@
+// bench_pipeline: loads one model on one device and times every stage of txt2img:
+// tokenize + text encode, each denoising step (UNet + scheduler), VAE decode, PNG encode;
+// images/s and peak RSS. Prints a table. Not a test: nothing here asserts on time.
+//
+//   bench_pipeline --model DIR [--width 256 --height 256 --steps 4 --device cpu --dtype fp32
+//                  --batch 1 --runs 1 --scheduler NAME]
+#include <CLI/CLI.hpp>
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "pipeline/model_folder.h"
+#include "pipeline/png.h"
+#include "pipeline/txt2img.h"
+
+using namespace diffusiond;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // Linux: KiB
+}
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown CPU";
+}
+
+torch::ScalarType parse_dtype(const std::string& s) {
+  if (s == "fp16") return torch::kFloat16;
+  if (s == "bf16") return torch::kBFloat16;
+  return torch::kFloat32;
+}
+
+void row(const std::string& stage, double seconds, const std::string& note = "") {
+  std::printf("| %-28s | %10.3f | %s\n", stage.c_str(), seconds, note.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"diffusiond pipeline benchmark"};
+  std::string model, device = "cpu", dtype = "fp32", scheduler;
+  std::string prompt = "a photograph of an astronaut riding a horse";
+  int width = 256, height = 256, steps = 4, batch = 1, runs = 1;
+  app.add_option("--model", model, "Model folder or HF repo id")->required();
+  app.add_option("--width", width)->capture_default_str();
+  app.add_option("--height", height)->capture_default_str();
+  app.add_option("--steps", steps)->capture_default_str();
+  app.add_option("--device", device)->capture_default_str();
+  app.add_option("--dtype", dtype)
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+      ->capture_default_str();
+  app.add_option("--batch", batch, "Images per call (one UNet batch)")->capture_default_str();
+  app.add_option("--runs", runs, "Timed runs (each with a fresh prompt: no cache hits)")
+      ->capture_default_str();
+  app.add_option("--scheduler", scheduler, "Sampler (default: the model's)");
+  app.add_option("--prompt", prompt)->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    const torch::Device dev(device);
+    std::printf("model %s | %dx%d | %d steps | batch %d | %s %s | torch threads %d | %s\n",
+                model.c_str(), width, height, steps, batch, device.c_str(), dtype.c_str(),
+                torch::get_num_threads(), dev.is_cuda() ? "CUDA" : cpu_model().c_str());
+    auto t0 = Clock::now();
+    auto pipe = StableDiffusion::load(resolve_model(model), dev, parse_dtype(dtype));
+    pipe->set_profiling(true);
+    const double load_s = seconds_since(t0);
+    std::printf("\n| %-28s | %10s |\n|%s|%s|\n", "stage", "seconds", std::string(30, '-').c_str(),
+                std::string(12, '-').c_str());
+    row("load (all components)", load_s);
+
+    for (int r = 0; r < runs; ++r) {
+      Txt2ImgParams params;
+      params.prompts = {runs == 1 ? prompt : prompt + ", run " + std::to_string(r)};
+      params.num_images_per_prompt = batch;
+      params.steps = steps;
+      params.width = width;
+      params.height = height;
+      params.seed = 42;
+      params.scheduler = scheduler;
+      auto images = pipe->generate(params);
+      const GenerationTimings t = pipe->last_timings();
+
+      auto png_start = Clock::now();
+      std::size_t png_bytes = 0;
+      for (const auto& image : images)
+        png_bytes += encode_png(image, {{"parameters", prompt}}).size();
+      const double png_s = seconds_since(png_start);
+
+      const std::string tag = runs == 1 ? "" : " [run " + std::to_string(r) + "]";
+      row("tokenize + text encode" + tag, t.text_encode_s);
+      double steps_sum = 0;
+      for (std::size_t i = 0; i < t.step_s.size(); ++i) {
+        row("step " + std::to_string(i + 1) + " (UNet+sched)" + tag, t.step_s[i]);
+        steps_sum += t.step_s[i];
+      }
+      row("all steps" + tag, steps_sum,
+          "mean " + std::to_string(steps_sum / std::max<std::size_t>(1, t.step_s.size())) +
+              " s/step");
+      row("VAE decode" + tag, t.vae_decode_s);
+      row("PNG encode (level 1)" + tag, png_s, std::to_string(png_bytes) + " bytes");
+      row("total (generate + PNG)" + tag, t.total_s + png_s);
+      row("images/s" + tag, static_cast<double>(images.size()) / (t.total_s + png_s));
+    }
+    std::printf("\npeak RSS: %.0f MiB\n", peak_rss_mib());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_pipeline: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

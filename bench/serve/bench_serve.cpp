@@ -1,0 +1,127 @@
+// bench_serve: serving throughput and latency of `diffusiond serve` (default --devices cpu*2,
+// tiny model) under N concurrent HTTP clients, against the same images made in-process.
+// Not a test: prints a Markdown table for bench/RESULTS.md.
+//
+//   bench_serve [--clients 8] [--images 32] [--steps 10] [--size 64] [--devices cpu*2]
+//               [--threads T] [--model DIR] [--bin diffusiond]
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <numeric>
+#include <thread>
+
+#include "in_process.h"
+#include "serve_clients.h"
+#include "tests/blackbox/daemon_process.h"
+
+using namespace diffusiond;
+using namespace diffusiond::bench;
+
+namespace {
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double rank = p / 100.0 * (v.size() - 1);
+  const std::size_t lo = static_cast<std::size_t>(rank);
+  const std::size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (rank - lo);
+}
+
+double mean(const std::vector<double>& v) {
+  return v.empty() ? 0 : std::accumulate(v.begin(), v.end(), 0.0) / v.size();
+}
+
+int cpu_workers_of(const std::string& devices) {
+  const auto star = devices.find('*');
+  if (devices.rfind("cpu", 0) == 0 && star != std::string::npos)
+    return std::stoi(devices.substr(star + 1));
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"bench_serve: diffusiond serving throughput vs the in-process pipeline"};
+  int clients = 8, threads = 0;
+  WorkSpec work;
+  std::string devices = "cpu*2";
+  std::string model = std::string(DIFFUSIOND_FIXTURES) + "/tiny-sd1";
+  std::string bin = DIFFUSIOND_EXE;
+  app.add_option("--clients", clients, "Concurrent HTTP clients");
+  app.add_option("--images", work.images, "Images in total (one per job)");
+  app.add_option("--steps", work.steps, "Denoising steps per image");
+  app.add_option("--size", work.size, "Width and height");
+  app.add_option("--devices", devices, "diffusiond --devices");
+  app.add_option("--threads", threads,
+                 "diffusiond --threads (total intra-op threads; 0 = all cores)");
+  app.add_option("--model", model, "Model folder");
+  app.add_option("--bin", bin, "diffusiond executable");
+  CLI11_PARSE(app, argc, argv);
+
+  const int workers = cpu_workers_of(devices);
+  const int total_threads =
+      threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int per_worker = std::max(1, total_threads / workers);
+
+  // 1. The daemon under N clients.
+  const auto data_dir =
+      std::filesystem::temp_directory_path() / ("bench-serve-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(data_dir);
+  setenv("DIFFUSIOND_BIN", bin.c_str(), 1);
+  std::vector<std::string> args = {"--devices", devices, "--log-level", "warn"};
+  if (threads > 0) args.insert(args.end(), {"--threads", std::to_string(threads)});
+  ClientRun served;
+  {
+    testing::DaemonProcess daemon(data_dir, args, model);
+    // Warm-up job (first-call allocations), not measured.
+    WorkSpec warm = work;
+    warm.images = workers;
+    warm.steps = 2;
+    run_clients(daemon.port(), workers, warm);
+    served = run_clients(daemon.port(), clients, work);
+  }
+  std::filesystem::remove_all(data_dir);
+
+  // 2. The same images in-process: one replica per worker thread, same thread split.
+  const InProcessRun local = run_in_process(model, workers, per_worker, work);
+
+  std::map<std::string, int> per_device;
+  for (const auto& d : served.devices) ++per_device[d];
+  std::string spread;
+  for (const auto& [d, n] : per_device)
+    spread += (spread.empty() ? "" : ", ") + d + ": " + std::to_string(n);
+
+  const int done = static_cast<int>(served.end_to_end_ms.size());
+  const double served_ips = done / served.wall_s;
+  const double local_ips = work.images / local.wall_s;
+  std::printf(
+      "\nbench_serve: %d images (%dx%d, %d steps, %s), %d clients, --devices %s, %d intra-op "
+      "thread(s) per worker, %u cores\n\n",
+      work.images, work.size, work.size, work.steps, work.scheduler.c_str(), clients,
+      devices.c_str(), per_worker, std::thread::hardware_concurrency());
+  std::printf("| measure | value |\n|---|---|\n");
+  std::printf("| images done / failed | %d / %d |\n", done, served.failures);
+  std::printf("| images per device | %s |\n", spread.c_str());
+  std::printf("| daemon throughput | %.2f images/s |\n", served_ips);
+  std::printf("| in-process throughput (%d replicas, same threads) | %.2f images/s |\n", workers,
+              local_ips);
+  std::printf("| daemon / in-process throughput | %.2f |\n", served_ips / local_ips);
+  std::printf("| submit latency p50 / p99 (POST -> 202) | %.1f / %.1f ms |\n",
+              percentile(served.submit_ms, 50), percentile(served.submit_ms, 99));
+  std::printf("| end-to-end per image p50 / p99 (POST -> done event) | %.0f / %.0f ms |\n",
+              percentile(served.end_to_end_ms, 50), percentile(served.end_to_end_ms, 99));
+  std::printf("| queue wait p50 / p99 | %.0f / %.0f ms |\n", percentile(served.queue_wait_ms, 50),
+              percentile(served.queue_wait_ms, 99));
+  std::printf("| daemon device time per image, mean (started -> finished, incl. PNG) | %.1f ms |\n",
+              mean(served.device_ms));
+  std::printf("| in-process pipeline time per image, mean | %.1f ms |\n", mean(local.image_ms));
+  std::printf("| daemon overhead per image (device time - pipeline time) | %.1f ms (%.0f%%) |\n",
+              mean(served.device_ms) - mean(local.image_ms),
+              100.0 * (mean(served.device_ms) - mean(local.image_ms)) /
+                  std::max(1e-9, mean(local.image_ms)));
+  std::printf("| wall time daemon / in-process | %.2f s / %.2f s |\n", served.wall_s, local.wall_s);
+  return served.failures == 0 ? 0 : 1;
+}

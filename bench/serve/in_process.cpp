@@ -1,0 +1,58 @@
+#include "in_process.h"
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+
+#include "pipeline/model_folder.h"
+#include "pipeline/txt2img.h"
+
+namespace diffusiond::bench {
+
+using Clock = std::chrono::steady_clock;
+
+InProcessRun run_in_process(const std::string& model_dir, int workers, int threads_per_worker,
+                            const WorkSpec& work) {
+  if (threads_per_worker > 0) torch::set_num_threads(threads_per_worker);
+  const ModelFolder folder = resolve_model(model_dir);
+  std::vector<std::unique_ptr<StableDiffusion>> replicas;
+  for (int w = 0; w < workers; ++w) {
+    replicas.push_back(StableDiffusion::load(folder, torch::kCPU, torch::kFloat32));
+  }
+  // Warm-up (first-call allocations), not measured.
+  Txt2ImgParams warm;
+  warm.prompts = {"warm up"};
+  warm.steps = 2;
+  warm.width = warm.height = work.size;
+  warm.scheduler = work.scheduler;
+  for (auto& r : replicas) r->generate(warm);
+
+  InProcessRun run;
+  std::mutex mu;
+  std::atomic<int> next{0};
+  const auto start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int w = 0; w < workers; ++w) {
+    threads.emplace_back([&, w] {
+      for (int i = next++; i < work.images; i = next++) {
+        Txt2ImgParams p;
+        p.prompts = {bench_prompt(i)};
+        p.steps = work.steps;
+        p.width = p.height = work.size;
+        p.seed = 1000 + i;
+        p.scheduler = work.scheduler;
+        const auto t0 = Clock::now();
+        replicas[w]->generate(p);
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+        std::lock_guard lock(mu);
+        run.image_ms.push_back(ms);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  run.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+  return run;
+}
+
+}  // namespace diffusiond::bench

@@ -1,0 +1,22 @@
+// The in-process baseline of bench_serve: the same images made by pipeline/txt2img.h directly,
+// one replica per worker thread, no HTTP, no store, no PNG.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "serve_clients.h"
+
+namespace diffusiond::bench {
+
+struct InProcessRun {
+  double wall_s = 0;
+  std::vector<double> image_ms;  // generate() time per image
+};
+
+// `workers` replicas on the CPU, each in its own thread, with `threads_per_worker` intra-op
+// threads (process-wide, as the daemon sets it).
+InProcessRun run_in_process(const std::string& model_dir, int workers, int threads_per_worker,
+                            const WorkSpec& work);
+
+}  // namespace diffusiond::bench

@@ -1,0 +1,39 @@
+// Random-weight Stable Diffusion folders with the real architectures, for benchmarks and tests
+// (no download needed): the configs are those the public checkpoints ship, the weights random.
+// Thread-safety: free functions; each call works on its own modules and files.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace diffusiond {
+
+// "sd15" (runwayml/stable-diffusion-v1-5), "sd21" (stabilityai/stable-diffusion-2-1),
+// "tiny-sd2" (a few-MB model with every SD 2.x switch: v_prediction, linear projection,
+// per-block heads, gelu text encoder, upcast_attention, pad token "!").
+const std::vector<std::string>& random_model_archs();
+
+struct RandomModelConfigs {
+  nlohmann::json model_index, text_encoder, unet, vae, scheduler;
+  std::string pad_token;  // tokenizer pad token the architecture ships
+};
+// Throws std::invalid_argument listing the known archs.
+RandomModelConfigs random_model_configs(const std::string& arch);
+
+// Writes a complete diffusers folder to `out`: model_index.json, text_encoder/, unet/, vae/
+// (config.json + model.safetensors / diffusion_pytorch_model.safetensors, float32),
+// scheduler/scheduler_config.json, and tokenizer/ copied from `tokenizer_dir` (vocab.json,
+// merges.txt, tokenizer_config.json, special_tokens_map.json) with the arch's pad token.
+// Weights: normal(0, 0.02) for every weight matrix / conv kernel / embedding, ones for norm
+// scales, zeros for biases; the modules are built from the configs and their state dicts saved,
+// so the keys are right by construction. `progress` (optional) gets one line per stage.
+void write_random_model(const std::string& arch, const std::filesystem::path& out,
+                        const std::filesystem::path& tokenizer_dir, std::uint64_t seed = 0,
+                        const std::function<void(const std::string&)>& progress = {});
+
+}  // namespace diffusiond

@@ -1,0 +1,260 @@
+// Ref: diffusers v0.27.2 pipelines/stable_diffusion/pipeline_stable_diffusion.py
+// (StableDiffusionPipeline.__call__, encode_prompt, prepare_latents) and
+// image_processor.VaeImageProcessor.postprocess. See golden/pipeline.json "procedure".
+#include "pipeline/txt2img.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <list>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "pipeline/clip_text_model.h"
+#include "pipeline/clip_tokenizer.h"
+#include "pipeline/config_util.h"
+#include "pipeline/schedulers/scheduler.h"
+#include "pipeline/unet.h"
+#include "pipeline/vae.h"
+
+namespace diffusiond {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string two_digits(int i) {
+  std::string s = std::to_string(i);
+  return s.size() < 2 ? "0" + s : s;
+}
+
+// Prompt text -> [1, 77, hidden] embedding on the device, least recently used evicted first.
+// Owner: one StableDiffusionPipeline; used only from its worker thread.
+class PromptEmbeddingCache {
+ public:
+  explicit PromptEmbeddingCache(std::size_t capacity) : capacity_(capacity) {}
+
+  const torch::Tensor* find(const std::string& prompt) {
+    auto it = index_.find(prompt);
+    if (it == index_.end()) return nullptr;
+    entries_.splice(entries_.begin(), entries_, it->second);  // most recently used first
+    return &it->second->second;
+  }
+
+  void insert(const std::string& prompt, torch::Tensor embedding) {
+    if (capacity_ == 0) return;
+    if (auto it = index_.find(prompt); it != index_.end()) {
+      entries_.erase(it->second);
+      index_.erase(it);
+    }
+    entries_.emplace_front(prompt, std::move(embedding));
+    index_[prompt] = entries_.begin();
+    while (entries_.size() > capacity_) {
+      index_.erase(entries_.back().first);
+      entries_.pop_back();
+    }
+  }
+
+ private:
+  std::size_t capacity_;
+  std::list<std::pair<std::string, torch::Tensor>> entries_;
+  std::unordered_map<std::string, std::list<std::pair<std::string, torch::Tensor>>::iterator>
+      index_;
+};
+
+// Ref: StableDiffusionPipeline. Owner: one device worker; generate() from its thread only.
+class StableDiffusionPipeline final : public StableDiffusion {
+ public:
+  StableDiffusionPipeline(const ModelFolder& model, torch::Device device, torch::ScalarType dtype)
+      : device_(device),
+        dtype_(dtype),
+        tokenizer_(ClipTokenizer::load(model.root / "tokenizer")),
+        text_encoder_(load_clip_text_model(model.config_path("text_encoder"),
+                                           model.weights_path("text_encoder"), device, dtype)),
+        unet_(load_unet(model, device, dtype)),
+        vae_(load_vae(model, device, vae_dtype_for(model, dtype))),
+        scheduler_config_(read_json_file(model.config_path("scheduler"))),
+        default_scheduler_(default_scheduler_name(scheduler_config_)),
+        cache_(64) {
+    vae_dtype_ = vae_->parameters().empty() ? dtype : vae_->parameters().front().scalar_type();
+    text_encoder_->eval();
+    unet_->eval();
+    vae_->eval();
+  }
+
+  std::vector<RgbImage> generate(const Txt2ImgParams& params, const StepCallback& on_step,
+                                 const DumpSink& dump) override;
+
+  int default_width() const override { return default_size(); }
+  int default_height() const override { return default_size(); }
+  std::string default_scheduler() const override { return default_scheduler_; }
+  torch::Device device() const override { return device_; }
+  GenerationTimings last_timings() const override { return timings_; }
+  void set_profiling(bool on) override { profiling_ = on; }
+
+ private:
+  // diffusers runs the VAE in float32 when it is float16 and its config sets force_upcast.
+  static torch::ScalarType vae_dtype_for(const ModelFolder& model, torch::ScalarType dtype) {
+    auto path = model.config_path("vae");
+    auto config = VaeConfig::from_json(read_json_file(path), path.string());
+    return dtype == torch::kFloat16 && config.force_upcast ? torch::kFloat32 : dtype;
+  }
+  int default_size() const { return unet_->config().sample_size * vae_->config().scale_factor(); }
+  void sync() const {
+    if (profiling_ && device_.is_cuda()) torch::cuda::synchronize(device_.index());
+  }
+  void validate(const Txt2ImgParams& params) const;
+  torch::Tensor prompt_embedding(const std::string& prompt);  // [1, 77, hidden]
+
+  torch::Device device_;
+  torch::ScalarType dtype_;
+  ClipTokenizer tokenizer_;
+  ClipTextModel text_encoder_;
+  UNet2DConditionModel unet_;
+  AutoencoderKL vae_;
+  torch::ScalarType vae_dtype_ = torch::kFloat32;
+  nlohmann::json scheduler_config_;
+  std::string default_scheduler_;
+  PromptEmbeddingCache cache_;
+  GenerationTimings timings_;
+  bool profiling_ = false;
+};
+
+void StableDiffusionPipeline::validate(const Txt2ImgParams& params) const {
+  const int multiple = vae_->config().scale_factor();
+  auto fail = [](const std::string& what) { throw std::invalid_argument(what); };
+  if (params.prompts.empty()) fail("no prompt given");
+  if (params.num_images_per_prompt < 1) fail("num_images_per_prompt must be at least 1");
+  if (params.steps < 1) fail("steps must be at least 1");
+  if (params.width < multiple || params.height < multiple || params.width % multiple != 0 ||
+      params.height % multiple != 0) {
+    fail("width and height must be positive multiples of " + std::to_string(multiple) + " (got " +
+         std::to_string(params.width) + "x" + std::to_string(params.height) + ")");
+  }
+  if (!params.scheduler.empty() && !canonical_scheduler_name(params.scheduler)) {
+    std::string names;
+    for (const auto& entry : scheduler_registry())
+      names += (names.empty() ? "" : ", ") + entry.name;
+    fail("unknown scheduler '" + params.scheduler + "' (known: " + names + ")");
+  }
+}
+
+torch::Tensor StableDiffusionPipeline::prompt_embedding(const std::string& prompt) {
+  if (const torch::Tensor* cached = cache_.find(prompt)) return *cached;
+  const std::vector<std::int64_t> ids = tokenizer_.encode(prompt);
+  auto input = torch::tensor(ids, torch::kInt64).unsqueeze(0).to(device_);
+  auto embedding = text_encoder_->forward(input).to(dtype_);  // [1, 77, hidden]
+  cache_.insert(prompt, embedding);
+  return embedding;
+}
+
+std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& params,
+                                                        const StepCallback& on_step,
+                                                        const DumpSink& dump) {
+  validate(params);
+  c10::InferenceMode inference;
+  timings_ = {};
+  const auto start = Clock::now();
+  const int per_prompt = params.num_images_per_prompt;
+  const int batch = static_cast<int>(params.prompts.size()) * per_prompt;
+  const bool guidance = params.guidance_scale > 1.0;
+  auto emit = [&](const std::string& name, const torch::Tensor& value) {
+    if (dump) dump(name, value.detach().to(torch::kCPU));
+  };
+
+  // Prompt embeddings, image order prompt-major; uncond rows first when guiding.
+  std::vector<torch::Tensor> rows;
+  if (guidance) {
+    auto uncond = prompt_embedding(params.negative_prompt);
+    for (int k = 0; k < batch; ++k) rows.push_back(uncond);
+  }
+  for (const auto& prompt : params.prompts) {
+    auto cond = prompt_embedding(prompt);
+    for (int k = 0; k < per_prompt; ++k) rows.push_back(cond);
+  }
+  const torch::Tensor prompt_embeds = torch::cat(rows, 0);  // [(2)B, 77, hidden]
+  emit("prompt_embeds", prompt_embeds);
+  sync();
+  timings_.text_encode_s = seconds_since(start);
+
+  auto scheduler = make_scheduler(params.scheduler.empty() ? default_scheduler_ : params.scheduler,
+                                  scheduler_config_);
+  scheduler->set_timesteps(params.steps);
+  const std::vector<double> timesteps = scheduler->timesteps();
+
+  // Image k: its own CPU generator seeded seed + k; randn in the latent dtype on the CPU, then
+  // moved to the device (diffusers' randn_tensor with a CPU generator).
+  const int64_t latent_h = params.height / vae_->config().scale_factor();
+  const int64_t latent_w = params.width / vae_->config().scale_factor();
+  const int64_t channels = unet_->config().in_channels;
+  std::vector<at::Generator> generators;
+  std::vector<torch::Tensor> noise;
+  for (int k = 0; k < batch; ++k) {
+    generators.push_back(
+        at::detail::createCPUGenerator(params.seed + static_cast<std::uint64_t>(k)));
+    noise.push_back(torch::randn({1, channels, latent_h, latent_w}, generators.back(),
+                                 torch::TensorOptions().dtype(dtype_)));
+  }
+  torch::Tensor latents = torch::cat(noise, 0).to(device_) * scheduler->init_noise_sigma();
+  emit("latents.00", latents);
+
+  const int total = static_cast<int>(timesteps.size());
+  for (int i = 0; i < total; ++i) {
+    const auto step_start = Clock::now();
+    const double t = timesteps[static_cast<std::size_t>(i)];
+    torch::Tensor model_input = guidance ? torch::cat({latents, latents}, 0) : latents;
+    model_input = scheduler->scale_model_input(model_input, i);
+    torch::Tensor noise_pred = unet_->forward(model_input, t, prompt_embeds);
+    if (guidance) {
+      auto halves = noise_pred.chunk(2, 0);
+      noise_pred = halves[0] + params.guidance_scale * (halves[1] - halves[0]);
+    }
+    emit("noise_pred." + two_digits(i), noise_pred);
+    latents = scheduler->step_batch(noise_pred, i, latents, generators);
+    emit("latents." + two_digits(i + 1), latents);
+    sync();
+    timings_.step_s.push_back(seconds_since(step_start));
+    if (on_step) {
+      for (int k = 0; k < batch; ++k) {
+        if (!on_step(k, i + 1, total)) throw GenerationCancelled();
+      }
+    }
+  }
+
+  const auto decode_start = Clock::now();
+  torch::Tensor decoded =
+      vae_->decode((latents / vae_->config().scaling_factor).to(vae_dtype_));  // [B,3,H,W]
+  emit("decoded", decoded);
+  // VaeImageProcessor.postprocess: denormalise in the VAE's dtype, to float32 on the host,
+  // * 255, round half to even, uint8, HWC.
+  torch::Tensor image = (decoded / 2 + 0.5).clamp(0, 1);
+  emit("image", image);
+  torch::Tensor bytes = (image.to(torch::kCPU).to(torch::kFloat32).permute({0, 2, 3, 1}) * 255)
+                            .round()
+                            .to(torch::kUInt8)
+                            .contiguous();  // [B,H,W,3]
+  std::vector<RgbImage> images(static_cast<std::size_t>(batch));
+  for (int k = 0; k < batch; ++k) {
+    auto& out = images[static_cast<std::size_t>(k)];
+    out.width = params.width;
+    out.height = params.height;
+    const auto* data = bytes[k].data_ptr<std::uint8_t>();
+    out.pixels.assign(data, data + static_cast<std::size_t>(params.width) * params.height * 3);
+  }
+  timings_.vae_decode_s = seconds_since(decode_start);
+  timings_.total_s = seconds_since(start);
+  return images;
+}
+
+}  // namespace
+
+std::unique_ptr<StableDiffusion> StableDiffusion::load(const ModelFolder& model,
+                                                       torch::Device device,
+                                                       torch::ScalarType dtype) {
+  return std::make_unique<StableDiffusionPipeline>(model, device, dtype);
+}
+
+}  // namespace diffusiond
