@@ -32,9 +32,11 @@ export async function startDaemon({ apiKey = '', extraArgs = [], readyTimeoutMs 
   const bin = daemonBinary();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'diffusiond-e2e-data-'));
   const port = await freePort();
+  // One intra-op thread: ctest runs tests in parallel, and OpenMP threads on an oversubscribed
+  // CPU make every step many times slower.
   const args = ['serve', '--model', path.join(sourceDir, 'tests', 'fixtures', 'tiny-sd1'),
-                '--devices', 'cpu', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`,
-                ...extraArgs];
+                '--devices', 'cpu', '--threads', '1', '--data-dir', dataDir,
+                '--listen', `127.0.0.1:${port}`, ...extraArgs];
   if (apiKey) args.push('--api-key', apiKey);
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
@@ -69,7 +71,8 @@ export async function startDaemon({ apiKey = '', extraArgs = [], readyTimeoutMs 
     async stop() {
       if (!exited) {
         child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 30000);
+        // The drain gives running images up to 30 s (--drain-timeout), then one more step.
+        const timer = setTimeout(() => child.kill('SIGKILL'), 120000);
         await exit;
         clearTimeout(timer);
       }
