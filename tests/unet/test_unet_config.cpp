@@ -165,7 +165,8 @@ TEST_CASE("SD 2-style UNet builds, saves, loads strictly and runs", "[unet][sd2]
         std::vector<int64_t>{64, 32});
   CHECK(file->contains("mid_block.attentions.0.transformer_blocks.2.ff.net.2.weight"));
   CHECK_FALSE(file->contains("mid_block.attentions.0.transformer_blocks.3.norm1.weight"));
-  CHECK(file->contains("up_blocks.0.resnets.2.conv_shortcut.weight"));
+  CHECK(file->contains("up_blocks.0.resnets.1.conv_shortcut.weight"));  // layers_per_block + 1
+  CHECK_FALSE(file->contains("up_blocks.0.resnets.2.norm1.weight"));
   CHECK_FALSE(file->contains("up_blocks.0.attentions.0.norm.weight"));
   CHECK_FALSE(file->contains("down_blocks.2.downsamplers.0.conv.weight"));
 
