@@ -7,6 +7,8 @@
 #include <iostream>
 #include <random>
 
+#include <unistd.h>
+
 #include "daemon/commands.h"
 #include "pipeline/model_folder.h"
 #include "pipeline/png.h"
@@ -102,12 +104,14 @@ void run_generate(const GenerateOptions& o) {
   }
   auto images = pipe->generate(
       params,
-      [](int image, int step, int steps) {
-        if (image == 0) std::cerr << "\rstep " << step << "/" << steps << std::flush;
+      [tty = ::isatty(2) == 1](int image, int step, int steps) {
+        if (image == 0)
+          std::cerr << (tty ? "\r" : "") << "step " << step << "/" << steps << (tty ? "" : "\n")
+                    << std::flush;
         return true;
       },
       dump);
-  std::cerr << "\n";
+  if (::isatty(2) == 1) std::cerr << "\n";
   if (!o.dump_dir.empty()) {
     fs::create_directories(o.dump_dir);
     write_safetensors(fs::path(o.dump_dir) / "intermediates.safetensors", dumped);

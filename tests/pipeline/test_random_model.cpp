@@ -1,0 +1,87 @@
+// make-random-model: the written folders load strictly (keys right by construction), carry the
+// architecture's configs, and run end to end.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+#include <filesystem>
+
+#include <torch/torch.h>
+
+#include "pipeline/clip_text_model.h"
+#include "pipeline/clip_tokenizer.h"
+#include "pipeline/config_util.h"
+#include "pipeline/model_folder.h"
+#include "pipeline/random_model.h"
+#include "pipeline/safetensors.h"
+#include "pipeline/txt2img.h"
+#include "pipeline/unet_config.h"
+#include "pipeline/vae_config.h"
+
+using namespace diffusiond;
+namespace fs = std::filesystem;
+
+namespace {
+const fs::path kTokenizer = fs::path(DIFFUSIOND_FIXTURES) / "tiny-sd1" / "tokenizer";
+}
+
+TEST_CASE("architecture configs are those SD 1.5 and SD 2.1 ship", "[random_model]") {
+  auto sd15 = random_model_configs("sd15");
+  auto te = ClipTextConfig::from_json(sd15.text_encoder, "te");
+  CHECK(te.hidden_size == 768);
+  CHECK(te.num_hidden_layers == 12);
+  CHECK(te.hidden_act == "quick_gelu");
+  auto unet = UNetConfig::from_json(sd15.unet, "unet");
+  CHECK(unet.block_out_channels == std::vector<int>{320, 640, 1280, 1280});
+  CHECK(unet.sample_size == 64);
+  CHECK(sd15.unet["attention_head_dim"] == 8);
+  CHECK(sd15.unet["cross_attention_dim"] == 768);
+  auto vae = VaeConfig::from_json(sd15.vae, "vae");
+  CHECK(vae.block_out_channels == std::vector<int>{128, 256, 512, 512});
+  CHECK(sd15.scheduler["_class_name"] == "PNDMScheduler");
+  CHECK(sd15.scheduler["skip_prk_steps"] == true);
+
+  auto sd21 = random_model_configs("sd21");
+  CHECK(sd21.text_encoder["hidden_act"] == "gelu");
+  CHECK(sd21.text_encoder["num_hidden_layers"] == 23);
+  CHECK(sd21.unet["attention_head_dim"] == nlohmann::json({5, 10, 20, 20}));
+  CHECK(sd21.unet["use_linear_projection"] == true);
+  CHECK(sd21.unet["upcast_attention"] == true);
+  CHECK(sd21.unet["cross_attention_dim"] == 1024);
+  CHECK(sd21.unet["sample_size"] == 96);
+  CHECK(sd21.scheduler["prediction_type"] == "v_prediction");
+  CHECK(sd21.pad_token == "!");
+  CHECK_THROWS_WITH(random_model_configs("sdxl"),
+                    Catch::Contains("sdxl") && Catch::Contains("sd15"));
+}
+
+TEST_CASE("a random tiny-sd2 folder loads strictly and generates", "[random_model]") {
+  const fs::path out =
+      fs::temp_directory_path() / ("diffusiond_random_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  write_random_model("tiny-sd2", out, kTokenizer, 5);
+  for (const char* file :
+       {"model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json",
+        "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors"}) {
+    INFO(file);
+    CHECK(fs::is_regular_file(out / file));
+  }
+  CHECK(ClipTokenizer::load(out / "tokenizer").pad_token() == "!");
+  // Weight scale: matrices ~ N(0, 0.02), norm scales 1, biases 0.
+  auto te = SafetensorsFile::open(out / "text_encoder" / "model.safetensors");
+  auto w = te->tensor("text_model.encoder.layers.0.mlp.fc1.weight");
+  CHECK(w.std().item<double>() == Approx(0.02).epsilon(0.2));
+  CHECK(torch::equal(te->tensor("text_model.final_layer_norm.weight"), torch::ones({32})));
+  CHECK(torch::equal(te->tensor("text_model.final_layer_norm.bias"), torch::zeros({32})));
+
+  auto pipe = StableDiffusion::load(resolve_model(out.string()), torch::kCPU, torch::kFloat32);
+  CHECK(pipe->default_scheduler() == "ddim");
+  Txt2ImgParams params;
+  params.prompts = {"a cat!"};
+  params.steps = 2;
+  params.width = params.height = 64;
+  auto images = pipe->generate(params);
+  REQUIRE(images.size() == 1);
+  CHECK(images[0].pixels.size() == 64u * 64u * 3u);
+  fs::remove_all(out);
+}
