@@ -4,6 +4,7 @@
 #include "pipeline/txt2img.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/version.h>
 
 #include <chrono>
 #include <list>
@@ -254,6 +255,13 @@ std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& par
 std::unique_ptr<StableDiffusion> StableDiffusion::load(const ModelFolder& model,
                                                        torch::Device device,
                                                        torch::ScalarType dtype) {
+#if TORCH_VERSION_MAJOR < 2
+  // LibTorch 1.13 has no float16 CPU kernels for LayerNorm / GroupNorm / conv.
+  if (device.is_cpu() && dtype == torch::kFloat16) {
+    throw std::invalid_argument("float16 is not supported on the CPU by LibTorch " TORCH_VERSION
+                                " (no CPU kernels): use fp32 or bf16");
+  }
+#endif
   return std::make_unique<StableDiffusionPipeline>(model, device, dtype);
 }
 

@@ -50,8 +50,8 @@ torch::ScalarType parse_dtype(const std::string& s) {
   return torch::kFloat32;
 }
 
-void row(const std::string& stage, double seconds, const std::string& note = "") {
-  std::printf("| %-28s | %10.3f | %s\n", stage.c_str(), seconds, note.c_str());
+void row(const std::string& stage, double value, const std::string& note = "s") {
+  std::printf("| %-32s | %10.3f | %-24s |\n", stage.c_str(), value, note.c_str());
 }
 
 }  // namespace
@@ -85,8 +85,9 @@ int main(int argc, char** argv) {
     auto pipe = StableDiffusion::load(resolve_model(model), dev, parse_dtype(dtype));
     pipe->set_profiling(true);
     const double load_s = seconds_since(t0);
-    std::printf("\n| %-28s | %10s |\n|%s|%s|\n", "stage", "seconds", std::string(30, '-').c_str(),
-                std::string(12, '-').c_str());
+    std::printf("\n| %-32s | %10s | %-24s |\n|%s|%s|%s|\n", "stage", "value", "unit",
+                std::string(34, '-').c_str(), std::string(12, '-').c_str(),
+                std::string(26, '-').c_str());
     row("load (all components)", load_s);
 
     for (int r = 0; r < runs; ++r) {
@@ -111,18 +112,18 @@ int main(int argc, char** argv) {
       row("tokenize + text encode" + tag, t.text_encode_s);
       double steps_sum = 0;
       for (std::size_t i = 0; i < t.step_s.size(); ++i) {
-        row("step " + std::to_string(i + 1) + " (UNet+sched)" + tag, t.step_s[i]);
+        row("step " + std::to_string(i + 1) + " (UNet + scheduler)" + tag, t.step_s[i]);
         steps_sum += t.step_s[i];
       }
-      row("all steps" + tag, steps_sum,
-          "mean " + std::to_string(steps_sum / std::max<std::size_t>(1, t.step_s.size())) +
-              " s/step");
+      row("all steps" + tag, steps_sum);
+      row("mean step" + tag,
+          steps_sum / static_cast<double>(std::max<std::size_t>(1, t.step_s.size())));
       row("VAE decode" + tag, t.vae_decode_s);
-      row("PNG encode (level 1)" + tag, png_s, std::to_string(png_bytes) + " bytes");
+      row("PNG encode (level 1)" + tag, png_s, "s (" + std::to_string(png_bytes) + " bytes)");
       row("total (generate + PNG)" + tag, t.total_s + png_s);
-      row("images/s" + tag, static_cast<double>(images.size()) / (t.total_s + png_s));
+      row("throughput" + tag, static_cast<double>(images.size()) / (t.total_s + png_s), "images/s");
     }
-    std::printf("\npeak RSS: %.0f MiB\n", peak_rss_mib());
+    row("peak RSS", peak_rss_mib(), "MiB");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_pipeline: error: %s\n", e.what());
     return 1;
