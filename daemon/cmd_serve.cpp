@@ -178,7 +178,7 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   service.drain(std::chrono::seconds(options.drain_timeout_s));
   supervisor.stop();
   http.stop();
-  spdlog::info("stopped; {} image(s) stay queued for the next start", service.queue_depth());
+  spdlog::info("stopped; {} image(s) stay queued for the next start", service.queued_images());
 }
 
 }  // namespace

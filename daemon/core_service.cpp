@@ -113,6 +113,14 @@ void CoreService::drain(std::chrono::milliseconds grace) {
   png_pool_->shutdown();  // pending PNG writes complete
 }
 
+std::size_t CoreService::queued_images() const {
+  std::lock_guard lock(mu_);
+  std::size_t count = 0;
+  for (const auto& [id, job] : active_)
+    for (const auto& image : job.record.view.images) count += image.status == ImageStatus::queued;
+  return count;
+}
+
 bool CoreService::workers_alive() const {
   if (draining_) return true;  // workers exit on purpose while draining
   if (dispatcher_.healthy_count() == 0) return false;

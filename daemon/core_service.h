@@ -68,6 +68,8 @@ class CoreService final : public ImageService, private TaskHost {
   bool workers_alive() const;
   std::string status_line() const;  // "queue=3 running=2 devices=2/2 ..." (STATUS=)
   std::size_t queue_depth() const { return dispatcher_.queued(); }
+  // Images of unfinished jobs waiting to run, including those re-queued by drain().
+  std::size_t queued_images() const;
   // True once drain() interrupts running images (its grace is over).
   bool stopping_now() const { return stop_now_; }
 

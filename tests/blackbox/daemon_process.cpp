@@ -58,7 +58,7 @@ DaemonProcess::DaemonProcess(const std::filesystem::path& data_dir,
 
   // The daemon prints "listening on http://HOST:PORT" once the socket is bound.
   const std::regex url_re(R"(listening on http://127\.0\.0\.1:(\d+))");
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(180);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(600);
   while (port_ == 0) {
     std::smatch m;
     const std::string text = log();
@@ -73,7 +73,7 @@ DaemonProcess::DaemonProcess(const std::filesystem::path& data_dir,
     }
     if (std::chrono::steady_clock::now() > deadline) {
       kill_hard();
-      throw std::runtime_error("diffusiond printed no URL within 180 s:\n" + text);
+      throw std::runtime_error("diffusiond printed no URL within 600 s:\n" + text);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }

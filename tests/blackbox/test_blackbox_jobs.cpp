@@ -83,8 +83,10 @@ TEST_CASE("a 4-prompt job runs on both devices, round-robin, with the same image
 TEST_CASE("SSE: queued, started, progress for every step, image, done, in order", "[blackbox]") {
   TempDir dir("sse");
   DaemonProcess d(dir.path, {"--devices", "cpu*2"});
+  // DDIM evaluates the model once per step (PNDM adds one), so there are exactly 5 progress
+  // events per image.
   const std::string id =
-      submit(d.port(), R"({"prompt":"a lighthouse","n":2,"steps":5,"width":64,"height":64})");
+      submit(d.port(), R"({"prompt":"a lighthouse","n":2,"steps":5,"width":64,"height":64,"scheduler":"ddim"})");
   RawConnection c(d.port(), 120);
   c.send(events_request(id));
   const auto events = read_events(c);
@@ -168,7 +170,7 @@ TEST_CASE("restart: after kill -9 every queued and running job completes, no PNG
     DaemonProcess d(dir.path, {"--devices", "cpu"});
     for (int i = 0; i < 3; ++i) {
       ids.push_back(submit(d.port(), R"({"prompt":"survivor )" + std::to_string(i) +
-                                         R"(","n":2,"steps":30,"width":96,"height":96})"));
+                                         R"(","n":2,"steps":20,"width":64,"height":64})"));
     }
     RawConnection c(d.port(), 120);
     c.send(events_request(ids[0]));
@@ -185,7 +187,7 @@ TEST_CASE("restart: after kill -9 every queued and running job completes, no PNG
       HttpReply r = http_request(d.port(), "GET", img["url"].get<std::string>());
       REQUIRE(r.status == 200);
       DecodedImage png = decode_png(r.body);
-      CHECK(png.width == 96);
+      CHECK(png.width == 64);
     }
   }
   // Every PNG file the daemon left in its data dir decodes completely.

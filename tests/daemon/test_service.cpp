@@ -387,6 +387,7 @@ TEST_CASE("drain persists interrupted work; a restart finishes every job", "[ser
   CHECK(persisted->view.status == JobStatus::running);
   CHECK(persisted->view.images[0].status == ImageStatus::queued);
   CHECK(h.store->load(waiting.id)->view.status == JobStatus::queued);
+  CHECK(h.service->queued_images() == 3);  // the interrupted one and the two waiting
 
   h.restart("cpu*2");
   for (const auto& id : {running.id, waiting.id}) {
