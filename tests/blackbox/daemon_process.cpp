@@ -47,6 +47,8 @@ DaemonProcess::DaemonProcess(const std::filesystem::path& data_dir,
   argv.push_back(nullptr);
 
   const std::string log_path = (data_dir_ / "daemon.log").string();
+  // A restart appends to the same log: only what this process writes counts.
+  const std::size_t log_start = log().size();
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND,
@@ -61,7 +63,7 @@ DaemonProcess::DaemonProcess(const std::filesystem::path& data_dir,
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(600);
   while (port_ == 0) {
     std::smatch m;
-    const std::string text = log();
+    const std::string text = log().substr(log_start);
     if (std::regex_search(text, m, url_re)) {
       port_ = static_cast<std::uint16_t>(std::stoi(m[1]));
       break;
