@@ -4,9 +4,11 @@
 //
 //   bench_serve [--clients 8] [--images 32] [--steps 10] [--size 64] [--devices cpu*2]
 //               [--threads T] [--model DIR] [--bin diffusiond]
+#include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <numeric>
