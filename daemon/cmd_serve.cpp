@@ -71,6 +71,10 @@ void warn_test_model(const ModelChoice& model) {
 void run_serve(CLI::App& cmd, ServeOptions& options) {
   // Signals are taken synchronously by this thread: block them before any thread exists so
   // every thread inherits the mask.
+  // A shell starting us in the background leaves SIGINT ignored, and ignored signals never
+  // become pending: restore the default disposition (harmless while blocked).
+  std::signal(SIGTERM, SIG_DFL);
+  std::signal(SIGINT, SIG_DFL);
   const sigset_t signals = shutdown_signals();
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   if (!options.config.empty()) apply_config_file(cmd, options.config);

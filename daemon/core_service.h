@@ -123,7 +123,7 @@ class CoreService final : public ImageService, private TaskHost {
   // Defaults from the model for steps/size/scheduler left at 0 or "", canonical scheduler name;
   // ServiceError 400 for what HTTP should have refused already.
   GenerateRequest normalise(GenerateRequest request) const;
-    int retry_after_seconds_locked() const;
+  int retry_after_seconds_locked() const;
   std::string sampler_display(const std::string& canonical) const;
 
   JobStore& store_;

@@ -36,7 +36,7 @@ double mean_abs_diff(const RgbImage& a, const RgbImage& b) {
 }
 }  // namespace
 
-TEST_CASE("the stream code builds everywhere; CPU replicas keep working", "[gpu]") {
+TEST_CASE("the stream code builds everywhere - CPU replicas keep working", "[gpu]") {
   auto backend = make_torch_backend(resolve_model(kModel), {});
   auto replica = backend->load_replica({DeviceSpec::Kind::cpu, 0, "cpu"});
   const auto image = replica->generate_one(task(1), [](int, int) { return true; });

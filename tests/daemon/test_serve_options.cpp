@@ -28,7 +28,7 @@ ServeOptions parse(std::vector<std::string> args) {
 }
 }  // namespace
 
-TEST_CASE("--listen forms", "[serve]") {
+TEST_CASE("listen addresses in every accepted form", "[serve]") {
   CHECK(parse_listen("127.0.0.1:7860").host == "127.0.0.1");
   CHECK(parse_listen("127.0.0.1:7860").port == 7860);
   CHECK(parse_listen("0.0.0.0:0").port == 0);
@@ -51,7 +51,7 @@ TEST_CASE("defaults are the documented safe ones", "[serve]") {
   CHECK(o.api_keys.empty());
 }
 
-TEST_CASE("the config file sets options; the command line wins", "[serve]") {
+TEST_CASE("the config file sets options - the command line wins", "[serve]") {
   test::TempDir dir;
   const auto conf = dir.path() / "diffusiond.conf";
   write_text(conf,

@@ -133,7 +133,7 @@ std::string read_file(const std::string& path) {
 
 }  // namespace
 
-TEST_CASE("events of a job arrive in order; images are spread round-robin", "[service]") {
+TEST_CASE("events of a job arrive in order - images are spread round-robin", "[service]") {
   Harness h;
   h.backend.hold_loads();
   h.start("cpu*2", /*wait=*/false);
@@ -310,7 +310,7 @@ TEST_CASE("an image failing everywhere fails the job, the others still finish", 
   CHECK(h.store->load(job.id)->view.status == JobStatus::failed);
 }
 
-TEST_CASE("a device that keeps failing is marked unhealthy; work goes elsewhere", "[service]") {
+TEST_CASE("a device that keeps failing is marked unhealthy - work goes elsewhere", "[service]") {
   Harness h;
   h.backend.failing_devices = {"cpu:0"};
   h.options.unhealthy_after = 2;
@@ -365,7 +365,7 @@ TEST_CASE("a full queue answers 429 with a retry hint", "[service]") {
   CHECK_NOTHROW(h.service->submit(request({"now it fits"}, 5)));  // an idle queue takes any job
 }
 
-TEST_CASE("drain persists interrupted work; a restart finishes every job", "[service]") {
+TEST_CASE("drain persists interrupted work - a restart finishes every job", "[service]") {
   Harness h;
   h.start("cpu");
   const auto running = h.service->submit(request({"BLOCK"}, 1, 4));

@@ -243,7 +243,7 @@ TEST_CASE("the store uses WAL with full sync", "[store]") {
   sqlite3_close(db);
 }
 
-TEST_CASE("files are written atomically; stale temporaries and orphan folders go", "[store]") {
+TEST_CASE("files are written atomically - stale temporaries and orphan folders go", "[store]") {
   TempDir dir;
   const auto target = dir.path() / "x.png";
   write_file_atomically(target, "first version");
