@@ -61,7 +61,7 @@ run_step "configure" configure.log cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_PREFIX_PATH="/tmp/deps/usr;$libdir/cmake;$torch_prefix" ||
   finish 1
 targets=(diffusiond test_daemon)
-for t in test_daemon_gpu test_pipeline bench_pipeline; do
+for t in test_daemon_gpu test_pipeline bench_pipeline bench_serve; do
   if grep -q "^build $t:" "$build/build.ninja" 2>/dev/null ||
      ninja -C "$build" -t targets all 2>/dev/null | grep -q "^$t:"; then targets+=("$t"); fi
 done
@@ -85,7 +85,7 @@ if [ -x "$bench" ]; then
 fi
 bench_serve=$build/bench/serve/bench_serve
 if [ -x "$bench_serve" ]; then
-  run_step "bench_serve" bench-serve.log "$bench_serve" --model "$model" --devices cuda
+  run_step "bench_serve" bench-serve.log "$bench_serve" --model "$model" --devices cuda --images 64 --size 256
   while IFS= read -r line; do row "    serve" "$line"; done < <(tail -5 "$out/bench-serve.log")
 fi
 finish 0
