@@ -90,7 +90,7 @@ TEST_CASE("100 concurrent submissions all complete", "[blackbox]") {
   CHECK(done["jobs"].size() == kClients);
 }
 
-TEST_CASE("Accept: image/png answers a valid PNG with metadata; /metrics is Prometheus text",
+TEST_CASE("Accept: image/png answers a valid PNG with metadata, /metrics is Prometheus text",
           "[blackbox]") {
   TempDir dir("png");
   DaemonProcess d(dir.path, {"--devices", "cpu*2"});

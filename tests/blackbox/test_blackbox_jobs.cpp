@@ -85,8 +85,9 @@ TEST_CASE("SSE: queued, started, progress for every step, image, done, in order"
   DaemonProcess d(dir.path, {"--devices", "cpu*2"});
   // DDIM evaluates the model once per step (PNDM adds one), so there are exactly 5 progress
   // events per image.
-  const std::string id =
-      submit(d.port(), R"({"prompt":"a lighthouse","n":2,"steps":5,"width":64,"height":64,"scheduler":"ddim"})");
+  const std::string id = submit(
+      d.port(),
+      R"({"prompt":"a lighthouse","n":2,"steps":5,"width":64,"height":64,"scheduler":"ddim"})");
   RawConnection c(d.port(), 120);
   c.send(events_request(id));
   const auto events = read_events(c);

@@ -85,7 +85,7 @@ TEST_CASE("every field is read", "[http][validation]") {
   CHECK(r.priority == -5);
 }
 
-TEST_CASE("seed: -1 and null mean random; large seeds are kept exactly", "[http][validation]") {
+TEST_CASE("seed: -1 and null mean random, large seeds are kept exactly", "[http][validation]") {
   CHECK(ok(R"({"prompt":"x","seed":-1})").seed == 4242);
   CHECK(ok(R"({"prompt":"x","seed":null})").seed == 4242);
   CHECK(ok(R"({"prompt":"x","seed":0})").seed == 0);
@@ -182,7 +182,7 @@ TEST_CASE("guidance_scale: a number in [0, max]", "[http][validation]") {
   expect_field(R"({"prompt":"x","guidance_scale":"7"})", "guidance_scale");
 }
 
-TEST_CASE("scheduler: names and aliases; unknown ones listed", "[http][validation]") {
+TEST_CASE("scheduler: names and aliases, unknown ones listed", "[http][validation]") {
   CHECK(ok(R"({"prompt":"x","scheduler":"PNDM"})").scheduler == "pndm");
   ValidationError e = bad(R"({"prompt":"x","scheduler":"lms_karras_turbo"})");
   CHECK(e.code == "unknown_scheduler");

@@ -135,7 +135,7 @@ TEST_CASE("an absent seed gets a random 32-bit one, reported per image", "[http]
   CHECK(sa != sb);
 }
 
-TEST_CASE("invalid requests answer 400 JSON naming the field; the server keeps serving",
+TEST_CASE("invalid requests answer 400 JSON naming the field, the server keeps serving",
           "[http][server]") {
   ServerFixture f;
   check_error(f.post("/generate", "{not json"), 400, "invalid_json");

@@ -35,7 +35,7 @@ bool eventually(const std::function<bool()>& cond) {
 
 }  // namespace
 
-TEST_CASE("SSE: queued, started, progress for every step, image, done, in order; then close",
+TEST_CASE("SSE: queued, started, progress for every step, image, done, in order, then close",
           "[http][sse-server]") {
   ServerFixture f;
   const std::string id = f.post("/generate", R"({"prompt":"x","n":2,"steps":3})").json()["id"];
@@ -89,7 +89,7 @@ TEST_CASE("SSE: a late subscriber gets the catch-up, then live events without du
   for (int s = 1; s <= 3; ++s) CHECK(json::parse(events[1 + s].data)["step"] == s);
 }
 
-TEST_CASE("SSE: a finished job replays and closes; a reconnect after the end gets 204",
+TEST_CASE("SSE: a finished job replays and closes, a reconnect after the end gets 204",
           "[http][sse-server]") {
   ServerFixture f;
   const std::string id = f.post("/generate", R"({"prompt":"x","steps":2})").json()["id"];
@@ -121,7 +121,7 @@ TEST_CASE("SSE: cancel ends the stream with 'cancelled'", "[http][sse-server]") 
   CHECK(names(events) == std::vector<std::string>{"queued", "cancelled"});
 }
 
-TEST_CASE("SSE: idle streams get keep-alive comments; a client leaving unsubscribes",
+TEST_CASE("SSE: idle streams get keep-alive comments, a client leaving unsubscribes",
           "[http][sse-server]") {
   HttpOptions o;
   o.sse_keepalive = std::chrono::seconds(1);
