@@ -29,6 +29,18 @@ InProcessRun run_in_process(const std::string& model_dir, int workers, int threa
   for (auto& r : replicas) r->generate(warm);
 
   InProcessRun run;
+  for (int i = 0; i < work.images; ++i) {
+    Txt2ImgParams p;
+    p.prompts = {bench_prompt(i)};
+    p.steps = work.steps;
+    p.width = p.height = work.size;
+    p.seed = 1000 + i;
+    p.scheduler = work.scheduler;
+    const auto t0 = Clock::now();
+    replicas[0]->generate(p);
+    run.sequential_ms.push_back(
+        std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
   std::mutex mu;
   std::atomic<int> next{0};
   const auto start = Clock::now();

@@ -10,12 +10,14 @@
 namespace diffusiond::bench {
 
 struct InProcessRun {
-  double wall_s = 0;
-  std::vector<double> image_ms;  // generate() time per image
+  double wall_s = 0;                  // the parallel run: first image to last
+  std::vector<double> image_ms;       // parallel run: generate() time per image
+  std::vector<double> sequential_ms;  // one replica, one image at a time (nothing else running)
 };
 
-// `workers` replicas on the CPU, each in its own thread, with `threads_per_worker` intra-op
-// threads (process-wide, as the daemon sets it).
+// First every image one at a time on one replica (the unloaded pipeline time), then all of them
+// again on `workers` replicas, each in its own thread, with `threads_per_worker` intra-op threads
+// (process-wide, as the daemon sets it).
 InProcessRun run_in_process(const std::string& model_dir, int workers, int threads_per_worker,
                             const WorkSpec& work);
 
