@@ -8,6 +8,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include "pipeline/posix_fs.h"
 
 namespace diffusiond {
 
@@ -67,13 +68,9 @@ int remove_stale_temp_files(const std::filesystem::path& dir) {
   int removed = 0;
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) return 0;
-  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
-       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-    if (it->is_regular_file(ec) &&
-        it->path().filename().string().find(".tmp-") != std::string::npos) {
-      std::error_code rm;
-      if (std::filesystem::remove(it->path(), rm)) ++removed;
-    }
+  for (const auto& file : list_files_recursive(dir, ec)) {
+    if (file.filename().string().find(".tmp-") != std::string::npos && ::unlink(file.c_str()) == 0)
+      ++removed;
   }
   return removed;
 }

@@ -12,6 +12,7 @@
 #include "daemon/atomic_file.h"
 #include "daemon/request_json.h"
 #include "daemon/sqlite_db.h"
+#include "pipeline/posix_fs.h"
 
 namespace diffusiond {
 
@@ -151,13 +152,13 @@ void JobStore::remove_orphan_image_dirs() {
   std::error_code ec;
   SqliteStatement exists(db_->handle(), "SELECT 1 FROM jobs WHERE id = ?");
   std::vector<std::filesystem::path> orphans;
-  for (const auto& entry : std::filesystem::directory_iterator(data_dir_ / "images", ec)) {
-    exists.bind(1, entry.path().filename().string());
+  for (const auto& name : list_directory(data_dir_ / "images", ec)) {
+    exists.bind(1, name);
     const bool known = exists.step();
     exists.reset();
-    if (!known) orphans.push_back(entry.path());
+    if (!known) orphans.push_back(data_dir_ / "images" / name);
   }
-  for (const auto& dir : orphans) std::filesystem::remove_all(dir, ec);
+  for (const auto& dir : orphans) remove_tree(dir, ec);
 }
 
 std::filesystem::path JobStore::relative_image_file(const std::string& job_id, int k) const {
@@ -403,7 +404,7 @@ PruneResult JobStore::prune(const RetentionPolicy& policy, std::int64_t now_ms) 
   }
   for (const auto& id : doomed) {
     std::error_code ec;
-    std::filesystem::remove_all(data_dir_ / "images" / id, ec);
+    remove_tree(data_dir_ / "images" / id, ec);
   }
   result.jobs_deleted = static_cast<int>(doomed.size());
   return result;

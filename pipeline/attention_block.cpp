@@ -49,7 +49,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
   };
   // upcast_attention (scores + softmax) and upcast_softmax both map to float32 scores and
   // softmax: the same as diffusers in float32, at least as precise in half precision.
-  torch::Tensor out = scaled_dot_product_attention(
+  torch::Tensor out = dot_product_attention(
       split(q), split(k), split(v), std::nullopt, /*causal=*/false,
       /*upcast_fp32=*/options_.upcast_attention || options_.upcast_softmax, scale_);
   out = out.transpose(1, 2).reshape({b, -1, heads * dh}).to(q.scalar_type());  // [B,Sq,H*D]

@@ -7,11 +7,10 @@
 
 namespace diffusiond {
 
-torch::Tensor scaled_dot_product_attention_math(const torch::Tensor& q, const torch::Tensor& k,
-                                                const torch::Tensor& v,
-                                                const std::optional<torch::Tensor>& mask,
-                                                bool causal, bool upcast_fp32,
-                                                std::optional<double> scale) {
+torch::Tensor dot_product_attention_math(const torch::Tensor& q, const torch::Tensor& k,
+                                         const torch::Tensor& v,
+                                         const std::optional<torch::Tensor>& mask, bool causal,
+                                         bool upcast_fp32, std::optional<double> scale) {
   const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(-1))));
   torch::Tensor query = upcast_fp32 ? q.to(torch::kFloat32) : q;
   torch::Tensor key = upcast_fp32 ? k.to(torch::kFloat32) : k;
@@ -34,10 +33,10 @@ torch::Tensor scaled_dot_product_attention_math(const torch::Tensor& q, const to
   return torch::matmul(probs.to(v.scalar_type()), v);
 }
 
-torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k,
-                                           const torch::Tensor& v,
-                                           const std::optional<torch::Tensor>& mask, bool causal,
-                                           bool upcast_fp32, std::optional<double> scale) {
+torch::Tensor dot_product_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                    const torch::Tensor& v,
+                                    const std::optional<torch::Tensor>& mask, bool causal,
+                                    bool upcast_fp32, std::optional<double> scale) {
 #if TORCH_VERSION_MAJOR >= 2
   (void)upcast_fp32;  // the fused kernels accumulate in float32 (diffusers' AttnProcessor2_0)
   std::optional<torch::Tensor> attn_mask = mask;
@@ -64,10 +63,10 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::
   return at::scaled_dot_product_attention(q, k, v, fused_mask, 0.0, is_causal, fused_scale);
 #else
   if (!scale) return at::scaled_dot_product_attention(q, k, v, fused_mask, 0.0, is_causal);
-  return scaled_dot_product_attention_math(q, k, v, mask, causal, upcast_fp32, scale);
+  return dot_product_attention_math(q, k, v, mask, causal, upcast_fp32, scale);
 #endif
 #else
-  return scaled_dot_product_attention_math(q, k, v, mask, causal, upcast_fp32, scale);
+  return dot_product_attention_math(q, k, v, mask, causal, upcast_fp32, scale);
 #endif
 }
 

@@ -18,17 +18,18 @@ namespace diffusiond {
 //   upcast_softmax); the result has v's dtype. On LibTorch >= 2 the fused kernel is used as
 //   diffusers' AttnProcessor2_0 does, which accumulates in float32 itself.
 // scale: defaults to 1/sqrt(d).
-torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k,
-                                           const torch::Tensor& v,
-                                           const std::optional<torch::Tensor>& mask = std::nullopt,
-                                           bool causal = false, bool upcast_fp32 = false,
-                                           std::optional<double> scale = std::nullopt);
+// Not named scaled_dot_product_attention: on LibTorch >= 2 argument-dependent lookup also finds
+// at::scaled_dot_product_attention for tensor arguments, and a call becomes ambiguous.
+torch::Tensor dot_product_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                    const torch::Tensor& v,
+                                    const std::optional<torch::Tensor>& mask = std::nullopt,
+                                    bool causal = false, bool upcast_fp32 = false,
+                                    std::optional<double> scale = std::nullopt);
 
 // The 1.13 path, always available (tests compare it with the fused kernel on LibTorch >= 2).
-torch::Tensor scaled_dot_product_attention_math(const torch::Tensor& q, const torch::Tensor& k,
-                                                const torch::Tensor& v,
-                                                const std::optional<torch::Tensor>& mask,
-                                                bool causal, bool upcast_fp32,
-                                                std::optional<double> scale);
+torch::Tensor dot_product_attention_math(const torch::Tensor& q, const torch::Tensor& k,
+                                         const torch::Tensor& v,
+                                         const std::optional<torch::Tensor>& mask, bool causal,
+                                         bool upcast_fp32, std::optional<double> scale);
 
 }  // namespace diffusiond

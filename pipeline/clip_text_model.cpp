@@ -81,7 +81,7 @@ torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& hidden_states) {
   auto q = split(q_proj(hidden_states));
   auto k = split(k_proj(hidden_states));
   auto v = split(v_proj(hidden_states));
-  auto out = scaled_dot_product_attention(q, k, v, std::nullopt, /*causal=*/true);
+  auto out = dot_product_attention(q, k, v, std::nullopt, /*causal=*/true);
   return out_proj(out.transpose(1, 2).reshape({b, l, h}));
 }
 

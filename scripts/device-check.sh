@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# GPU check for a lent device machine (see ../shared/device/README.md): unpacks the carried
-# Debian -dev packages, configures against the machine's PyTorch LibTorch (CUDA), builds, runs
-# the GPU-tagged tests (label gpu) and the daemon unit tests, then bench_pipeline on cuda:0
-# (fp16) and on the CPU (fp32), and prints a short table last. Logs go to OUT_DIR.
+# GPU check for a lent device machine (see ../shared/device/README.md), in one run of a few
+# minutes: unpacks the carried Debian -dev packages, configures against the machine's PyTorch
+# LibTorch (CUDA), builds (ninja -k 0: every compile error at once), runs the GPU-tagged tests,
+# the golden tests on this LibTorch, bench_pipeline (tiny model, then the SD 1.5 architecture with
+# random weights at 512x512) and bench_serve on the GPU, and prints a short table last.
+# Logs: one tarball and summary.txt in OUT_DIR (the device tool brings back at most 8 files).
 #
 #   scripts/device-check.sh [OUT_DIR]      (default: $OUT, else /tmp/device-check)
 # Pack the dependencies here first (the runtime .so packages too: the GPU machine has none):
@@ -10,38 +12,60 @@
 #   ../shared/device/pack-deps.sh .devdeps/deps.tar.xz zlib1g-dev libspdlog1.10 libfmt9 \
 #       libutf8proc2 libsqlite3-0 pkgconf-bin libpkgconf3
 # and carry .devdeps in the device run.
-# Env: DEPS (default .devdeps/deps.tar.xz, made here by ../shared/device/pack-deps.sh),
-#      BUILD_DIR (default build-gpu), JOBS (default: every core), MODEL (default: tiny-sd1).
+# Env: DEPS (default .devdeps/deps.tar.xz), BUILD_DIR (default build-gpu), JOBS (default: every
+#      core), BUDGET_S (default 500: no step runs past it, later ones are skipped), SKIP_SD15=1.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-${OUT:-/tmp/device-check}}
 deps=${DEPS:-$root/.devdeps/deps.tar.xz}
 build=${BUILD_DIR:-$root/build-gpu}
 jobs=${JOBS:-$(nproc)}
-model=${MODEL:-$root/tests/fixtures/tiny-sd1}
+budget=${BUDGET_S:-500}
+tiny=$root/tests/fixtures/tiny-sd1
+logs=$(mktemp -d /tmp/device-check-logs.XXXX)
+t0=$(date +%s)
 mkdir -p "$out"
 declare -a rows=()
-row() { rows+=("$(printf '%-34s %s' "$1" "$2")"); }
-run_step() {  # name logfile command...: records ok/FAILED and the elapsed seconds
-  local name=$1 log=$2 start rc
-  shift 2
+row() {
+  rows+=("$(printf '%-40s %s' "$1" "$2")")
+  echo "${rows[-1]}"
+}
+elapsed() { echo $(($(date +%s) - t0)); }
+run_step() {  # name logfile timeout_s command...: records ok/FAILED/skipped and the seconds
+  local name=$1 log=$2 limit=$3 start rc left
+  shift 3
+  left=$((budget - $(elapsed)))
+  if [ "$left" -lt 15 ]; then
+    row "$name" "skipped (budget of ${budget}s spent)"
+    return 99
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   start=$(date +%s)
-  "$@" >"$out/$log" 2>&1
+  timeout "$limit" "$@" >"$logs/$log" 2>&1
   rc=$?
-  row "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (rc $rc, see $log)") $(($(date +%s) - start))s"
+  row "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (rc $rc, $log)") $(($(date +%s) - start))s"
   return $rc
 }
 finish() {
-  echo
-  echo "==== device check ($(date -u +%FT%TZ)) ===="
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null |
-    sed 's/^/gpu: /'
-  printf '%s\n' "${rows[@]}"
+  tar -czf "$out/device-check-logs.tar.gz" -C "$logs" . 2>/dev/null
+  {
+    echo
+    echo "==== device check ($(date -u +%FT%TZ), $(elapsed)s) ===="
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null |
+      sed 's/^/gpu: /'
+    printf '%s\n' "${rows[@]}"
+  } | tee "$out/summary.txt"
   exit "${1:-0}"
+}
+bench_rows() {  # logfile: the headline lines of a bench_pipeline log
+  local what
+  for what in "mean step" "all steps" "VAE decode" "throughput"; do
+    row "    $what (last run)" "$(grep -F "| $what" "$logs/$1" | tail -1 | tr -s ' ')"
+  done
 }
 
 mkdir -p /tmp/deps
-run_step "unpack deps" unpack.log tar -xJf "$deps" -C /tmp/deps || finish 1
+run_step "unpack deps" unpack.log 120 tar -xJf "$deps" -C /tmp/deps || finish 1
 # The packed .pc files and libraries say /usr: point pkg-config and the loader at /tmp/deps.
 libdir=/tmp/deps/usr/lib/x86_64-linux-gnu
 export PKG_CONFIG_SYSROOT_DIR=/tmp/deps
@@ -51,41 +75,64 @@ pkg_config=()
 if ! command -v pkg-config >/dev/null && [ -x /tmp/deps/usr/bin/pkgconf ]; then
   pkg_config=(-DPKG_CONFIG_EXECUTABLE=/tmp/deps/usr/bin/pkgconf)
 fi
-torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)') || finish 1
-torch_info=$(python3 -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda,
-  "abi", int(torch._C._GLIBCXX_USE_CXX11_ABI), "gpus", torch.cuda.device_count())')
-row "torch" "$torch_info"
+torch_prefix=${TORCH_PREFIX:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')} ||
+  finish 1
+row "torch" "$(python3 -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda,
+  "abi", int(torch._C._GLIBCXX_USE_CXX11_ABI), "gpus", torch.cuda.device_count())' 2>&1)"
+row "compiler" "$(c++ --version | head -1)"
 
-run_step "configure" configure.log cmake -S "$root" -B "$build" -G Ninja \
-  -DCMAKE_BUILD_TYPE=Release "${pkg_config[@]}" \
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+run_step "configure" configure.log 180 cmake -S "$root" -B "$build" -G Ninja \
+  -DCMAKE_BUILD_TYPE=Release "${pkg_config[@]}" -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_PREFIX_PATH="/tmp/deps/usr;$libdir/cmake;$torch_prefix" ||
-  finish 1
-targets=(diffusiond test_daemon)
-for t in test_daemon_gpu test_pipeline bench_pipeline bench_serve; do
-  if grep -q "^build $t:" "$build/build.ninja" 2>/dev/null ||
-     ninja -C "$build" -t targets all 2>/dev/null | grep -q "^$t:"; then targets+=("$t"); fi
-done
-run_step "build (${targets[*]})" build.log cmake --build "$build" -j "$jobs" --target "${targets[@]}" ||
-  finish 1
+  { tail -40 "$logs/configure.log"; finish 1; }
+targets=(diffusiond test_daemon_gpu test_daemon test_text_encoder test_unet test_pipeline
+         bench_pipeline bench_serve)
+if ! run_step "build (${#targets[@]} targets)" build.log 420 \
+    cmake --build "$build" -j "$jobs" --target "${targets[@]}" -- -k 0; then
+  echo "---- build errors ----"
+  grep -E -m 60 -A3 'error:|Error |undefined reference' "$logs/build.log"
+fi
 
-run_step "ctest -L gpu" ctest-gpu.log ctest --test-dir "$build" -L gpu --output-on-failure
-run_step "ctest -L daemon" ctest-daemon.log ctest --test-dir "$build" -L daemon --output-on-failure
-
+bin=$build/daemon/diffusiond
 bench=$build/bench/pipeline/bench_pipeline
+bench_serve=$build/bench/serve/bench_serve
+export DIFFUSIOND_BIN=$bin
+if [ -x "$build/tests/daemon/test_daemon_gpu" ]; then
+  run_step "GPU tests (test_daemon_gpu)" gpu-tests.log 300 \
+    "$build/tests/daemon/test_daemon_gpu" --durations yes
+  grep -E "vs diffusers|mean \|gpu|FAILED|failed|passed" "$logs/gpu-tests.log" | head -12
+fi
 if [ -x "$bench" ]; then
-  for spec in "cuda:0 fp16" "cuda:0 fp32" "cpu fp32"; do
-    device=${spec% *} dtype=${spec#* }
-    log="bench-${device/:/}-$dtype.log"
-    if run_step "bench_pipeline $device $dtype 256px" "$log" "$bench" --model "$model" \
-        --device "$device" --dtype "$dtype" --width 256 --height 256 --steps 20 --runs 3; then
-      row "    all steps (last run)" "$(grep -F '| all steps' "$out/$log" | tail -1 | tr -s ' ')"
-      row "    images/s (last run)" "$(grep -F '| images/s' "$out/$log" | tail -1 | tr -s ' ')"
-    fi
+  for dtype in fp16 fp32; do
+    run_step "bench_pipeline tiny cuda:0 $dtype 256px 20st" "bench-tiny-$dtype.log" 120 "$bench" \
+      --model "$tiny" --device cuda:0 --dtype "$dtype" --width 256 --height 256 --steps 20 \
+      --runs 3 && bench_rows "bench-tiny-$dtype.log"
   done
 fi
-bench_serve=$build/bench/serve/bench_serve
 if [ -x "$bench_serve" ]; then
-  run_step "bench_serve" bench-serve.log "$bench_serve" --model "$model" --devices cuda --images 64 --size 256
-  while IFS= read -r line; do row "    serve" "$line"; done < <(tail -5 "$out/bench-serve.log")
+  run_step "bench_serve tiny cuda 256px" bench-serve-tiny.log 150 "$bench_serve" --model "$tiny" \
+    --devices cuda --images 64 --clients 8 --size 256 --steps 20
+  while IFS= read -r line; do row "    serve" "$line"; done < <(grep -E '^\| (throughput|submit|end-to-end|time per)' "$logs/bench-serve-tiny.log")
 fi
+sd15=/tmp/sd15-random
+if [ "${SKIP_SD15:-0}" != 1 ] && [ -x "$bin" ] && [ -x "$bench" ] &&
+   run_step "make-random-model sd15" make-sd15.log 240 "$bin" make-random-model --arch sd15 --out "$sd15"; then
+  for batch in 1 4; do
+    run_step "bench_pipeline sd15 cuda:0 fp16 512px 20st b$batch" "bench-sd15-b$batch.log" 180 "$bench" \
+      --model "$sd15" --device cuda:0 --dtype fp16 --width 512 --height 512 --steps 20 \
+      --batch "$batch" --runs 3 && bench_rows "bench-sd15-b$batch.log"
+  done
+  if [ -x "$bench_serve" ]; then
+    run_step "bench_serve sd15 cuda 512px" bench-serve-sd15.log 200 "$bench_serve" --model "$sd15" \
+      --devices cuda --images 16 --clients 4 --size 512 --steps 20
+    while IFS= read -r line; do row "    serve" "$line"; done < <(grep -E '^\| (throughput|submit|end-to-end|time per)' "$logs/bench-serve-sd15.log")
+  fi
+fi
+# The golden tests on this LibTorch's CPU kernels (2.x: the fused attention path).
+for t in text_encoder/test_text_encoder unet/test_unet pipeline/test_pipeline daemon/test_daemon; do
+  [ -x "$build/tests/$t" ] &&
+    run_step "$(basename "$t") (CPU, this LibTorch)" "$(basename "$t").log" 240 \
+      env OMP_NUM_THREADS=4 "$build/tests/$t"
+done
 finish 0

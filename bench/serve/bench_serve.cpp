@@ -14,7 +14,10 @@
 #include <numeric>
 #include <thread>
 
+#include <torch/cuda.h>
+
 #include "in_process.h"
+#include "pipeline/posix_fs.h"
 #include "serve_clients.h"
 #include "tests/blackbox/daemon_process.h"
 
@@ -36,11 +39,27 @@ double mean(const std::vector<double>& v) {
   return v.empty() ? 0 : std::accumulate(v.begin(), v.end(), 0.0) / v.size();
 }
 
-int cpu_workers_of(const std::string& devices) {
-  const auto star = devices.find('*');
-  if (devices.rfind("cpu", 0) == 0 && star != std::string::npos)
-    return std::stoi(devices.substr(star + 1));
-  return 1;
+// The replicas `diffusiond serve --devices SPEC` runs: cpu, cpu*N, cuda / auto (every CUDA
+// device, else one CPU), or a list cuda:0,cuda:1.
+std::vector<torch::Device> devices_of(const std::string& spec) {
+  std::vector<torch::Device> out;
+  const auto star = spec.find('*');
+  if (spec.rfind("cpu", 0) == 0) {
+    const int n = star == std::string::npos ? 1 : std::stoi(spec.substr(star + 1));
+    out.assign(static_cast<std::size_t>(n), torch::Device(torch::kCPU));
+  } else if (spec == "cuda" || spec == "auto") {
+    for (int i = 0; i < static_cast<int>(torch::cuda::device_count()); ++i)
+      out.emplace_back(torch::kCUDA, static_cast<c10::DeviceIndex>(i));
+    if (out.empty()) out.emplace_back(torch::kCPU);
+  } else {
+    std::size_t start = 0;
+    while (start <= spec.size()) {
+      const auto comma = std::min(spec.find(',', start), spec.size());
+      out.emplace_back(spec.substr(start, comma - start));
+      start = comma + 1;
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -49,7 +68,7 @@ int main(int argc, char** argv) {
   CLI::App app{"bench_serve: diffusiond serving throughput vs the in-process pipeline"};
   int clients = 8, threads = 0;
   WorkSpec work;
-  std::string devices = "cpu*2";
+  std::string devices = "cpu*2", dtype = "auto";
   std::string model = std::string(DIFFUSIOND_FIXTURES) + "/tiny-sd1";
   std::string bin = DIFFUSIOND_EXE;
   app.add_option("--clients", clients, "Concurrent HTTP clients");
@@ -59,11 +78,16 @@ int main(int argc, char** argv) {
   app.add_option("--devices", devices, "diffusiond --devices");
   app.add_option("--threads", threads,
                  "diffusiond --threads (total intra-op threads; 0 = all cores)");
+  app.add_option("--dtype", dtype, "diffusiond --dtype: auto (fp16 on CUDA), fp32, fp16");
   app.add_option("--model", model, "Model folder");
   app.add_option("--bin", bin, "diffusiond executable");
   CLI11_PARSE(app, argc, argv);
 
-  const int workers = cpu_workers_of(devices);
+  const std::vector<torch::Device> replicas = devices_of(devices);
+  const int workers = static_cast<int>(replicas.size());
+  const bool on_cuda = replicas.front().is_cuda();
+  const torch::ScalarType scalar_type =
+      dtype == "fp16" || (dtype == "auto" && on_cuda) ? torch::kHalf : torch::kFloat32;
   const int total_threads =
       threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int per_worker = std::max(1, total_threads / workers);
@@ -71,10 +95,11 @@ int main(int argc, char** argv) {
   // 1. The daemon under N clients.
   const auto data_dir =
       std::filesystem::temp_directory_path() / ("bench-serve-" + std::to_string(::getpid()));
-  std::filesystem::remove_all(data_dir);
+  remove_tree(data_dir);
   setenv("DIFFUSIOND_BIN", bin.c_str(), 1);
   std::vector<std::string> args = {"--devices", devices, "--log-level", "warn"};
   if (threads > 0) args.insert(args.end(), {"--threads", std::to_string(threads)});
+  if (dtype != "auto") args.insert(args.end(), {"--dtype", dtype});
   ClientRun served;
   {
     testing::DaemonProcess daemon(data_dir, args, model);
@@ -85,10 +110,10 @@ int main(int argc, char** argv) {
     run_clients(daemon.port(), workers, warm);
     served = run_clients(daemon.port(), clients, work);
   }
-  std::filesystem::remove_all(data_dir);
+  remove_tree(data_dir);
 
   // 2. The same images in-process: one replica per worker thread, same thread split.
-  const InProcessRun local = run_in_process(model, workers, per_worker, work);
+  const InProcessRun local = run_in_process(model, replicas, scalar_type, per_worker, work);
 
   std::map<std::string, int> per_device;
   for (const auto& d : served.devices) ++per_device[d];
@@ -100,10 +125,11 @@ int main(int argc, char** argv) {
   const double served_ips = done / served.wall_s;
   const double local_ips = work.images / local.wall_s;
   std::printf(
-      "\nbench_serve: %d images (%dx%d, %d steps, %s), %d clients, --devices %s, %d intra-op "
+      "\nbench_serve: %d images (%dx%d, %d steps, %s), %d clients, --devices %s, %s, %d intra-op "
       "thread(s) per worker, %u cores\n\n",
       work.images, work.size, work.size, work.steps, work.scheduler.c_str(), clients,
-      devices.c_str(), per_worker, std::thread::hardware_concurrency());
+      devices.c_str(), scalar_type == torch::kHalf ? "fp16" : "fp32", per_worker,
+      std::thread::hardware_concurrency());
   const double e2e_p50 = percentile(served.end_to_end_ms, 50);
   const double seq = mean(local.sequential_ms);
   std::printf("| measure | daemon (HTTP) | in-process pipeline |\n|---|---|---|\n");

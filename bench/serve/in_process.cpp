@@ -12,13 +12,14 @@ namespace diffusiond::bench {
 
 using Clock = std::chrono::steady_clock;
 
-InProcessRun run_in_process(const std::string& model_dir, int workers, int threads_per_worker,
-                            const WorkSpec& work) {
+InProcessRun run_in_process(const std::string& model_dir, const std::vector<torch::Device>& devices,
+                            torch::ScalarType dtype, int threads_per_worker, const WorkSpec& work) {
+  const int workers = static_cast<int>(devices.size());
   if (threads_per_worker > 0) torch::set_num_threads(threads_per_worker);
   const ModelFolder folder = resolve_model(model_dir);
   std::vector<std::unique_ptr<StableDiffusion>> replicas;
-  for (int w = 0; w < workers; ++w) {
-    replicas.push_back(StableDiffusion::load(folder, torch::kCPU, torch::kFloat32));
+  for (const auto& device : devices) {
+    replicas.push_back(StableDiffusion::load(folder, device, dtype));
   }
   // Warm-up (first-call allocations), not measured.
   Txt2ImgParams warm;

@@ -2,6 +2,8 @@
 // one replica per worker thread, no HTTP, no store, no PNG.
 #pragma once
 
+#include <torch/types.h>
+
 #include <string>
 #include <vector>
 
@@ -15,10 +17,10 @@ struct InProcessRun {
   std::vector<double> sequential_ms;  // one replica, one image at a time (nothing else running)
 };
 
-// First every image one at a time on one replica (the unloaded pipeline time), then all of them
-// again on `workers` replicas, each in its own thread, with `threads_per_worker` intra-op threads
-// (process-wide, as the daemon sets it).
-InProcessRun run_in_process(const std::string& model_dir, int workers, int threads_per_worker,
-                            const WorkSpec& work);
+// First every image one at a time on the first replica (the unloaded pipeline time), then all of
+// them again on one replica per entry of `devices`, each in its own thread, with
+// `threads_per_worker` intra-op threads (process-wide, as the daemon sets it).
+InProcessRun run_in_process(const std::string& model_dir, const std::vector<torch::Device>& devices,
+                            torch::ScalarType dtype, int threads_per_worker, const WorkSpec& work);
 
 }  // namespace diffusiond::bench

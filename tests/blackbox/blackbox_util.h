@@ -9,6 +9,7 @@
 
 #include "../http/http_client.h"
 #include "daemon_process.h"
+#include "pipeline/posix_fs.h"
 
 namespace diffusiond::testing {
 
@@ -25,7 +26,7 @@ struct TempDir {
   ~TempDir() {
     if (!keep) {
       std::error_code ec;
-      std::filesystem::remove_all(path, ec);
+      remove_tree(path, ec);
     }
   }
   std::filesystem::path path;

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "blackbox_util.h"
+#include "pipeline/posix_fs.h"
 #include "png_check.h"
 
 using namespace diffusiond::testing;
@@ -193,11 +194,13 @@ TEST_CASE("restart: after kill -9 every queued and running job completes, no PNG
   }
   // Every PNG file the daemon left in its data dir decodes completely.
   int files = 0;
-  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir.path)) {
-    if (entry.path().extension() != ".png") continue;
+  std::error_code ec;
+  for (const auto& file : diffusiond::list_files_recursive(dir.path, ec)) {
+    if (file.extension() != ".png") continue;
     ++files;
-    INFO(entry.path());
-    CHECK_NOTHROW(decode_png(read_file(entry.path().string())));
+    INFO(file);
+    CHECK_NOTHROW(decode_png(read_file(file.string())));
   }
+  CHECK_FALSE(ec);
   CHECK(files >= 6);
 }

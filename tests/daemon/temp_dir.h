@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <stdexcept>
 #include <string>
+#include "pipeline/posix_fs.h"
 
 namespace diffusiond::test {
 
@@ -17,7 +18,7 @@ class TempDir {
   }
   ~TempDir() {
     std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
+    remove_tree(path_, ec);
   }
   const std::filesystem::path& path() const { return path_; }
 

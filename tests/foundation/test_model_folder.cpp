@@ -10,6 +10,7 @@
 
 #include "pipeline/config_util.h"
 #include "pipeline/model_folder.h"
+#include "pipeline/posix_fs.h"
 
 namespace fs = std::filesystem;
 using diffusiond::ModelNotFound;
@@ -43,7 +44,7 @@ class ScopedEnv {
 
 fs::path fresh_dir(const std::string& name) {
   fs::path d = fs::temp_directory_path() / ("mf_test_" + std::to_string(::getpid())) / name;
-  fs::remove_all(d);
+  diffusiond::remove_tree(d);
   fs::create_directories(d);
   return d;
 }
@@ -84,8 +85,7 @@ TEST_CASE("model folder: HF cache precedence HF_HUB_CACHE > HF_HOME/hub > ~/.cac
   fs::path base = fresh_dir("precedence");
   {
     ScopedEnv a("HF_HUB_CACHE", std::nullopt), b("HUGGINGFACE_HUB_CACHE", std::nullopt),
-        c("HF_HOME", std::nullopt), d("XDG_CACHE_HOME", std::nullopt),
-        e("HOME", base.string());
+        c("HF_HOME", std::nullopt), d("XDG_CACHE_HOME", std::nullopt), e("HOME", base.string());
     CHECK(diffusiond::hf_hub_cache_dir() == base / ".cache" / "huggingface" / "hub");
     ScopedEnv f("HF_HOME", (base / "hfhome").string());
     CHECK(diffusiond::hf_hub_cache_dir() == base / "hfhome" / "hub");

@@ -10,6 +10,7 @@
 #include "fake_service.h"
 #include "http/server.h"
 #include "http_client.h"
+#include "pipeline/posix_fs.h"
 
 namespace diffusiond::testing {
 
@@ -30,7 +31,7 @@ struct ServerFixture {
   ~ServerFixture() {
     server.reset();
     std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
+    remove_tree(dir, ec);
   }
   HttpReply get(const std::string& target, const Headers& h = {}) {
     return http_request(port, "GET", target, "", h);

@@ -11,6 +11,7 @@
 #include "pipeline/clip_tokenizer.h"
 #include "pipeline/config_util.h"
 #include "pipeline/model_folder.h"
+#include "pipeline/posix_fs.h"
 #include "pipeline/random_model.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/txt2img.h"
@@ -57,7 +58,7 @@ TEST_CASE("architecture configs are those SD 1.5 and SD 2.1 ship", "[random_mode
 TEST_CASE("a random tiny-sd2 folder loads strictly and generates", "[random_model]") {
   const fs::path out =
       fs::temp_directory_path() / ("diffusiond_random_" + std::to_string(::getpid()));
-  fs::remove_all(out);
+  remove_tree(out);
   write_random_model("tiny-sd2", out, kTokenizer, 5);
   for (const char* file :
        {"model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json",
@@ -83,5 +84,5 @@ TEST_CASE("a random tiny-sd2 folder loads strictly and generates", "[random_mode
   auto images = pipe->generate(params);
   REQUIRE(images.size() == 1);
   CHECK(images[0].pixels.size() == 64u * 64u * 3u);
-  fs::remove_all(out);
+  remove_tree(out);
 }

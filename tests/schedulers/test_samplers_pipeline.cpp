@@ -15,6 +15,7 @@
 
 #include "pipeline/model_folder.h"
 #include "pipeline/png.h"
+#include "pipeline/posix_fs.h"
 #include "pipeline/schedulers/scheduler.h"
 #include "pipeline/txt2img.h"
 
@@ -112,5 +113,5 @@ TEST_CASE("diffusiond generate --scheduler takes A1111 names", "[schedulers][cli
   CHECK(std::system(command.c_str()) != 0);
   CHECK_FALSE(fs::exists(dir / "bad.png"));
   CHECK_THAT(read_file(dir / "bad.log"), Catch::Contains("Euler b") && Catch::Contains("euler_a"));
-  fs::remove_all(dir);
+  remove_tree(dir);
 }

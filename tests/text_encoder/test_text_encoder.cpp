@@ -149,15 +149,14 @@ TEST_CASE("attention fallback equals explicit softmax attention", "[text_encoder
     w = w / w.sum(-1, true);
     expected.select(2, i).copy_((w.unsqueeze(-1) * v.slice(2, 0, i + 1)).sum(2));
   }
-  CHECK(torch::allclose(scaled_dot_product_attention(q, k, v, std::nullopt, true), expected, 1e-5,
-                        1e-6));
-  CHECK(torch::allclose(scaled_dot_product_attention_math(q, k, v, std::nullopt, true, true, {}),
-                        expected, 1e-5, 1e-6));
+  CHECK(torch::allclose(dot_product_attention(q, k, v, std::nullopt, true), expected, 1e-5, 1e-6));
+  CHECK(torch::allclose(dot_product_attention_math(q, k, v, std::nullopt, true, true, {}), expected,
+                        1e-5, 1e-6));
   // A boolean mask equal to the causal one gives the same result as causal=true.
   auto mask = torch::ones({5, 5}, torch::kBool).tril();
-  CHECK(torch::allclose(scaled_dot_product_attention(q, k, v, mask, false), expected, 1e-5, 1e-6));
+  CHECK(torch::allclose(dot_product_attention(q, k, v, mask, false), expected, 1e-5, 1e-6));
   // Cross-attention shape (Lq != Lk), no mask.
   auto k2 = torch::randn({2, 3, 7, 4}), v2 = torch::randn({2, 3, 7, 6});
   auto full = torch::softmax(torch::matmul(q, k2.transpose(-1, -2)) / 2.0, -1).matmul(v2);
-  CHECK(torch::allclose(scaled_dot_product_attention(q, k2, v2), full, 1e-5, 1e-6));
+  CHECK(torch::allclose(dot_product_attention(q, k2, v2), full, 1e-5, 1e-6));
 }

@@ -11,6 +11,7 @@
 
 #include "pipeline/clip_tokenizer.h"
 #include "pipeline/config_util.h"
+#include "pipeline/posix_fs.h"
 
 namespace tokenizer_test {
 
@@ -44,7 +45,7 @@ class ScratchDir {
   }
   ~ScratchDir() {
     std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
+    diffusiond::remove_tree(path_, ignored);
   }
   ScratchDir(const ScratchDir&) = delete;
   ScratchDir& operator=(const ScratchDir&) = delete;

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "pipeline/config_util.h"
+#include "pipeline/posix_fs.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/unet.h"
 #include "pipeline/weights.h"
@@ -198,5 +199,5 @@ TEST_CASE("SD 2-style UNet builds, saves, loads strictly and runs", "[unet][sd2]
   } catch (const WeightsError& e) {
     CHECK(std::string(e.what()).find("mid_block.attentions.0.proj_out.bias") != std::string::npos);
   }
-  std::filesystem::remove_all(dir);
+  remove_tree(dir);
 }

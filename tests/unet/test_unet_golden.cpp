@@ -8,6 +8,7 @@
 
 #include "pipeline/config_util.h"
 #include "pipeline/model_folder.h"
+#include "pipeline/posix_fs.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/unet.h"
 #include "test_util.h"
@@ -83,5 +84,5 @@ TEST_CASE("UNet loading names the config file of a missing key", "[unet][config]
     CHECK(what.find("block_out_channels") != std::string::npos);
     CHECK(what.find("config.json") != std::string::npos);
   }
-  std::filesystem::remove_all(dir);
+  remove_tree(dir);
 }
