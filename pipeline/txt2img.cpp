@@ -196,8 +196,17 @@ std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& par
   for (int k = 0; k < batch; ++k) {
     generators.push_back(
         at::detail::createCPUGenerator(params.seed + static_cast<std::uint64_t>(k)));
+    if (params.latents.defined()) continue;
     noise.push_back(torch::randn({1, channels, latent_h, latent_w}, generators.back(),
                                  torch::TensorOptions().dtype(dtype_)));
+  }
+  if (params.latents.defined()) {
+    const std::vector<int64_t> expected = {batch, channels, latent_h, latent_w};
+    if (params.latents.sizes() != c10::IntArrayRef(expected))
+      throw std::invalid_argument("latents: expected shape " +
+                                  c10::str(c10::IntArrayRef(expected)) + ", got " +
+                                  c10::str(params.latents.sizes()));
+    noise.push_back(params.latents.to(dtype_));
   }
   torch::Tensor latents = torch::cat(noise, 0).to(device_) * scheduler->init_noise_sigma();
   emit("latents.00", latents);

@@ -27,6 +27,10 @@ struct Txt2ImgParams {
   int width = 512;
   int height = 512;
   std::string scheduler;  // name or alias; "" = the model's own scheduler
+  // Optional initial noise [prompts x num_images, C, H/8, W/8] (diffusers' `latents=`): used
+  // instead of the generators' draw, cast to the model's dtype and device, then scaled by the
+  // scheduler's init_noise_sigma. The generators still draw the samplers' step noise.
+  torch::Tensor latents;
 };
 
 // Called after every denoising step of every image of the batch (step in 1..steps, where steps is

@@ -13,7 +13,8 @@
 #       libutf8proc2 libsqlite3-0 pkgconf-bin libpkgconf3
 # and carry .devdeps in the device run.
 # Env: DEPS (default .devdeps/deps.tar.xz), BUILD_DIR (default build-gpu), JOBS (default: every
-#      core), BUDGET_S (default 500: no step runs past it, later ones are skipped), SKIP_SD15=1.
+#      core), BUDGET_S (default 500: no step runs past it, later ones are skipped), SKIP_SD15=1,
+#      TARGETS (what to build; steps whose programs were not built are skipped).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-${OUT:-/tmp/device-check}}
@@ -86,8 +87,8 @@ run_step "configure" configure.log 180 cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release "${pkg_config[@]}" -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_PREFIX_PATH="/tmp/deps/usr;$libdir/cmake;$torch_prefix" ||
   { tail -40 "$logs/configure.log"; finish 1; }
-targets=(diffusiond test_daemon_gpu test_daemon test_text_encoder test_unet test_pipeline
-         bench_pipeline bench_serve)
+read -r -a targets <<<"${TARGETS:-diffusiond test_daemon_gpu test_daemon test_text_encoder \
+  test_unet test_pipeline bench_pipeline bench_serve}"
 if ! run_step "build (${#targets[@]} targets)" build.log 420 \
     cmake --build "$build" -j "$jobs" --target "${targets[@]}" -- -k 0; then
   echo "---- build errors ----"

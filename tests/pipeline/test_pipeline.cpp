@@ -114,6 +114,20 @@ TEST_CASE("txt2img reproduces diffusers step by step", "[pipeline][golden]") {
   CHECK(max_pixel_difference(images[0], golden_image()) <= 1);
 }
 
+TEST_CASE("given latents replace the generator's draw, like diffusers' latents=", "[pipeline]") {
+  auto golden = SafetensorsFile::open(kModel / "golden" / "pipeline.safetensors");
+  Txt2ImgParams params = golden_params();
+  params.seed += 1000;  // another seed: only the given noise can bring back the golden image
+  params.latents = golden->tensor("latents.00");
+  auto images = tiny_pipeline().generate(params);
+  REQUIRE(images.size() == 1);
+  CHECK(max_pixel_difference(images[0], golden_image()) <= 1);
+
+  params.latents = torch::zeros({1, 4, 4, 4});
+  CHECK_THROWS_WITH(tiny_pipeline().generate(params),
+                    Catch::Contains("latents") && Catch::Contains("[1, 4, 8, 8]"));
+}
+
 TEST_CASE("batched images equal separate runs with seed + k", "[pipeline]") {
   auto& pipe = tiny_pipeline();
   for (const std::string scheduler : {"pndm", "euler_a"}) {  // euler_a draws noise every step
