@@ -16,6 +16,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <thread>
@@ -36,6 +37,18 @@
 namespace diffusiond {
 
 namespace {
+
+// --threads 0: $OMP_NUM_THREADS when it is a positive number (what PyTorch users set), else every
+// core.
+int default_intra_op_threads() {
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+    char* end = nullptr;
+    const long value = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && value > 0 && value <= 4096) return static_cast<int>(value);
+    spdlog::warn("OMP_NUM_THREADS='{}' is not a positive number: ignored", env);
+  }
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 sigset_t shutdown_signals() {
   sigset_t set;
@@ -93,9 +106,7 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
 
   int cpu_workers = 0;
   for (const auto& d : devices) cpu_workers += d.kind == DeviceSpec::Kind::cpu ? 1 : 0;
-  const int total_threads =
-      options.threads > 0 ? options.threads
-                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int total_threads = options.threads > 0 ? options.threads : default_intra_op_threads();
   const int per_worker = threads_per_worker(total_threads, std::max(1, cpu_workers));
   std::string device_list;
   for (const auto& d : devices) device_list += (device_list.empty() ? "" : ", ") + d.name;

@@ -72,8 +72,8 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   cmd.add_option("--threads", o.threads,
-                 "Intra-op CPU threads shared by the CPU workers (each gets total/N; 0: every "
-                 "core)")
+                 "Intra-op CPU threads shared by the CPU workers (each gets total/N; 0: "
+                 "$OMP_NUM_THREADS if set, else every core)")
       ->capture_default_str()
       ->check(CLI::Range(0, 4096));
   cmd.add_option("--io-threads", o.io_threads, "HTTP I/O threads")

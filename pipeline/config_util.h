@@ -17,7 +17,12 @@ class ConfigError : public std::runtime_error {
 };
 
 // Parses a JSON file; throws ConfigError("FILE: cannot open" / "FILE: invalid JSON: ...").
+// Python's json module writes the non-finite floats as bare -Infinity, Infinity and NaN (e.g.
+// DPMSolver's lambda_min_clipped): those become the strings "-Infinity", "Infinity", "NaN".
 nlohmann::json read_json_file(const std::filesystem::path& path);
+
+// The rewrite read_json_file applies: bare -Infinity / Infinity / NaN outside strings quoted.
+std::string quote_python_non_finite(const std::string& json_text);
 
 // Required key: throws ConfigError("FILE: missing required key 'KEY'") or a type error naming it.
 template <typename T>

@@ -13,6 +13,7 @@
 
 #include "pipeline/schedulers/common.h"
 #include "pipeline/schedulers/factories.h"
+#include "pipeline/schedulers/sigma_scheduler.h"
 
 namespace diffusiond {
 namespace {
@@ -20,9 +21,9 @@ namespace {
 using torch::Tensor;
 constexpr const char* kClass = "EulerDiscreteScheduler";
 
-class EulerScheduler final : public Scheduler {
+class EulerScheduler final : public sched::SigmaScheduler {
  public:
-  explicit EulerScheduler(const nlohmann::json& json) {
+  explicit EulerScheduler(const nlohmann::json& json) : SigmaScheduler(kClass) {
     sched::SchedulerConfig cfg(json, kClass);
     sched::BetaDefaults defaults;
     defaults.supports_rescale_zero_snr = true;
@@ -67,9 +68,7 @@ class EulerScheduler final : public Scheduler {
 
     std::vector<double> sigmas;
     if (!log_linear_) {
-      std::vector<double> xp(train.size());
-      for (std::size_t i = 0; i < xp.size(); ++i) xp[i] = static_cast<double>(i);
-      sigmas = sched::np_interp(timesteps, xp, sched::to_doubles(train));
+      sigmas = sched::interpolate_train_sigmas(timesteps, train);
     } else {
       // torch.linspace(log(sigma_max), log(sigma_min), n + 1).exp(), float32: n + 1 sigmas.
       Tensor s = torch::linspace(static_cast<double>(log_sigmas.back()),
@@ -92,27 +91,14 @@ class EulerScheduler final : public Scheduler {
       timesteps = sched::round_to_float32(timesteps);
     }
     timesteps_ = std::move(timesteps);
-    sigmas_ = torch::cat({sigma_tensor, torch::zeros({1}, torch::kFloat32)});
-    sigma_values_ = sched::to_doubles(sched::tensor_to_floats(sigmas_));
-  }
-
-  const std::vector<double>& timesteps() const override { return timesteps_; }
-  std::optional<std::vector<double>> sigmas() const override { return sigma_values_; }
-  double init_noise_sigma() const override {
-    if (!sigmas_.defined()) {
-      throw std::logic_error(std::string(kClass) + ": call set_timesteps() first");
-    }
-    return sched::sigma_init_noise(sigmas_, spacing_);
-  }
-
-  Tensor scale_model_input(const Tensor& sample, int step_index) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
-    return sched::scale_by_sigma(sample, sigmas_[step_index]);
+    std::vector<float> table = sched::tensor_to_floats(sigma_tensor);
+    table.push_back(0.0f);
+    set_sigma_table(table);
   }
 
   Tensor step(const Tensor& model_output, int step_index, const Tensor& sample_in,
               at::Generator& generator) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
+    check_step(step_index);
     Tensor sample = sample_in.to(torch::kFloat32);
     Tensor sigma = sigmas_[step_index];
     // s_churn = 0 -> gamma = 0; the noise is drawn anyway (diffusers does) but not used.
@@ -145,13 +131,8 @@ class EulerScheduler final : public Scheduler {
   bool log_linear_ = false;
   bool use_karras_sigmas_ = false;
   std::optional<double> sigma_min_, sigma_max_;
-  sched::Spacing spacing_ = sched::Spacing::Linspace;
   bool continuous_timesteps_ = false;
   int64_t steps_offset_ = 0;
-
-  std::vector<double> timesteps_;
-  Tensor sigmas_;  // [n + 1] float32 CPU (n + 2 with log_linear), ends with 0
-  std::vector<double> sigma_values_;
 };
 
 }  // namespace

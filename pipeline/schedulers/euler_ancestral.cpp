@@ -10,6 +10,7 @@
 
 #include "pipeline/schedulers/common.h"
 #include "pipeline/schedulers/factories.h"
+#include "pipeline/schedulers/sigma_scheduler.h"
 
 namespace diffusiond {
 namespace {
@@ -17,9 +18,9 @@ namespace {
 using torch::Tensor;
 constexpr const char* kClass = "EulerAncestralDiscreteScheduler";
 
-class EulerAncestralScheduler final : public Scheduler {
+class EulerAncestralScheduler final : public sched::SigmaScheduler {
  public:
-  explicit EulerAncestralScheduler(const nlohmann::json& json) {
+  explicit EulerAncestralScheduler(const nlohmann::json& json) : SigmaScheduler(kClass) {
     sched::SchedulerConfig cfg(json, kClass);
     sched::BetaDefaults defaults;
     defaults.supports_rescale_zero_snr = true;
@@ -39,32 +40,15 @@ class EulerAncestralScheduler final : public Scheduler {
     timesteps_ = sched::float32_timesteps(spacing_, schedule_.num_train_timesteps,
                                           num_inference_steps, steps_offset_);
     const std::vector<float> train = sched::train_sigmas(schedule_.alphas_cumprod);
-    std::vector<double> xp(train.size());
-    for (std::size_t i = 0; i < xp.size(); ++i) xp[i] = static_cast<double>(i);
     std::vector<float> sigmas =
-        sched::to_floats(sched::np_interp(timesteps_, xp, sched::to_doubles(train)));
+        sched::to_floats(sched::interpolate_train_sigmas(timesteps_, train));
     sigmas.push_back(0.0f);
-    sigmas_ = sched::floats_to_tensor(sigmas);
-    sigma_values_ = sched::to_doubles(sigmas);
-  }
-
-  const std::vector<double>& timesteps() const override { return timesteps_; }
-  std::optional<std::vector<double>> sigmas() const override { return sigma_values_; }
-  double init_noise_sigma() const override {
-    if (!sigmas_.defined()) {
-      throw std::logic_error(std::string(kClass) + ": call set_timesteps() first");
-    }
-    return sched::sigma_init_noise(sigmas_, spacing_);
-  }
-
-  Tensor scale_model_input(const Tensor& sample, int step_index) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
-    return sched::scale_by_sigma(sample, sigmas_[step_index]);
+    set_sigma_table(sigmas);
   }
 
   Tensor step(const Tensor& model_output, int step_index, const Tensor& sample_in,
               at::Generator& generator) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
+    check_step(step_index);
     Tensor sigma = sigmas_[step_index];
     Tensor sample = sample_in.to(torch::kFloat32);
     Tensor pred_original_sample;
@@ -91,12 +75,7 @@ class EulerAncestralScheduler final : public Scheduler {
  private:
   sched::NoiseSchedule schedule_;
   sched::Prediction prediction_ = sched::Prediction::Epsilon;
-  sched::Spacing spacing_ = sched::Spacing::Linspace;
   int64_t steps_offset_ = 0;
-
-  std::vector<double> timesteps_;
-  Tensor sigmas_;  // [n + 1] float32 CPU, ends with 0
-  std::vector<double> sigma_values_;
 };
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include "pipeline/schedulers/common.h"
 #include "pipeline/schedulers/factories.h"
+#include "pipeline/schedulers/sigma_scheduler.h"
 
 namespace diffusiond {
 namespace {
@@ -17,9 +18,9 @@ namespace {
 using torch::Tensor;
 constexpr const char* kClass = "HeunDiscreteScheduler";
 
-class HeunScheduler final : public Scheduler {
+class HeunScheduler final : public sched::SigmaScheduler {
  public:
-  explicit HeunScheduler(const nlohmann::json& json) {
+  explicit HeunScheduler(const nlohmann::json& json) : SigmaScheduler(kClass) {
     sched::SchedulerConfig cfg(json, kClass);
     sched::BetaDefaults defaults;  // Heun's own defaults are SD's betas
     defaults.beta_start = 0.00085;
@@ -47,9 +48,7 @@ class HeunScheduler final : public Scheduler {
     std::vector<double> ts = sched::float32_timesteps(spacing_, schedule_.num_train_timesteps,
                                                       num_inference_steps, steps_offset_);
     const std::vector<float> train = sched::train_sigmas(schedule_.alphas_cumprod);
-    std::vector<double> xp(train.size());
-    for (std::size_t i = 0; i < xp.size(); ++i) xp[i] = static_cast<double>(i);
-    std::vector<double> sigmas = sched::np_interp(ts, xp, sched::to_doubles(train));
+    std::vector<double> sigmas = sched::interpolate_train_sigmas(ts, train);
     if (use_karras_sigmas_) {
       const double lo = sigma_min_ ? *sigma_min_ : sigmas.back();
       const double hi = sigma_max_ ? *sigma_max_ : sigmas.front();
@@ -67,30 +66,15 @@ class HeunScheduler final : public Scheduler {
     doubled.push_back(base.back());
     timesteps_.assign(1, ts.front());
     for (std::size_t i = 1; i < ts.size(); ++i) timesteps_.insert(timesteps_.end(), {ts[i], ts[i]});
-    sigmas_ = sched::floats_to_tensor(doubled);
-    sigma_values_ = sched::to_doubles(doubled);
+    set_sigma_table(doubled);  // 2n float32 entries, ends with 0
     prev_derivative_ = Tensor();
     dt_ = Tensor();
     first_sample_ = Tensor();
   }
 
-  const std::vector<double>& timesteps() const override { return timesteps_; }
-  std::optional<std::vector<double>> sigmas() const override { return sigma_values_; }
-  double init_noise_sigma() const override {
-    if (!sigmas_.defined()) {
-      throw std::logic_error(std::string(kClass) + ": call set_timesteps() first");
-    }
-    return sched::sigma_init_noise(sigmas_, spacing_);
-  }
-
-  Tensor scale_model_input(const Tensor& sample, int step_index) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
-    return sched::scale_by_sigma(sample, sigmas_[step_index]);
-  }
-
   Tensor step(const Tensor& model_output, int step_index, const Tensor& sample_in,
               at::Generator& /*generator*/) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
+    check_step(step_index);
     const bool first_order = !dt_.defined();
     if (!first_order && step_index == 0) {
       throw std::logic_error(std::string(kClass) + ": second-order step at step_index 0");
@@ -144,12 +128,7 @@ class HeunScheduler final : public Scheduler {
   std::optional<double> sigma_min_, sigma_max_;
   bool clip_sample_ = false;
   double clip_sample_range_ = 1.0;
-  sched::Spacing spacing_ = sched::Spacing::Linspace;
   int64_t steps_offset_ = 0;
-
-  std::vector<double> timesteps_;  // 2n - 1 entries
-  Tensor sigmas_;                  // 2n float32 CPU, ends with 0
-  std::vector<double> sigma_values_;
   // State between the two evaluations of one step (undefined = first-order state).
   Tensor prev_derivative_, dt_, first_sample_;
 };

@@ -14,6 +14,7 @@
 
 #include "pipeline/schedulers/common.h"
 #include "pipeline/schedulers/factories.h"
+#include "pipeline/schedulers/sigma_scheduler.h"
 
 namespace diffusiond {
 namespace {
@@ -108,9 +109,9 @@ double integrate(const std::function<double(double)>& f, double a, double b, dou
   return integrate(f, a, mid, rel_tol, depth + 1) + integrate(f, mid, b, rel_tol, depth + 1);
 }
 
-class LmsScheduler final : public Scheduler {
+class LmsScheduler final : public sched::SigmaScheduler {
  public:
-  explicit LmsScheduler(const nlohmann::json& json) {
+  explicit LmsScheduler(const nlohmann::json& json) : SigmaScheduler(kClass) {
     sched::SchedulerConfig cfg(json, kClass);
     schedule_ = sched::make_noise_schedule(cfg, sched::BetaDefaults{});
     use_karras_sigmas_ = cfg.get_or<bool>("use_karras_sigmas", false);
@@ -128,9 +129,7 @@ class LmsScheduler final : public Scheduler {
     timesteps_ = sched::float32_timesteps(spacing_, schedule_.num_train_timesteps,
                                           num_inference_steps, steps_offset_);
     const std::vector<float> train = sched::train_sigmas(schedule_.alphas_cumprod);
-    std::vector<double> xp(train.size());
-    for (std::size_t i = 0; i < xp.size(); ++i) xp[i] = static_cast<double>(i);
-    std::vector<double> sigmas = sched::np_interp(timesteps_, xp, sched::to_doubles(train));
+    std::vector<double> sigmas = sched::interpolate_train_sigmas(timesteps_, train);
     if (use_karras_sigmas_) {
       sigmas = sched::karras_sigmas(sigmas.back(), sigmas.front(), num_inference_steps);
       const std::vector<float> log_sigmas = sched::log_f32(train);
@@ -139,29 +138,13 @@ class LmsScheduler final : public Scheduler {
     }
     sigma_f32_ = sched::to_floats(sigmas);
     sigma_f32_.push_back(0.0f);
-    sigmas_ = sched::floats_to_tensor(sigma_f32_);
+    set_sigma_table(sigma_f32_);
     derivatives_.clear();
-  }
-
-  const std::vector<double>& timesteps() const override { return timesteps_; }
-  std::optional<std::vector<double>> sigmas() const override {
-    return sched::to_doubles(sigma_f32_);
-  }
-  double init_noise_sigma() const override {
-    if (!sigmas_.defined()) {
-      throw std::logic_error(std::string(kClass) + ": call set_timesteps() first");
-    }
-    return sched::sigma_init_noise(sigmas_, spacing_);
-  }
-
-  Tensor scale_model_input(const Tensor& sample, int step_index) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
-    return sched::scale_by_sigma(sample, sigmas_[step_index]);
   }
 
   Tensor step(const Tensor& model_output, int step_index, const Tensor& sample,
               at::Generator& /*generator*/) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
+    check_step(step_index);
     Tensor sigma = sigmas_[step_index];
     Tensor pred_original_sample;
     switch (prediction_) {
@@ -214,12 +197,9 @@ class LmsScheduler final : public Scheduler {
   sched::NoiseSchedule schedule_;
   bool use_karras_sigmas_ = false;
   sched::Prediction prediction_ = sched::Prediction::Epsilon;
-  sched::Spacing spacing_ = sched::Spacing::Linspace;
   int64_t steps_offset_ = 0;
 
-  std::vector<double> timesteps_;
-  std::vector<float> sigma_f32_;  // [n + 1], ends with 0
-  Tensor sigmas_;                 // the same as a float32 CPU tensor
+  std::vector<float> sigma_f32_;  // [n + 1], ends with 0 (the base's sigmas_ as floats)
   std::deque<Tensor> derivatives_;
 };
 

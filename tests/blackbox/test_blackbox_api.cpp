@@ -1,5 +1,6 @@
 // Black-box: limits and malformed requests, concurrency, /metrics, PNG metadata, Accept: image/png.
 #include <catch2/catch.hpp>
+#include <cstdlib>
 #include <future>
 #include <set>
 
@@ -132,4 +133,21 @@ TEST_CASE("Accept: image/png answers a valid PNG with metadata, /metrics is Prom
   CHECK(metrics.types.count("diffusiond_queue_depth"));
   CHECK(metrics.types.count("diffusiond_http_responses_total"));
   CHECK(metrics.value("diffusiond_http_responses_total", {{"code", "2xx"}}) >= 2);
+}
+
+TEST_CASE("without --threads the CPU workers share $OMP_NUM_THREADS threads", "[blackbox]") {
+  TempDir dir("threads");
+  const char* previous = std::getenv("OMP_NUM_THREADS");
+  const std::string saved = previous ? previous : "";
+  ::setenv("OMP_NUM_THREADS", "10", 1);
+  std::string log;
+  {
+    DaemonProcess d(dir.path, {"--devices", "cpu*2"});
+    log = d.log();
+  }
+  if (previous)
+    ::setenv("OMP_NUM_THREADS", saved.c_str(), 1);
+  else
+    ::unsetenv("OMP_NUM_THREADS");
+  CHECK_THAT(log, Catch::Contains("5 intra-op thread(s) per CPU worker"));  // 10 shared by 2
 }

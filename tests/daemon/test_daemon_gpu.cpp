@@ -10,6 +10,7 @@
 
 #include "daemon/core_service.h"
 #include "daemon/torch_backend.h"
+#include "golden_pipeline.h"
 #include "pipeline/config_util.h"
 #include "pipeline/png.h"
 #include "pipeline/safetensors.h"
@@ -34,25 +35,12 @@ ImageTaskSpec task(std::uint64_t seed) {
   return ImageTaskSpec{"a watercolor fox", "blurry", 8, 7.5, seed, 64, 64, "euler"};
 }
 
-// diffusers' golden run of the fixture (golden/pipeline.json): fp32 on the CPU.
 Txt2ImgParams golden_params() {
-  const auto meta = read_json_file(kModel + "/golden/pipeline.json");
-  Txt2ImgParams p;
-  p.prompts = {meta.at("prompt").get<std::string>()};
-  p.negative_prompt = meta.at("negative_prompt").get<std::string>();
-  p.seed = meta.at("seed").get<std::uint64_t>();
-  p.steps = meta.at("steps").get<int>();
-  p.guidance_scale = meta.at("guidance_scale").get<double>();
-  p.width = meta.at("width").get<int>();
-  p.height = meta.at("height").get<int>();
-  return p;
+  return testing::golden_pipeline_params(kModel);
 }
 
 RgbImage golden_image() {
-  std::ifstream in(kModel + "/golden/pipeline.png", std::ios::binary);
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  return decode_png(bytes.str());
+  return testing::golden_pipeline_image(kModel);
 }
 
 int max_abs_diff(const RgbImage& a, const RgbImage& b) {

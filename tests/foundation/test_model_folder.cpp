@@ -154,3 +154,18 @@ TEST_CASE("config helpers name the file and the key", "[config]") {
   write_file(bad, "{not json");
   CHECK_THROWS_WITH(diffusiond::read_json_file(bad), Catch::Contains("invalid JSON"));
 }
+
+TEST_CASE("config files written by Python's json may hold -Infinity, Infinity and NaN",
+          "[config]") {
+  using diffusiond::quote_python_non_finite;
+  CHECK(quote_python_non_finite(R"({"a": -Infinity, "b": [Infinity, NaN], "c": 1.5})") ==
+        R"({"a": "-Infinity", "b": ["Infinity", "NaN"], "c": 1.5})");
+  // Inside strings (escaped quotes included) nothing changes.
+  const std::string text = R"({"s": "NaN and -Infinity", "t": "say \"Infinity\" NaN"})";
+  CHECK(quote_python_non_finite(text) == text);
+  fs::path file = fresh_dir("nonfinite") / "scheduler_config.json";
+  write_file(file, R"({"lambda_min_clipped": -Infinity, "name": "x NaN"})");
+  const auto j = diffusiond::read_json_file(file);
+  CHECK(j.at("lambda_min_clipped") == "-Infinity");
+  CHECK(j.at("name") == "x NaN");
+}

@@ -12,6 +12,7 @@
 
 #include <torch/torch.h>
 
+#include "golden_pipeline.h"
 #include "pipeline/config_util.h"
 #include "pipeline/model_folder.h"
 #include "pipeline/png.h"
@@ -57,20 +58,11 @@ StableDiffusion& tiny_pipeline() {
 }
 
 Txt2ImgParams golden_params() {
-  auto meta = read_json_file(kModel / "golden" / "pipeline.json");
-  Txt2ImgParams p;
-  p.prompts = {meta.at("prompt").get<std::string>()};
-  p.negative_prompt = meta.at("negative_prompt").get<std::string>();
-  p.seed = meta.at("seed").get<std::uint64_t>();
-  p.steps = meta.at("steps").get<int>();
-  p.guidance_scale = meta.at("guidance_scale").get<double>();
-  p.width = meta.at("width").get<int>();
-  p.height = meta.at("height").get<int>();
-  return p;
+  return testing::golden_pipeline_params(kModel);
 }
 
 RgbImage golden_image() {
-  return decode_png(read_file(kModel / "golden" / "pipeline.png"));
+  return testing::golden_pipeline_image(kModel);
 }
 
 fs::path temp_dir() {

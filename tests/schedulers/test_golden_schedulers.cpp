@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "pipeline/config_util.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/schedulers/scheduler.h"
 
@@ -24,18 +25,10 @@ namespace {
 using diffusiond::Scheduler;
 const std::string kGolden = std::string(DIFFUSIOND_FIXTURES) + "/tiny-sd1/golden/";
 
-// Python's json writes float('-inf') as -Infinity (DPMSolver's lambda_min_clipped); a number
-// nlohmann cannot read. That key is one of _use_default_values, so null is equivalent here.
+// diffusers' own scheduler configs, as Python's json wrote them: DPMSolver's lambda_min_clipped
+// is float('-inf'), written as a bare -Infinity, which read_json_file must take.
 nlohmann::json load_golden_json() {
-  std::ifstream in(kGolden + "schedulers.json");
-  REQUIRE(in.good());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string text = ss.str();
-  for (std::size_t pos; (pos = text.find("-Infinity")) != std::string::npos;) {
-    text.replace(pos, 9, "null");
-  }
-  return nlohmann::json::parse(text);
+  return diffusiond::read_json_file(kGolden + "schedulers.json");
 }
 
 // Golden case name -> the scheduler name users type.
