@@ -4,6 +4,9 @@
 
 namespace diffusiond {
 
+// The store's own format (jobs.request column). It matches the HTTP API's "request" object today
+// (http/json_views.cpp) but is kept apart on purpose: the API may change without a migration of
+// the database, and the core stays free of the HTTP library.
 nlohmann::json request_to_json(const GenerateRequest& r) {
   return nlohmann::json{{"prompts", r.prompts},
                         {"negative_prompt", r.negative_prompt},

@@ -29,14 +29,18 @@ InProcessRun run_in_process(const std::string& model_dir, const std::vector<torc
   warm.scheduler = work.scheduler;
   for (auto& r : replicas) r->generate(warm);
 
-  InProcessRun run;
-  for (int i = 0; i < work.images; ++i) {
+  auto params_of_image = [&work](int i) {  // image i of the bench, as the HTTP clients ask it
     Txt2ImgParams p;
     p.prompts = {bench_prompt(i)};
     p.steps = work.steps;
     p.width = p.height = work.size;
     p.seed = 1000 + i;
     p.scheduler = work.scheduler;
+    return p;
+  };
+  InProcessRun run;
+  for (int i = 0; i < work.images; ++i) {
+    const Txt2ImgParams p = params_of_image(i);
     const auto t0 = Clock::now();
     replicas[0]->generate(p);
     run.sequential_ms.push_back(
@@ -49,12 +53,7 @@ InProcessRun run_in_process(const std::string& model_dir, const std::vector<torc
   for (int w = 0; w < workers; ++w) {
     threads.emplace_back([&, w] {
       for (int i = next++; i < work.images; i = next++) {
-        Txt2ImgParams p;
-        p.prompts = {bench_prompt(i)};
-        p.steps = work.steps;
-        p.width = p.height = work.size;
-        p.seed = 1000 + i;
-        p.scheduler = work.scheduler;
+        const Txt2ImgParams p = params_of_image(i);
         const auto t0 = Clock::now();
         replicas[w]->generate(p);
         const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();

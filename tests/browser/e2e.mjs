@@ -85,10 +85,22 @@ async function submit(page, how = 'click') {
   return { status: resp.status(), body: await resp.json() };
 }
 
+// On a failure: what the page said and showed (uncaught errors, console, the queue's HTML).
+async function dumpPage(page, pageErrors, consoleLines) {
+  console.error(`---- page errors ----\n${pageErrors.join('\n') || '(none)'}`);
+  console.error(`---- page console (last 40) ----\n${consoleLines.slice(-40).join('\n') || '(none)'}`);
+  const queue = await page.evaluate(() => document.querySelector('#queue')?.outerHTML || '');
+  console.error(`---- #queue (first 3000 chars) ----\n${queue.slice(0, 3000)}`);
+  await shot(page, '99-failure');
+}
+
 async function testUi(daemon) {
   const { context, pageErrors, close } = await launch();
+  const consoleLines = [];
+  let page = null;
   try {
-    const page = context.pages()[0] || await context.newPage();
+    page = context.pages()[0] || await context.newPage();
+    page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
     check('page loads, model and samplers come from the daemon');
     await page.goto(daemon.url);
     await page.waitForSelector('body[data-ready="true"]', WAIT);
@@ -202,6 +214,9 @@ async function testUi(daemon) {
     await shot(page, '06-phone');
 
     assert.deepEqual(pageErrors, [], 'uncaught errors in the page');
+  } catch (e) {
+    if (page) await dumpPage(page, pageErrors, consoleLines).catch((d) => log(`no page dump: ${d}`));
+    throw e;
   } finally {
     await close();
   }
