@@ -266,6 +266,7 @@ void Session::watch_peer() {
 void Session::start_event_stream() {
   if (answered_ || closed_ || streaming_) return;
   streaming_ = true;
+  stream_start_ = std::chrono::steady_clock::now();
   context_.stats.event_stream_opened();
   context_.stats.request_answered(200);
   spdlog::info("http: {} GET {} -> 200 event stream", peer_,
@@ -285,6 +286,7 @@ void Session::start_event_stream() {
 
 void Session::send_event_data(std::string text) {
   if (!streaming_ || stream_ending_ || closed_) return;
+  ++stream_chunks_;
   stream_queue_.push_back(std::move(text));
   if (!stream_writing_) write_next_chunk();
 }
@@ -292,6 +294,7 @@ void Session::send_event_data(std::string text) {
 void Session::end_event_stream() {
   if (!streaming_ || stream_ending_) return;
   stream_ending_ = true;
+  log_stream_end("ended");
   answered_ = true;
   subscription_.reset();
   keepalive_timer_.cancel();
@@ -350,8 +353,16 @@ void Session::discard_more() {
                           });
 }
 
+void Session::log_stream_end(const char* how) const {
+  const double s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - stream_start_).count();
+  spdlog::info("http: {} event stream {} after {} chunk(s), {:.1f} s", peer_, how, stream_chunks_,
+               s);
+}
+
 void Session::close_now() {
   if (closed_) return;
+  if (streaming_ && !stream_ending_) log_stream_end("closed (client left or write failed)");
   closed_ = true;
   answered_ = true;
   subscription_.reset();

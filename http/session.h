@@ -8,6 +8,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <chrono>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -68,6 +69,7 @@ class Session : public Exchange, public std::enable_shared_from_this<Session> {
   void linger_close();
   void discard_more();
   void close_now();
+  void log_stream_end(const char* how) const;  // info line: how the event stream ended
   void fail_internal(const char* what);
 
   boost::beast::tcp_stream stream_;
@@ -92,6 +94,8 @@ class Session : public Exchange, public std::enable_shared_from_this<Session> {
   // Event stream
   bool streaming_ = false;
   bool stream_ending_ = false;
+  std::size_t stream_chunks_ = 0;  // event-stream chunks queued (events and keep-alives)
+  std::chrono::steady_clock::time_point stream_start_;
   bool stream_writing_ = false;
   std::deque<std::string> stream_queue_;
   boost::asio::steady_timer keepalive_timer_;

@@ -19,6 +19,9 @@ const buildDir = process.env.DIFFUSIOND_BUILD_DIR || path.join(sourceDir, 'build
 const shotDir = path.join(buildDir, 'browser-screenshots');
 fs.mkdirSync(shotDir, { recursive: true });
 const WAIT = { timeout: 180000 };
+// waitForFunction re-checks on a timer rather than on animation frames, which a busy headless
+// renderer may not produce.
+const POLL = { ...WAIT, polling: 250 };
 
 let step = 'start';
 function log(msg) { console.log(`[browser_e2e] ${msg}`); }
@@ -30,12 +33,18 @@ async function launch() {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-           '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+           '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+           '--disable-dev-shm-usage'],  // CI containers often have a 64 MB /dev/shm
     viewport: { width: 1280, height: 900 },
     permissions: ['clipboard-read', 'clipboard-write'],
   });
   const pageErrors = [];
-  context.on('page', (p) => p.on('pageerror', (e) => pageErrors.push(String(e))));
+  const watch = (p) => {
+    p.on('pageerror', (e) => pageErrors.push(String(e)));
+    p.on('crash', () => pageErrors.push('the page crashed (renderer process gone)'));
+  };
+  context.pages().forEach(watch);  // the persistent context opens with a page already
+  context.on('page', watch);
   const close = async () => {
     await context.close();
     fs.rmSync(profile, { recursive: true, force: true });
@@ -129,7 +138,7 @@ async function testUi(daemon) {
     const firstId = first.body.id;
     await page.waitForSelector(`#queue .job[data-job-id="${firstId}"][data-status="done"]`, WAIT);
     await page.waitForFunction(() => [...document.querySelectorAll('#gallery img')]
-      .some((img) => img.complete && img.naturalWidth > 0), null, WAIT);
+      .some((img) => img.complete && img.naturalWidth > 0), null, POLL);
     const history = (await page.evaluate(() => window.progressHistory)).filter((h) => h.job === firstId);
     const values = history.map((h) => h.value);
     const between = new Set(history.filter((h) => h.value > 0 && h.value < h.max).map((h) => h.value));
@@ -166,7 +175,7 @@ async function testUi(daemon) {
     await page.waitForFunction((name) => {
       const d = document.querySelector(`#devices .device[data-device="${name}"]`);
       return d && /Images done\s*[1-9]/.test(d.textContent);
-    }, device, WAIT);
+    }, device, POLL);
 
     check('cancel a long job while it runs');
     await page.fill('#steps', '150');
@@ -178,7 +187,7 @@ async function testUi(daemon) {
     await page.waitForFunction((id) => {
       const bar = document.querySelector(`#queue .job[data-job-id="${id}"] progress`);
       return bar && Number(bar.getAttribute('value')) > 0;
-    }, long.body.id, WAIT);
+    }, long.body.id, POLL);
     await shot(page, '03-running');
     await longItem.getByRole('button', { name: /Cancel/ }).click();
     await page.waitForSelector(`#queue .job[data-job-id="${long.body.id}"][data-status="cancelled"]`, WAIT);
@@ -242,14 +251,14 @@ async function testApiKey(daemon, key) {
     const job = await submit(page);
     assert.equal(job.status, 202, JSON.stringify(job.body));
     await page.waitForFunction(() => [...document.querySelectorAll('#gallery img')]
-      .some((img) => img.complete && img.naturalWidth > 0), null, WAIT);
+      .some((img) => img.complete && img.naturalWidth > 0), null, POLL);
 
     check('after a reload the key is remembered: no dialog');
     await page.reload();
     await page.waitForSelector('body[data-ready="true"]', WAIT);
     assert.equal(await page.locator('#key-dialog').evaluate((d) => d.open), false);
     await page.waitForFunction(() => [...document.querySelectorAll('#gallery img')]
-      .some((img) => img.complete && img.naturalWidth > 0), null, WAIT);
+      .some((img) => img.complete && img.naturalWidth > 0), null, POLL);
     await shot(page, '08-api-key-gallery');
     assert.deepEqual(pageErrors, [], 'uncaught errors in the page');
   } finally {
