@@ -1,5 +1,9 @@
 #include "http/session.h"
 
+#include <sys/socket.h>
+
+#include <cerrno>
+
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/post.hpp>
@@ -247,19 +251,25 @@ Exchange::Poster Session::poster() {
 
 // While a handler waits (or streams), the socket has no read pending: wait for it to become
 // readable; end-of-stream then means the client left, so drop the wait and its subscription.
+// The peek never blocks: a readiness wake-up can come with nothing to read, and a blocking peek
+// would then hold this connection's strand (its events, keep-alives and answer) until the client
+// gave up. Nothing to read yet: keep watching. Data: the client pipelined its next request,
+// which is read after this answer.
 void Session::watch_peer() {
   stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(),
                                                        seq = request_seq_](beast::error_code ec) {
     if (ec || self->closed_ || self->request_seq_ != seq || self->answered_) return;
     char byte;
-    beast::error_code peek_ec;
-    const std::size_t n =
-        self->stream_.socket().receive(asio::buffer(&byte, 1), tcp::socket::message_peek, peek_ec);
-    if (n == 0 || (peek_ec && peek_ec != asio::error::would_block)) {
+    const ssize_t n =
+        ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      self->watch_peer();
+      return;
+    }
+    if (n <= 0) {
       spdlog::debug("http: {} left before its answer was ready", self->peer_);
       self->close_now();
     }
-    // Otherwise the client sent more (a pipelined request): it is read after this answer.
   });
 }
 
