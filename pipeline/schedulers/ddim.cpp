@@ -10,6 +10,7 @@
 
 #include "pipeline/schedulers/common.h"
 #include "pipeline/schedulers/factories.h"
+#include "pipeline/schedulers/unscaled_input_scheduler.h"
 
 namespace diffusiond {
 namespace {
@@ -17,9 +18,9 @@ namespace {
 using torch::Tensor;
 constexpr const char* kClass = "DDIMScheduler";
 
-class DdimScheduler final : public Scheduler {
+class DdimScheduler final : public sched::UnscaledInputScheduler {
  public:
-  explicit DdimScheduler(const nlohmann::json& json) {
+  explicit DdimScheduler(const nlohmann::json& json) : UnscaledInputScheduler(kClass) {
     sched::SchedulerConfig cfg(json, kClass);
     sched::BetaDefaults defaults;
     defaults.supports_rescale_zero_snr = true;
@@ -61,17 +62,9 @@ class DdimScheduler final : public Scheduler {
     }
   }
 
-  const std::vector<double>& timesteps() const override { return timesteps_; }
-  double init_noise_sigma() const override { return 1.0; }
-
-  Tensor scale_model_input(const Tensor& sample, int step_index) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
-    return sample;
-  }
-
   Tensor step(const Tensor& model_output, int step_index, const Tensor& sample,
               at::Generator& /*generator: eta = 0 draws no noise*/) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
+    check_step(step_index);
     const auto timestep = static_cast<int64_t>(timesteps_[static_cast<std::size_t>(step_index)]);
     const int64_t prev_timestep = timestep - schedule_.num_train_timesteps / num_inference_steps_;
     const Tensor& ac = schedule_.alphas_cumprod;
@@ -139,7 +132,6 @@ class DdimScheduler final : public Scheduler {
   Tensor final_alpha_cumprod_;
 
   int num_inference_steps_ = 0;
-  std::vector<double> timesteps_;
 };
 
 }  // namespace

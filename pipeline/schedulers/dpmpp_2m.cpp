@@ -19,6 +19,7 @@
 #include "pipeline/schedulers/factories.h"
 #include "pipeline/schedulers/multistep_common.h"
 #include "pipeline/schedulers/scheduler.h"
+#include "pipeline/schedulers/unscaled_input_scheduler.h"
 
 namespace diffusiond {
 namespace {
@@ -100,23 +101,18 @@ DpmSolverConfig parse_config(const nlohmann::json& json, bool karras) {
   return c;
 }
 
-class DpmSolverMultistepScheduler final : public Scheduler {
+class DpmSolverMultistepScheduler final : public sched::UnscaledInputScheduler {
  public:
-  explicit DpmSolverMultistepScheduler(DpmSolverConfig cfg) : cfg_(std::move(cfg)) {
+  explicit DpmSolverMultistepScheduler(DpmSolverConfig cfg)
+      : UnscaledInputScheduler(kClassName), cfg_(std::move(cfg)) {
     const Tensor& acp = cfg_.schedule.alphas_cumprod;  // [T] float32
     // lambda(t) as __init__ computes it: [T] float32
     lambda_t_ = torch::log(torch::sqrt(acp)) - torch::log(torch::sqrt(1 - acp));
   }
 
   void set_timesteps(int num_inference_steps) override;
-  const std::vector<double>& timesteps() const override { return timesteps_; }
   std::optional<std::vector<double>> sigmas() const override { return sigma_values_; }
-  double init_noise_sigma() const override { return 1.0; }
 
-  Tensor scale_model_input(const Tensor& sample, int step_index) override {
-    sched::check_step_index(kClassName, step_index, timesteps_.size());
-    return sample;
-  }
   Tensor step(const Tensor& model_output, int step_index, const Tensor& sample,
               at::Generator& generator) override;
 
@@ -129,7 +125,6 @@ class DpmSolverMultistepScheduler final : public Scheduler {
   DpmSolverConfig cfg_;
   Tensor lambda_t_;  // [T] float32
   Tensor sigmas_;    // [N+1] float32, CPU
-  std::vector<double> timesteps_;
   std::optional<std::vector<double>> sigma_values_;
   Tensor current_x0_;   // the converted model output of this step (m0)
   Tensor previous_x0_;  // the converted model output of the previous step (m1)
@@ -238,7 +233,7 @@ Tensor DpmSolverMultistepScheduler::second_order_update(const Tensor& sample,
 
 Tensor DpmSolverMultistepScheduler::step(const Tensor& model_output, int step_index,
                                          const Tensor& sample, at::Generator& /*generator*/) {
-  sched::check_step_index(kClassName, step_index, timesteps_.size());
+  check_step(step_index);
   const int n = static_cast<int>(timesteps_.size());
   // First order on the last step (diffusers' conditions; with final sigma 0 always). The
   // "lower_order_second" case of diffusers only matters for solver_order 3.

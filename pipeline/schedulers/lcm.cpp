@@ -16,6 +16,7 @@
 #include "pipeline/schedulers/common.h"
 #include "pipeline/schedulers/factories.h"
 #include "pipeline/schedulers/scheduler.h"
+#include "pipeline/schedulers/unscaled_input_scheduler.h"
 
 namespace diffusiond {
 namespace {
@@ -64,22 +65,16 @@ LcmConfig parse_config(const nlohmann::json& json) {
   return c;
 }
 
-class LcmScheduler final : public Scheduler {
+class LcmScheduler final : public sched::UnscaledInputScheduler {
  public:
-  explicit LcmScheduler(LcmConfig cfg) : cfg_(std::move(cfg)) {
+  explicit LcmScheduler(LcmConfig cfg) : UnscaledInputScheduler(kClassName), cfg_(std::move(cfg)) {
     alphas_cumprod_ = cfg_.schedule.alphas_cumprod;  // [T] float32
     final_alpha_cumprod_ =
         cfg_.set_alpha_to_one ? torch::ones({}, torch::kFloat32) : alphas_cumprod_[0];
   }
 
   void set_timesteps(int num_inference_steps) override;
-  const std::vector<double>& timesteps() const override { return timesteps_; }
-  double init_noise_sigma() const override { return 1.0; }
 
-  Tensor scale_model_input(const Tensor& sample, int step_index) override {
-    sched::check_step_index(kClassName, step_index, timesteps_.size());
-    return sample;
-  }
   Tensor step(const Tensor& model_output, int step_index, const Tensor& sample,
               at::Generator& generator) override;
 
@@ -88,7 +83,6 @@ class LcmScheduler final : public Scheduler {
   Tensor alphas_cumprod_;       // [T] float32
   Tensor final_alpha_cumprod_;  // 0-dim float32
   std::vector<int64_t> steps_;
-  std::vector<double> timesteps_;
 };
 
 void LcmScheduler::set_timesteps(int num_inference_steps) {

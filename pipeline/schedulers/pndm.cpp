@@ -11,6 +11,7 @@
 
 #include "pipeline/schedulers/common.h"
 #include "pipeline/schedulers/factories.h"
+#include "pipeline/schedulers/unscaled_input_scheduler.h"
 
 namespace diffusiond {
 namespace {
@@ -18,9 +19,9 @@ namespace {
 using torch::Tensor;
 constexpr const char* kClass = "PNDMScheduler";
 
-class PndmScheduler final : public Scheduler {
+class PndmScheduler final : public sched::UnscaledInputScheduler {
  public:
-  explicit PndmScheduler(const nlohmann::json& json) {
+  explicit PndmScheduler(const nlohmann::json& json) : UnscaledInputScheduler(kClass) {
     sched::SchedulerConfig cfg(json, kClass);
     schedule_ = sched::make_noise_schedule(cfg, sched::BetaDefaults{});
     skip_prk_steps_ = cfg.get_or<bool>("skip_prk_steps", false);
@@ -99,17 +100,9 @@ class PndmScheduler final : public Scheduler {
     cur_sample_ = Tensor();
   }
 
-  const std::vector<double>& timesteps() const override { return timesteps_; }
-  double init_noise_sigma() const override { return 1.0; }
-
-  Tensor scale_model_input(const Tensor& sample, int step_index) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
-    return sample;
-  }
-
   Tensor step(const Tensor& model_output, int step_index, const Tensor& sample,
               at::Generator& /*generator*/) override {
-    sched::check_step_index(kClass, step_index, timesteps_.size());
+    check_step(step_index);
     const auto timestep = static_cast<int64_t>(timesteps_[static_cast<std::size_t>(step_index)]);
     if (counter_ < static_cast<int64_t>(prk_timesteps_.size()) && !skip_prk_steps_) {
       return step_prk(model_output, timestep, sample);
@@ -211,7 +204,6 @@ class PndmScheduler final : public Scheduler {
 
   int num_inference_steps_ = 0;
   std::vector<int64_t> prk_timesteps_;
-  std::vector<double> timesteps_;
   // Running state of the multistep method.
   std::deque<Tensor> ets_;  // past model outputs, oldest first (at most 4)
   int64_t counter_ = 0;

@@ -16,6 +16,7 @@
 #include "pipeline/schedulers/factories.h"
 #include "pipeline/schedulers/multistep_common.h"
 #include "pipeline/schedulers/scheduler.h"
+#include "pipeline/schedulers/unscaled_input_scheduler.h"
 
 namespace diffusiond {
 namespace {
@@ -96,19 +97,14 @@ BhCoefficients bh_coefficients(const Tensor& h, int order, bool predict_x0,
   return c;
 }
 
-class UniPcMultistepScheduler final : public Scheduler {
+class UniPcMultistepScheduler final : public sched::UnscaledInputScheduler {
  public:
-  explicit UniPcMultistepScheduler(UniPcConfig cfg) : cfg_(std::move(cfg)) {}
+  explicit UniPcMultistepScheduler(UniPcConfig cfg)
+      : UnscaledInputScheduler(kClassName), cfg_(std::move(cfg)) {}
 
   void set_timesteps(int num_inference_steps) override;
-  const std::vector<double>& timesteps() const override { return timesteps_; }
   std::optional<std::vector<double>> sigmas() const override { return sigma_values_; }
-  double init_noise_sigma() const override { return 1.0; }
 
-  Tensor scale_model_input(const Tensor& sample, int step_index) override {
-    sched::check_step_index(kClassName, step_index, timesteps_.size());
-    return sample;
-  }
   Tensor step(const Tensor& model_output, int step_index, const Tensor& sample,
               at::Generator& generator) override;
 
@@ -124,7 +120,6 @@ class UniPcMultistepScheduler final : public Scheduler {
 
   UniPcConfig cfg_;
   Tensor sigmas_;  // [N+1] float32, CPU
-  std::vector<double> timesteps_;
   std::optional<std::vector<double>> sigma_values_;
   std::vector<Tensor> model_outputs_;  // solver_order slots, oldest first (undefined = None)
   int lower_order_nums_ = 0;
@@ -279,7 +274,7 @@ Tensor UniPcMultistepScheduler::corrector_update(const Tensor& this_model_output
 
 Tensor UniPcMultistepScheduler::step(const Tensor& model_output, int step_index,
                                      const Tensor& sample, at::Generator& /*generator*/) {
-  sched::check_step_index(kClassName, step_index, timesteps_.size());
+  check_step(step_index);
   const int n = static_cast<int>(timesteps_.size());
   const bool corrector_disabled =
       std::find(cfg_.disable_corrector.begin(), cfg_.disable_corrector.end(), step_index - 1) !=
