@@ -183,15 +183,22 @@ UNetConfig UNetConfig::from_json(const json& j, const std::string& file) {
   if (attention_type != "default") {
     fail(file, "key 'attention_type' = '" + attention_type + "' is not supported (default)");
   }
-  require_null(j, "class_embed_type", file, "class embeddings are not implemented");
-  require_null(j, "num_class_embeds", file, "class embeddings are not implemented");
-  require_null(j, "addition_embed_type", file, "additional embeddings are not implemented");
-  require_null(j, "encoder_hid_dim", file, "encoder_hid_proj is not implemented");
-  require_null(j, "encoder_hid_dim_type", file, "encoder_hid_proj is not implemented");
-  require_null(j, "time_cond_proj_dim", file, "timestep conditioning is not implemented");
-  require_null(j, "time_embedding_act_fn", file, "a time embedding activation is not implemented");
-  require_null(j, "timestep_post_act", file, "a timestep post activation is not implemented");
-  require_null(j, "cross_attention_norm", file, "cross attention norms are not implemented");
+  // Features of other UNet families (out of scope: diffusiond serves SD 1.x/2.x text-to-image);
+  // refused by name so such a model fails at load instead of giving wrong images.
+  const std::string class_cond =
+      "class-conditioned UNets such as the x4 upscaler are not SD 1.x/2.x";
+  require_null(j, "class_embed_type", file, class_cond);
+  require_null(j, "num_class_embeds", file, class_cond);
+  require_null(j, "addition_embed_type", file,
+               "SDXL's added text/time embeddings are not SD 1.x/2.x");
+  const std::string hid_proj = "an encoder_hid_proj (Kandinsky, DeepFloyd IF) is not SD 1.x/2.x";
+  require_null(j, "encoder_hid_dim", file, hid_proj);
+  require_null(j, "encoder_hid_dim_type", file, hid_proj);
+  require_null(j, "time_cond_proj_dim", file, "guidance-distilled (LCM) UNets are not SD 1.x/2.x");
+  const std::string none_in_sd = "SD 1.x/2.x UNets have none";
+  require_null(j, "time_embedding_act_fn", file, none_in_sd);
+  require_null(j, "timestep_post_act", file, none_in_sd);
+  require_null(j, "cross_attention_norm", file, none_in_sd);
 
   c.time_embedding_dim = key_or<int>(j, "time_embedding_dim", 0, file);
   if (c.time_embedding_dim == 0) c.time_embedding_dim = c.block_out_channels[0] * 4;

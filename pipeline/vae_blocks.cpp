@@ -16,15 +16,22 @@ ResnetBlock2D vae_resnet(int in, int out, int groups, Activation act) {
   return ResnetBlock2D(r);
 }
 
+// The block's "resnets" ModuleList: o.num_layers resnets, the first from in_channels.
+std::vector<ResnetBlock2D> vae_resnet_stack(torch::nn::Module& block, const VaeBlockOptions& o) {
+  auto list = block.register_module("resnets", torch::nn::ModuleList());
+  std::vector<ResnetBlock2D> resnets;
+  for (int i = 0; i < o.num_layers; ++i) {
+    resnets.push_back(
+        vae_resnet(i == 0 ? o.in_channels : o.out_channels, o.out_channels, o.groups, o.act));
+    list->push_back(resnets.back());
+  }
+  return resnets;
+}
+
 }  // namespace
 
 DownEncoderBlock2DImpl::DownEncoderBlock2DImpl(const VaeBlockOptions& o) {
-  auto list = register_module("resnets", torch::nn::ModuleList());
-  for (int i = 0; i < o.num_layers; ++i) {
-    resnets_.push_back(
-        vae_resnet(i == 0 ? o.in_channels : o.out_channels, o.out_channels, o.groups, o.act));
-    list->push_back(resnets_.back());
-  }
+  resnets_ = vae_resnet_stack(*this, o);
   if (o.add_sample_resize) {
     downsampler_ = Downsample2D(o.out_channels, o.out_channels, /*padding=*/0);
     register_module("downsamplers", torch::nn::ModuleList(downsampler_));
@@ -38,12 +45,7 @@ torch::Tensor DownEncoderBlock2DImpl::forward(const torch::Tensor& x) {
 }
 
 UpDecoderBlock2DImpl::UpDecoderBlock2DImpl(const VaeBlockOptions& o) {
-  auto list = register_module("resnets", torch::nn::ModuleList());
-  for (int i = 0; i < o.num_layers; ++i) {
-    resnets_.push_back(
-        vae_resnet(i == 0 ? o.in_channels : o.out_channels, o.out_channels, o.groups, o.act));
-    list->push_back(resnets_.back());
-  }
+  resnets_ = vae_resnet_stack(*this, o);
   if (o.add_sample_resize) {
     upsampler_ = Upsample2D(o.out_channels, o.out_channels);
     register_module("upsamplers", torch::nn::ModuleList(upsampler_));

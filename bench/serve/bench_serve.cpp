@@ -16,6 +16,7 @@
 
 #include <torch/cuda.h>
 
+#include "daemon/device_spec.h"
 #include "in_process.h"
 #include "pipeline/posix_fs.h"
 #include "serve_clients.h"
@@ -39,25 +40,14 @@ double mean(const std::vector<double>& v) {
   return v.empty() ? 0 : std::accumulate(v.begin(), v.end(), 0.0) / v.size();
 }
 
-// The replicas `diffusiond serve --devices SPEC` runs: cpu, cpu*N, cuda / auto (every CUDA
-// device, else one CPU), or a list cuda:0,cuda:1.
+// The replicas `diffusiond serve --devices SPEC` runs (the daemon's own parser), as torch devices.
 std::vector<torch::Device> devices_of(const std::string& spec) {
   std::vector<torch::Device> out;
-  const auto star = spec.find('*');
-  if (spec.rfind("cpu", 0) == 0) {
-    const int n = star == std::string::npos ? 1 : std::stoi(spec.substr(star + 1));
-    out.assign(static_cast<std::size_t>(n), torch::Device(torch::kCPU));
-  } else if (spec == "cuda" || spec == "auto") {
-    for (int i = 0; i < static_cast<int>(torch::cuda::device_count()); ++i)
-      out.emplace_back(torch::kCUDA, static_cast<c10::DeviceIndex>(i));
-    if (out.empty()) out.emplace_back(torch::kCPU);
-  } else {
-    std::size_t start = 0;
-    while (start <= spec.size()) {
-      const auto comma = std::min(spec.find(',', start), spec.size());
-      out.emplace_back(spec.substr(start, comma - start));
-      start = comma + 1;
-    }
+  for (const DeviceSpec& d : parse_devices(spec, static_cast<int>(torch::cuda::device_count()))) {
+    if (d.kind == DeviceSpec::Kind::cuda)
+      out.emplace_back(torch::kCUDA, static_cast<c10::DeviceIndex>(d.index));
+    else
+      out.emplace_back(torch::kCPU);
   }
   return out;
 }
@@ -90,7 +80,7 @@ int main(int argc, char** argv) {
       dtype == "fp16" || (dtype == "auto" && on_cuda) ? torch::kHalf : torch::kFloat32;
   const int total_threads =
       threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int per_worker = std::max(1, total_threads / workers);
+  const int per_worker = threads_per_worker(total_threads, workers);
 
   // 1. The daemon under N clients.
   const auto data_dir =

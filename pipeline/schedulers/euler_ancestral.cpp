@@ -26,7 +26,7 @@ class EulerAncestralScheduler final : public sched::SigmaScheduler {
     defaults.supports_rescale_zero_snr = true;
     schedule_ = sched::make_noise_schedule(cfg, defaults);
     if (schedule_.rescaled_zero_snr) schedule_.alphas_cumprod[-1] = 1.0 / (1 << 24);
-    // diffusers raises NotImplementedError for prediction_type "sample" here.
+    // As diffusers: prediction_type "sample" is refused by this scheduler.
     prediction_ = sched::read_prediction_type(
         cfg, {sched::Prediction::Epsilon, sched::Prediction::VPrediction});
     spacing_ = sched::read_timestep_spacing(cfg, "linspace");
