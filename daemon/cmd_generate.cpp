@@ -9,7 +9,12 @@
 
 #include <unistd.h>
 
+#include "daemon/api/errors.h"
+#include "daemon/api/views.h"
 #include "daemon/commands.h"
+#include "daemon/dtype.h"
+#include "daemon/pipeline_params.h"
+#include "daemon/png_info.h"
 #include "pipeline/model_folder.h"
 #include "pipeline/png.h"
 #include "pipeline/safetensors.h"
@@ -39,25 +44,6 @@ struct GenerateOptions {
   int png_level = 1;
 };
 
-torch::ScalarType parse_dtype(const std::string& name) {
-  if (name == "fp32" || name == "float32") return torch::kFloat32;
-  if (name == "fp16" || name == "float16") return torch::kFloat16;
-  if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
-  throw std::invalid_argument("--dtype '" + name + "' is not one of fp32, fp16, bf16");
-}
-
-std::string dtype_name(torch::ScalarType t) {
-  return t == torch::kFloat16 ? "fp16" : t == torch::kBFloat16 ? "bf16" : "fp32";
-}
-
-// The A1111 display name of a scheduler (its first alias), else the canonical name.
-std::string sampler_display(const std::string& canonical) {
-  for (const auto& entry : scheduler_registry()) {
-    if (entry.name == canonical && !entry.aliases.empty()) return entry.aliases.front();
-  }
-  return canonical;
-}
-
 fs::path output_path(const fs::path& out, int index, int count) {
   if (count == 1) return out;
   fs::path p = out;
@@ -73,29 +59,56 @@ void write_file(const fs::path& path, const std::string& bytes) {
   if (!f) throw std::runtime_error(path.string() + ": cannot write");
 }
 
+// What `generate` accepts: wider than the daemon's serving limits (a local, one-shot run).
+RequestLimits cli_limits() {
+  RequestLimits limits;
+  limits.min_side = 8;
+  limits.max_side = 16384;
+  limits.max_pixels = 16384 * 16384;
+  limits.max_steps = 1000;
+  limits.max_n = 64;
+  limits.max_prompts = 1024;
+  limits.max_images_per_job = 64 * 1024;
+  limits.max_prompt_chars = 1 << 20;
+  limits.max_guidance_scale = 1000;
+  return limits;
+}
+
 void run_generate(const GenerateOptions& o) {
   const torch::Device device(o.device);
   if (device.is_cuda() && !torch::cuda::is_available()) {
     throw std::invalid_argument("--device " + o.device + ": CUDA is not available in this build");
   }
-  const torch::ScalarType dtype = o.dtype.empty()
-                                      ? (device.is_cuda() ? torch::kFloat16 : torch::kFloat32)
-                                      : parse_dtype(o.dtype);
+  const std::string dtype = resolve_dtype(o.dtype, device.is_cuda());
   const ModelFolder folder = resolve_model(o.model, o.variant);
-  auto pipe = StableDiffusion::load(folder, device, dtype);
+  auto pipe = StableDiffusion::load(folder, device, scalar_type(dtype));
 
-  Txt2ImgParams params;
-  params.prompts = o.prompts;
-  params.negative_prompt = o.negative_prompt;
-  params.num_images_per_prompt = o.n;
-  params.steps = o.steps;
-  params.guidance_scale = o.guidance;
-  params.seed = o.seed >= 0 ? static_cast<std::uint64_t>(o.seed) : std::random_device{}();
-  params.width = o.width > 0 ? o.width : pipe->default_width();
-  params.height = o.height > 0 ? o.height : pipe->default_height();
-  params.scheduler = o.scheduler.empty()
-                         ? pipe->default_scheduler()
-                         : canonical_scheduler_name(o.scheduler).value_or(o.scheduler);
+  // The same normalisation as the daemon's: defaults from the model, canonical scheduler.
+  GenerateRequest asked;
+  asked.prompts = o.prompts;
+  asked.negative_prompt = o.negative_prompt;
+  asked.n = o.n;
+  asked.steps = o.steps;
+  asked.guidance_scale = o.guidance;
+  if (o.seed >= 0) asked.seed = static_cast<std::uint64_t>(o.seed);
+  if (o.width > 0) asked.width = o.width;
+  if (o.height > 0) asked.height = o.height;
+  if (!o.scheduler.empty()) asked.scheduler = o.scheduler;
+  RequestDefaults defaults;
+  defaults.width = pipe->default_width();
+  defaults.height = pipe->default_height();
+  defaults.scheduler = pipe->default_scheduler();
+  std::vector<SchedulerName> schedulers;
+  for (const auto& entry : scheduler_registry()) schedulers.push_back({entry.name, entry.aliases});
+  std::string known;
+  for (const auto& s : schedulers) known += (known.empty() ? "" : ", ") + s.name;
+  JobRequest request;
+  try {
+    request = normalise(asked, defaults, canonical_scheduler_name, cli_limits(),
+                        std::random_device{}(), known);
+  } catch (const ServiceError& e) {
+    throw std::invalid_argument(e.what());
+  }
 
   std::vector<std::pair<std::string, torch::Tensor>> dumped;
   DumpSink dump;
@@ -103,7 +116,7 @@ void run_generate(const GenerateOptions& o) {
     dump = [&](const std::string& name, const torch::Tensor& v) { dumped.emplace_back(name, v); };
   }
   auto images = pipe->generate(
-      params,
+      txt2img_params(request),
       [tty = ::isatty(2) == 1](int image, int step, int steps) {
         if (image == 0)
           std::cerr << (tty ? "\r" : "") << "step " << step << "/" << steps << (tty ? "" : "\n")
@@ -119,40 +132,17 @@ void run_generate(const GenerateOptions& o) {
               << "\n";
   }
 
-  nlohmann::json request = {{"model", o.model},
-                            {"prompts", o.prompts},
-                            {"negative_prompt", params.negative_prompt},
-                            {"n", params.num_images_per_prompt},
-                            {"steps", params.steps},
-                            {"guidance_scale", params.guidance_scale},
-                            {"seed", params.seed},
-                            {"width", params.width},
-                            {"height", params.height},
-                            {"scheduler", params.scheduler},
-                            {"device", o.device},
-                            {"dtype", dtype_name(dtype)}};
-  if (o.prompts.size() == 1) request["prompt"] = o.prompts.front();
-  const std::string model_name =
-      fs::is_directory(o.model) ? folder.root.filename().string() : folder.name;
+  PngContext context;
+  context.model_name = fs::is_directory(o.model) ? folder.root.filename().string() : folder.name;
+  context.sampler = sampler_display(schedulers, request.scheduler);
+  context.device = device.str();
+  context.dtype = dtype;
   for (std::size_t k = 0; k < images.size(); ++k) {
-    PngGenerationInfo info;
-    info.prompt = params.prompts[k / static_cast<std::size_t>(params.num_images_per_prompt)];
-    info.negative_prompt = params.negative_prompt;
-    info.steps = params.steps;
-    info.scheduler = params.scheduler;
-    info.sampler = sampler_display(params.scheduler);
-    info.guidance_scale = params.guidance_scale;
-    info.seed = params.seed + k;
-    info.width = params.width;
-    info.height = params.height;
-    info.model_name = model_name;
-    info.device = device.str();
-    info.dtype = dtype_name(dtype);
-    info.image_index = static_cast<int>(k);
-    info.request = request;
+    const ImageSpec image = image_spec(request, static_cast<int>(k));
     const fs::path path =
         output_path(o.output, static_cast<int>(k), static_cast<int>(images.size()));
-    write_file(path, encode_png_with_metadata(images[k], info, o.png_level));
+    write_file(path, encode_png_with_metadata(images[k], make_png_info(image, request, context),
+                                              o.png_level));
     std::cout << path.string() << "\n";
   }
 }

@@ -24,6 +24,7 @@
 #include "daemon/commands.h"
 #include "daemon/core_service.h"
 #include "daemon/device_spec.h"
+#include "daemon/dtype.h"
 #include "daemon/job_store.h"
 #include "daemon/sd_notify.h"
 #include "daemon/serve_logging.h"
@@ -134,7 +135,10 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   core.dispatch = *dispatch;
   core.max_queue = options.max_queue;
   core.png_threads = options.png_threads;
-  core.dtype = resolve_dtype(options.dtype, devices.front());
+  core.limits.max_pixels = options.max_pixels;
+  core.limits.max_steps = options.max_steps;
+  core.limits.max_n = options.max_n;
+  core.dtype = resolve_dtype(options.dtype, devices.front().kind == DeviceSpec::Kind::cuda);
   const int compression = options.png_compression;
   CoreService service(*store, *backend, devices, core,
                       [compression](const RgbImage& image, const PngGenerationInfo& info) {
@@ -147,9 +151,6 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   http_options.port = listen.port;
   http_options.io_threads = options.io_threads;
   http_options.api_keys = api_keys;
-  http_options.max_pixels = options.max_pixels;
-  http_options.max_steps = options.max_steps;
-  http_options.max_n = options.max_n;
   http_options.max_connections = options.max_connections;
   HttpServer http(service, http_options);
   const std::uint16_t port = http.start();

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <thread>
 
 #include "daemon/atomic_file.h"
@@ -25,7 +26,12 @@ bool all_images_terminal(const JobView& view) {
 }
 
 ServiceError store_failure(const std::exception& e) {
-  return ServiceError(500, "store_error", e.what());
+  return ServiceError(ErrorCode::internal, e.what(), "store_error");
+}
+
+std::uint64_t random_seed() {  // a random 32-bit seed, as A1111 and diffusers users expect
+  thread_local std::mt19937 engine{std::random_device{}()};
+  return static_cast<std::uint32_t>(engine());
 }
 }  // namespace
 
@@ -39,6 +45,7 @@ CoreService::CoreService(JobStore& store, ModelBackend& backend, std::vector<Dev
       model_info_(backend.model_info()),
       dispatcher_(static_cast<int>(devices_.size()), options_.dispatch, options_.unhealthy_after),
       png_pool_(std::make_unique<ThreadPool>(options_.png_threads, "png encoder")) {
+  writer_ = std::make_unique<StoreWriter>(store_, static_cast<StoreWriter::Listener&>(*this));
   for (std::size_t i = 0; i < devices_.size(); ++i)
     workers_.push_back(std::make_unique<DeviceWorker>(static_cast<int>(i), devices_[i], backend_,
                                                       dispatcher_, static_cast<TaskHost&>(*this)));
@@ -53,10 +60,12 @@ CoreService::~CoreService() {
 void CoreService::start() {
   if (started_.exchange(true)) return;
   auto unfinished = store_.recover();
+  const std::int64_t max_seq = store_.max_seq();
   std::vector<std::string> to_flush;
   int requeued = 0;
   {
     std::lock_guard lock(mu_);
+    next_seq_ = max_seq + 1;
     const auto now = unix_ms_now();
     for (auto& record : unfinished) {
       const std::string id = record.view.id;
@@ -111,6 +120,7 @@ void CoreService::drain(std::chrono::milliseconds grace) {
   stop_now_ = true;  // the rest stop at their next step and are persisted as queued
   for (auto& worker : workers_) worker->join();
   png_pool_->shutdown();  // pending PNG writes complete
+  writer_->stop();        // then every queued store write
 }
 
 std::size_t CoreService::queued_images() const {
@@ -144,6 +154,7 @@ std::string CoreService::status_line() const {
                      std::to_string(workers_.size());
   if (loaded < static_cast<int>(workers_.size()) && !draining_) line += " loading";
   if (draining_) line += " draining";
+  if (store_failed_) line += " store=failed";
   return line;
 }
 
@@ -157,56 +168,56 @@ std::optional<std::string> CoreService::canonical_scheduler(const std::string& n
   return backend_.canonical_scheduler(name);
 }
 
-GenerateRequest CoreService::normalise(GenerateRequest request) const {
-  if (request.prompts.empty()) throw ServiceError(400, "invalid_request", "prompt is missing");
-  if (request.n < 1) throw ServiceError(400, "invalid_request", "n must be at least 1");
-  if (request.steps <= 0) request.steps = model_info_.default_steps;
-  if (request.width <= 0) request.width = model_info_.default_width;
-  if (request.height <= 0) request.height = model_info_.default_height;
-  if (request.scheduler.empty()) {
-    request.scheduler = model_info_.default_scheduler;
-  } else {
-    auto canonical = backend_.canonical_scheduler(request.scheduler);
-    if (!canonical)
-      throw ServiceError(400, "invalid_request", "unknown scheduler '" + request.scheduler + "'");
-    request.scheduler = *canonical;
-  }
-  return request;
-}
-
-JobView CoreService::submit(const GenerateRequest& original) {
-  if (draining_) throw ServiceError(503, "draining", "the daemon is shutting down", 5);
-  const GenerateRequest request = normalise(original);
+JobView CoreService::submit(const GenerateRequest& asked) {
+  if (draining_)
+    throw ServiceError(ErrorCode::unavailable, "the daemon is shutting down", "draining", {}, 5);
+  const JobRequest request = normalise(
+      asked, request_defaults(model_info_),
+      [this](const std::string& name) { return backend_.canonical_scheduler(name); },
+      options_.limits, random_seed(), scheduler_names(model_info_));
   const int count = image_count(request);
+  JobRecord record;
+  StoreWriter::Ticket ticket = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (store_failed_)
+      throw ServiceError(ErrorCode::unavailable, "the job store cannot be written: " + store_error_,
+                         "store_error");
+    if (dispatcher_.healthy_count() == 0)
+      throw ServiceError(ErrorCode::unavailable, "no healthy device is left to run images",
+                         "no_device");
+    const std::size_t depth = dispatcher_.queued() + static_cast<std::size_t>(pending_images_);
+    if (depth > 0 &&
+        depth + static_cast<std::size_t>(count) > static_cast<std::size_t>(options_.max_queue))
+      throw ServiceError(ErrorCode::queue_full,
+                         "the queue holds " + std::to_string(depth) + " images (max " +
+                             std::to_string(options_.max_queue) + "); retry later",
+                         "queue_full", {}, retry_after_seconds_locked());
+    record = make_job(request, make_job_id(), unix_ms_now(), model_info_.name);
+    record.seq = next_seq_++;
+    pending_images_ += count;
+    ticket = writer_->enqueue({record, {}, true});
+  }
+  const std::string error = writer_->wait(ticket);  // committed and synced: durable from here
+  std::vector<std::string> to_flush;
   JobView view;
   {
     std::lock_guard lock(mu_);
-    if (dispatcher_.healthy_count() == 0)
-      throw ServiceError(503, "no_device", "no healthy device is left to run images");
-    const std::size_t depth = dispatcher_.queued();
-    if (depth > 0 &&
-        depth + static_cast<std::size_t>(count) > static_cast<std::size_t>(options_.max_queue))
-      throw ServiceError(429, "queue_full",
-                         "the queue holds " + std::to_string(depth) + " images (max " +
-                             std::to_string(options_.max_queue) + "); retry later",
-                         retry_after_seconds_locked());
-    JobRecord record = make_job(request, make_job_id(), unix_ms_now(), model_info_.name);
-    try {
-      store_.insert(record);  // committed and synced: the job is durable from here on
-    } catch (const std::exception& e) {
-      throw store_failure(e);
-    }
+    pending_images_ -= count;
+    if (!error.empty())
+      throw ServiceError(ErrorCode::unavailable, "cannot store the job: " + error, "store_error");
     const std::string id = record.view.id;
-    ActiveJob job{std::move(record), {}, false};
-    job.queued_since_ms.assign(job.record.view.images.size(), job.record.view.created_ms);
-    auto& stored = active_.emplace(id, std::move(job)).first->second;
-    std::vector<std::string> unused;
-    emit_locked(stored, make_event(JobEvent::Kind::queued, id), unused);
+    const auto created = record.view.created_ms;
+    ActiveJob job{std::move(record),
+                  std::vector<std::int64_t>(static_cast<std::size_t>(count), created), false,
+                  ticket, false};
+    auto& inserted = active_.emplace(id, std::move(job)).first->second;
+    emit_locked(inserted, make_event(JobEvent::Kind::queued, id), to_flush);
     for (int k = 0; k < count; ++k)
-      dispatcher_.enqueue({id, k, request.priority, stored.record.seq, -1});
-    view = stored.record.view;
+      dispatcher_.enqueue({id, k, inserted.record.view.request.priority, inserted.record.seq, -1});
+    view = inserted.record.view;
   }
-  flush({view.id});
+  flush(to_flush);
   spdlog::info("job {} queued: {} image(s), {} steps, {}x{}, priority {}", view.id, count,
                request.steps, request.width, request.height, request.priority);
   return view;
@@ -228,18 +239,30 @@ std::optional<JobView> CoreService::job(const std::string& id) const {
 }
 
 std::vector<JobView> CoreService::jobs(std::optional<JobStatus> status, int limit) const {
+  limit = std::max(1, limit);
   std::vector<JobRecord> records;
   try {
-    records = store_.list(status, std::max(1, limit));
+    records = store_.list(status, limit);  // the read connection: never waits on a write
   } catch (const std::exception& e) {
     throw store_failure(e);
   }
-  std::vector<JobView> views;
-  std::lock_guard lock(mu_);
-  for (auto& record : records) {
-    auto it = active_.find(record.view.id);  // live progress of unfinished jobs
-    views.push_back(it != active_.end() ? it->second.record.view : std::move(record.view));
+  // Memory is newer than the store for every job it holds: it wins, and its jobs are listed even
+  // when their last change is not committed yet.
+  std::vector<JobRecord> merged;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& record : records)
+      if (!active_.count(record.view.id)) merged.push_back(std::move(record));
+    for (const auto& [id, job] : active_)
+      if (!status || job.record.view.status == *status) merged.push_back(job.record);
   }
+  std::sort(merged.begin(), merged.end(),
+            [](const JobRecord& a, const JobRecord& b) { return a.seq > b.seq; });
+  if (merged.size() > static_cast<std::size_t>(limit))
+    merged.resize(static_cast<std::size_t>(limit));
+  std::vector<JobView> views;
+  views.reserve(merged.size());
+  for (auto& record : merged) views.push_back(std::move(record.view));
   return views;
 }
 
@@ -307,7 +330,7 @@ std::vector<DeviceView> CoreService::devices() const {
 }
 
 bool CoreService::ready() const {
-  if (draining_) return false;
+  if (draining_ || store_failed_) return false;
   std::lock_guard lock(load_mu_);
   return loads_finished_ == static_cast<int>(workers_.size()) && loads_ok_ > 0;
 }
@@ -330,9 +353,9 @@ void CoreService::replica_loaded(int worker, const std::string& error) {
   load_cv_.notify_all();
 }
 
-std::optional<ImageTaskSpec> CoreService::begin_task(int worker, const TaskRef& task) {
+std::optional<ImageSpec> CoreService::begin_task(int worker, const TaskRef& task) {
   std::vector<std::string> to_flush;
-  ImageTaskSpec spec;
+  ImageSpec spec;
   {
     std::lock_guard lock(mu_);
     ActiveJob* job = find_locked(task.job_id);
@@ -354,10 +377,7 @@ std::optional<ImageTaskSpec> CoreService::begin_task(int worker, const TaskRef& 
     started.device = image.device;
     started.steps = image.steps;
     emit_locked(*job, started, to_flush);
-    spec = ImageTaskSpec{image.prompt,        view.request.negative_prompt,
-                         view.request.steps,  view.request.guidance_scale,
-                         image.seed,          view.request.width,
-                         view.request.height, view.request.scheduler};
+    spec = image_spec(view.request, task.image);
     commit_locked(*job, {task.image}, to_flush);
   }
   flush(to_flush);
@@ -369,8 +389,9 @@ bool CoreService::task_progress(int, const TaskRef& task, int step, int steps) {
   {
     std::lock_guard lock(mu_);
     ActiveJob* job = find_locked(task.job_id);
-    if (!job || stop_now_ || job->record.cancel_requested) return false;
+    if (!job || stop_now_ || job->record.cancel_requested || store_failed_) return false;
     auto& image = job->record.view.images[static_cast<std::size_t>(task.image)];
+    if (image.status != ImageStatus::running) return false;
     image.step = step;
     image.steps = steps;
     JobEvent progress = make_event(JobEvent::Kind::progress, task.job_id, task.image);
@@ -390,8 +411,11 @@ void CoreService::task_succeeded(int worker, const TaskRef& task, RgbImage image
     std::lock_guard lock(mu_);
     ActiveJob* job = find_locked(task.job_id);
     if (!job) return;
-    info = make_png_info(job->record.view, task.image, device,
-                         sampler_display(job->record.view.request.scheduler), options_.dtype);
+    const auto& view = job->record.view;
+    info =
+        make_png_info(image_spec(view.request, task.image), view.request,
+                      {view.model, sampler_display(model_info_.schedulers, view.request.scheduler),
+                       device, options_.dtype, view.id});
   }
   auto shared = std::make_shared<RgbImage>(std::move(image));
   auto work = [this, task, device, shared, info] { write_png(task, device, *shared, info); };
@@ -417,7 +441,9 @@ void CoreService::image_written(const TaskRef& task, const std::string& error) {
   {
     std::lock_guard lock(mu_);
     ActiveJob* job = find_locked(task.job_id);
-    if (!job) return;
+    if (!job || job->record.view.images[static_cast<std::size_t>(task.image)].status !=
+                    ImageStatus::running)
+      return;  // it ended meanwhile (the store failed)
     if (!error.empty()) {
       fail_image_locked(*job, task.image, error, to_flush);
     } else {
@@ -444,6 +470,7 @@ void CoreService::task_stopped(int worker, const TaskRef& task) {
     ActiveJob* job = find_locked(task.job_id);
     if (!job) return;
     auto& image = job->record.view.images[static_cast<std::size_t>(task.image)];
+    if (image.status != ImageStatus::running) return;  // it ended meanwhile (the store failed)
     if (job->record.cancel_requested) {
       set_image_status(job->record, task.image, ImageStatus::cancelled);
       image.finished_ms = unix_ms_now();
@@ -475,6 +502,9 @@ void CoreService::task_failed(int worker, const TaskRef& task, const std::string
                     name, options_.unhealthy_after);
     strand_orphans(orphans);
     ActiveJob* job = find_locked(task.job_id);
+    if (job && job->record.view.images[static_cast<std::size_t>(task.image)].status !=
+                   ImageStatus::running)
+      job = nullptr;  // it ended meanwhile (the store failed)
     if (job) {
       const auto k = static_cast<std::size_t>(task.image);
       auto& image = job->record.view.images[k];
@@ -526,11 +556,7 @@ void CoreService::commit_locked(ActiveJob& job, const std::vector<int>& images,
         break;
       }
   }
-  try {
-    store_.update(job.record, images);
-  } catch (const std::exception& e) {
-    spdlog::error("job {}: {}", view.id, e.what());  // memory stays right; a restart re-runs it
-  }
+  job.last_write = writer_->enqueue({job.record, images, false});  // written off the lock
   if (is_terminal(view.status) && !job.terminal_event_sent) {
     JobEvent::Kind kind = view.status == JobStatus::done     ? JobEvent::Kind::done
                           : view.status == JobStatus::failed ? JobEvent::Kind::failed
@@ -543,7 +569,56 @@ void CoreService::commit_locked(ActiveJob& job, const std::vector<int>& images,
       spdlog::info("job {} done in {} ms", view.id, view.finished_ms - view.created_ms);
     if (kind == JobEvent::Kind::failed) spdlog::warn("job {} failed: {}", view.id, view.error);
   }
-  if (is_terminal(view.status) && all_images_terminal(view)) active_.erase(view.id);
+  // Finished: the job leaves memory once this last write is committed (writes_committed).
+  if (is_terminal(view.status) && all_images_terminal(view)) job.retiring = true;
+}
+
+void CoreService::writes_committed(StoreWriter::Ticket last) {
+  std::lock_guard lock(mu_);
+  for (auto it = active_.begin(); it != active_.end();) {
+    if (it->second.retiring && it->second.last_write <= last)
+      it = active_.erase(it);
+    else
+      ++it;
+  }
+}
+
+void CoreService::writes_failed(const std::vector<std::string>& job_ids, const std::string& error) {
+  std::vector<std::string> to_flush;
+  {
+    std::lock_guard lock(mu_);
+    if (!store_failed_) {
+      store_error_ = error;
+      store_failed_ = true;
+    }
+    std::vector<std::string> ids;
+    for (const auto& [id, job] : active_) ids.push_back(id);
+    for (const auto& id : ids)
+      if (ActiveJob* job = find_locked(id)) fail_for_store_locked(*job, error, to_flush);
+    // A finished job whose last write failed stays in memory: it is the only record of it.
+    for (const auto& id : job_ids)
+      if (ActiveJob* job = find_locked(id)) job->retiring = false;
+  }
+  flush(to_flush);
+}
+
+void CoreService::fail_for_store_locked(ActiveJob& job, const std::string& error,
+                                        std::vector<std::string>& flush) {
+  const std::string why = "the job store cannot be written: " + error;
+  bool queued_left = false;
+  for (const auto& image : job.record.view.images)
+    queued_left = queued_left || image.status == ImageStatus::queued;
+  if (queued_left) dispatcher_.cancel_job(job.record.view.id);
+  for (auto& image : job.record.view.images) {
+    if (is_terminal(image.status)) continue;
+    // A queued image is taken and fails before its first step (queued -> running -> failed);
+    // a running one fails now and its device stops at the next step.
+    if (image.status == ImageStatus::queued) {
+      set_image_status(job.record, image.index, ImageStatus::running);
+      image.started_ms = unix_ms_now();
+    }
+    fail_image_locked(job, image.index, why, flush);
+  }
 }
 
 void CoreService::fail_image_locked(ActiveJob& job, int k, const std::string& error,
@@ -588,12 +663,6 @@ int CoreService::retry_after_seconds_locked() const {
   const double wait = per_image * static_cast<double>(dispatcher_.queued()) /
                       std::max(1, dispatcher_.healthy_count());
   return static_cast<int>(std::clamp(std::ceil(wait), 1.0, 3600.0));
-}
-
-std::string CoreService::sampler_display(const std::string& canonical) const {
-  for (const auto& s : model_info_.schedulers)
-    if (s.name == canonical) return s.aliases.empty() ? s.name : s.aliases.front();
-  return canonical;
 }
 
 }  // namespace diffusiond

@@ -1,12 +1,24 @@
-// CoreService: the daemon core behind the HTTP layer. Implements ImageService over the job
-// store (durable state), the dispatcher (who runs what), one DeviceWorker per device (model
-// replicas) and a CPU pool that encodes and writes PNGs. See job.h for the state machine and
-// /work/notes/core-notes.md for the event order the HTTP layer relies on.
+// CoreService: the daemon core behind the front ends. Implements ImageService over the job
+// store (durable state, written by one StoreWriter thread), the dispatcher (who runs what), one
+// DeviceWorker per device (model replicas) and a CPU pool that encodes and writes PNGs.
+// See job.h for the state machine, daemon/api/ for the vocabulary.
+//
+// Truth: every unfinished job lives in memory (active_) and is what job()/jobs() show; a change
+// is decided under mu_ and its snapshot queued to the StoreWriter (no disk under mu_). A job
+// leaves memory only once it is finished and its last write is committed, so a read that falls
+// through to the store never sees an older state. submit() answers only after the job's insert
+// is committed (a 202 means durable), waiting outside mu_. A write that fails is final: every
+// unfinished job fails with the store's error, ready() turns false, submit() answers
+// unavailable; reads keep working from memory and the store's read connection.
+//
+// Events per job, in order: queued, started(k), progress(k)..., image(k) | failed(k), ..., then
+// one of done | failed | cancelled; nothing after the terminal event.
 //
 // Lifecycle (control thread): construct -> start() (recovers unfinished jobs, starts workers,
 // which load their replicas in parallel) -> wait_loaded() -> ... -> drain() -> destroy.
 // Thread-safety: every ImageService method may be called from any thread at any time and never
-// waits on a device. Lock order: mu_ -> (dispatcher, store, event hub); callbacks run unlocked.
+// waits on a device or another request's disk write. Lock order: mu_ -> (dispatcher, store
+// writer queue, event hub); callbacks run unlocked.
 #pragma once
 
 #include <atomic>
@@ -20,6 +32,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "daemon/api/service.h"
 #include "daemon/device_worker.h"
 #include "daemon/dispatcher.h"
 #include "daemon/event_hub.h"
@@ -28,8 +41,8 @@
 #include "daemon/job_store.h"
 #include "daemon/metrics.h"
 #include "daemon/png_info.h"
+#include "daemon/store_writer.h"
 #include "daemon/thread_pool.h"
-#include "http/service.h"
 
 namespace diffusiond {
 
@@ -46,9 +59,10 @@ struct CoreOptions {
   int unhealthy_after = 3;  // consecutive failures that mark a device unhealthy
   std::chrono::seconds stall_limit{600};  // a busy worker without a step for this long is dead
   std::string dtype = "fp32";             // written into the PNG metadata
+  RequestLimits limits;                   // every bound on a request (normalise())
 };
 
-class CoreService final : public ImageService, private TaskHost {
+class CoreService final : public ImageService, private TaskHost, private StoreWriter::Listener {
  public:
   CoreService(JobStore& store, ModelBackend& backend, std::vector<DeviceSpec> devices,
               CoreOptions options, PngEncoder encoder);
@@ -70,6 +84,9 @@ class CoreService final : public ImageService, private TaskHost {
   std::size_t queue_depth() const { return dispatcher_.queued(); }
   // Images of unfinished jobs waiting to run, including those re-queued by drain().
   std::size_t queued_images() const;
+  // Blocks until every state change decided so far is committed to the store (or the store
+  // failed): a sync point for tests and tools; the service itself never needs it.
+  void wait_store_written() { writer_->flush(); }
   // True once drain() interrupts running images (its grace is over).
   bool stopping_now() const { return stop_now_; }
 
@@ -92,15 +109,21 @@ class CoreService final : public ImageService, private TaskHost {
     JobRecord record;
     std::vector<std::int64_t> queued_since_ms;  // per image, for the queue-wait histogram
     bool terminal_event_sent = false;
+    StoreWriter::Ticket last_write = 0;  // the job's newest queued store write
+    bool retiring = false;               // finished: leaves memory once last_write commits
   };
 
   // TaskHost (worker threads)
   void replica_loaded(int worker, const std::string& error) override;
-  std::optional<ImageTaskSpec> begin_task(int worker, const TaskRef& task) override;
+  std::optional<ImageSpec> begin_task(int worker, const TaskRef& task) override;
   bool task_progress(int worker, const TaskRef& task, int step, int steps) override;
   void task_succeeded(int worker, const TaskRef& task, RgbImage image) override;
   void task_stopped(int worker, const TaskRef& task) override;
   void task_failed(int worker, const TaskRef& task, const std::string& error) override;
+
+  // StoreWriter::Listener (the store writer thread)
+  void writes_committed(StoreWriter::Ticket last) override;
+  void writes_failed(const std::vector<std::string>& job_ids, const std::string& error) override;
 
   // Runs on the PNG pool.
   void write_png(const TaskRef& task, const std::string& device, const RgbImage& image,
@@ -110,9 +133,8 @@ class CoreService final : public ImageService, private TaskHost {
   // Helpers; *_locked need mu_. They queue events and note the job ids to flush after unlock.
   ActiveJob* find_locked(const std::string& id);
   void emit_locked(ActiveJob& job, JobEvent event, std::vector<std::string>& flush);
-  // After a change: stamps job times and error, writes the job row and the listed images,
-  // emits the terminal event once, and forgets the job once every image is terminal.
-  // `job` may be destroyed on return.
+  // After a change: stamps job times and error, queues the write of the job row and the listed
+  // images, emits the terminal event once, and retires the job once every image is terminal.
   void commit_locked(ActiveJob& job, const std::vector<int>& images,
                      std::vector<std::string>& flush);
   void fail_image_locked(ActiveJob& job, int k, const std::string& error,
@@ -120,11 +142,10 @@ class CoreService final : public ImageService, private TaskHost {
   // Tasks no healthy device can take stay queued in the store (they run after a restart).
   void strand_orphans(const std::vector<TaskRef>& orphans);
   void flush(const std::vector<std::string>& job_ids);
-  // Defaults from the model for steps/size/scheduler left at 0 or "", canonical scheduler name;
-  // ServiceError 400 for what HTTP should have refused already.
-  GenerateRequest normalise(GenerateRequest request) const;
+  // The store failed: every image of the job that has not ended fails with `error`.
+  void fail_for_store_locked(ActiveJob& job, const std::string& error,
+                             std::vector<std::string>& flush);
   int retry_after_seconds_locked() const;
-  std::string sampler_display(const std::string& canonical) const;
 
   JobStore& store_;
   ModelBackend& backend_;
@@ -134,6 +155,7 @@ class CoreService final : public ImageService, private TaskHost {
   const ModelInfo model_info_;
 
   Dispatcher dispatcher_;
+  std::unique_ptr<StoreWriter> writer_;  // made in the constructor, stopped by drain()
   EventHub hub_;
   Histogram queue_wait_{Histogram::wait_seconds_buckets()};
   std::vector<std::unique_ptr<DeviceWorker>> workers_;
@@ -141,6 +163,9 @@ class CoreService final : public ImageService, private TaskHost {
 
   mutable std::mutex mu_;
   std::unordered_map<std::string, ActiveJob> active_;
+  std::int64_t next_seq_ = 1;  // submission order of the next job
+  int pending_images_ = 0;     // images of submits waiting for their insert to commit
+  std::string store_error_;    // set once a store write failed
   std::int64_t images_written_ = 0;
   std::int64_t images_failed_ = 0;
 
@@ -153,6 +178,7 @@ class CoreService final : public ImageService, private TaskHost {
   std::atomic<bool> draining_{false};
   std::atomic<bool> stop_now_{false};  // running images stop at their next step
   std::atomic<bool> drained_{false};
+  std::atomic<bool> store_failed_{false};
 };
 
 }  // namespace diffusiond

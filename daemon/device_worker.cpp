@@ -69,7 +69,7 @@ void DeviceWorker::run() {
 }
 
 void DeviceWorker::run_task(const TaskRef& task) {
-  std::optional<ImageTaskSpec> spec;
+  std::optional<ImageSpec> spec;
   try {
     spec = host_.begin_task(index_, task);
   } catch (const std::exception& e) {

@@ -28,7 +28,7 @@ class TaskHost {
   virtual ~TaskHost() = default;
   virtual void replica_loaded(int worker, const std::string& error) = 0;  // error "" = loaded
   // Marks the task running on `worker`; nullopt when it must not run any more.
-  virtual std::optional<ImageTaskSpec> begin_task(int worker, const TaskRef& task) = 0;
+  virtual std::optional<ImageSpec> begin_task(int worker, const TaskRef& task) = 0;
   // After every step; false stops the generation (cancel or shutdown).
   virtual bool task_progress(int worker, const TaskRef& task, int step, int steps) = 0;
   virtual void task_succeeded(int worker, const TaskRef& task, RgbImage image) = 0;

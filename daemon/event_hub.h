@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "http/service.h"
+#include "daemon/api/service.h"
 
 namespace diffusiond {
 

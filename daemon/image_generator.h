@@ -1,5 +1,6 @@
 // The torch-free boundary between the daemon core and the pipeline: a model (ModelBackend)
-// makes one replica per device (ImageGenerator), which turns one image task into RGB pixels.
+// makes one replica per device (ImageGenerator), which turns one image (daemon/api/request.h
+// ImageSpec) into RGB pixels.
 // The real implementation is torch_backend.h (over pipeline/txt2img.h); tests use a fake.
 #pragma once
 
@@ -11,23 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "daemon/api/request.h"
+#include "daemon/api/views.h"
 #include "daemon/device_spec.h"
-#include "http/service.h"
 #include "pipeline/image.h"
 
 namespace diffusiond {
-
-// One image to make: image k of a job (its own prompt and seed).
-struct ImageTaskSpec {
-  std::string prompt;
-  std::string negative_prompt;
-  int steps = 0;
-  double guidance_scale = 7.5;
-  std::uint64_t seed = 0;
-  int width = 0;
-  int height = 0;
-  std::string scheduler;
-};
 
 // Called after every denoising step (step in 1..steps); returning false stops the generation,
 // which then throws GenerationStopped.
@@ -49,7 +39,7 @@ class ImageGenerator {
  public:
   virtual ~ImageGenerator() = default;
   // Throws GenerationStopped when `progress` returned false, anything else on failure.
-  virtual RgbImage generate_one(const ImageTaskSpec& task, const StepProgress& progress) = 0;
+  virtual RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) = 0;
   virtual std::string description() const = 0;  // "NVIDIA H100 80GB HBM3", "CPU (4 threads)"
   virtual DeviceMemory memory() const { return {}; }
 };

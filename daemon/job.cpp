@@ -2,30 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
-#include <random>
 
 namespace diffusiond {
-
-bool is_terminal(JobStatus s) {
-  return s == JobStatus::done || s == JobStatus::failed || s == JobStatus::cancelled;
-}
-
-bool is_legal_job_transition(JobStatus from, JobStatus to) {
-  switch (from) {
-    case JobStatus::queued:
-      return to == JobStatus::running || to == JobStatus::cancelled;
-    case JobStatus::running:
-      return to == JobStatus::done || to == JobStatus::failed || to == JobStatus::cancelled;
-    default:
-      return false;  // terminal states are final
-  }
-}
-
-bool is_legal_image_transition(ImageStatus from, ImageStatus to) {
-  if (from == ImageStatus::running && to == ImageStatus::queued) return true;  // re-queue
-  return is_legal_job_transition(from, to);
-}
 
 namespace {
 std::string transition_message(const char* kind, JobStatus from, JobStatus to,
@@ -64,28 +42,7 @@ JobStatus next_job_status(JobStatus current, const std::vector<ImageView>& image
   return current;
 }
 
-std::string make_job_id() {
-  static thread_local std::mt19937_64 rng = [] {
-    std::random_device rd;
-    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
-    return std::mt19937_64(seq);
-  }();
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
-  return buf;
-}
-
-bool is_valid_job_id(const std::string& id) {
-  return id.size() == 16 && std::all_of(id.begin(), id.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-         });
-}
-
-int image_count(const GenerateRequest& request) {
-  return static_cast<int>(request.prompts.size()) * request.n;
-}
-
-JobRecord make_job(const GenerateRequest& request, const std::string& id, std::int64_t created_ms,
+JobRecord make_job(const JobRequest& request, const std::string& id, std::int64_t created_ms,
                    const std::string& model) {
   if (request.prompts.empty()) throw std::invalid_argument("request has no prompt");
   if (request.n < 1) throw std::invalid_argument("n must be at least 1");
@@ -97,11 +54,12 @@ JobRecord make_job(const GenerateRequest& request, const std::string& id, std::i
   job.view.model = model;
   const int count = image_count(request);
   for (int k = 0; k < count; ++k) {
+    const ImageSpec spec = image_spec(request, k);
     ImageView image;
     image.index = k;
-    image.prompt = request.prompts[static_cast<std::size_t>(k / request.n)];
-    image.seed = request.seed + static_cast<std::uint64_t>(k);
-    image.steps = request.steps;
+    image.prompt = spec.prompt;
+    image.seed = spec.seed;
+    image.steps = spec.steps;
     job.view.images.push_back(std::move(image));
   }
   job.attempts.assign(static_cast<std::size_t>(count), 0);

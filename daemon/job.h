@@ -18,7 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "http/service.h"
+#include "daemon/api/job_id.h"
+#include "daemon/api/service.h"
 
 namespace diffusiond {
 
@@ -27,22 +28,13 @@ class IllegalTransition : public std::logic_error {
   using std::logic_error::logic_error;
 };
 
-bool is_terminal(JobStatus s);
-bool is_legal_job_transition(JobStatus from, JobStatus to);
-bool is_legal_image_transition(ImageStatus from, ImageStatus to);
-// Throw IllegalTransition naming both states and `what` (a job id or "job/k").
+// The legal transitions are daemon/api/status.h's. Throw IllegalTransition naming both states and
+// `what` (a job id or "job/k").
 void check_job_transition(JobStatus from, JobStatus to, const std::string& what);
 void check_image_transition(ImageStatus from, ImageStatus to, const std::string& what);
 
 // The status the job should have now, given its current status and its images' statuses.
 JobStatus next_job_status(JobStatus current, const std::vector<ImageView>& images);
-
-// 16 lowercase hex characters from a non-deterministic 64-bit source (URL-safe).
-std::string make_job_id();
-bool is_valid_job_id(const std::string& id);
-
-// Number of images of a request: prompts x n.
-int image_count(const GenerateRequest& request);
 
 // The daemon's full record of a job: what the API shows plus bookkeeping.
 struct JobRecord {
@@ -53,7 +45,7 @@ struct JobRecord {
 };
 
 // A new job in state queued: images prompt-major, image k = prompts[k / n] with seed + k.
-JobRecord make_job(const GenerateRequest& request, const std::string& id, std::int64_t created_ms,
+JobRecord make_job(const JobRequest& request, const std::string& id, std::int64_t created_ms,
                    const std::string& model);
 
 // Applies a checked transition to image k (throws IllegalTransition) and keeps the job's status

@@ -3,14 +3,16 @@
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
+#include "daemon/api/json/request_json.h"
 #include "daemon/atomic_file.h"
-#include "daemon/request_json.h"
 #include "daemon/sqlite_db.h"
 #include "pipeline/posix_fs.h"
 
@@ -114,6 +116,7 @@ JobStore::JobStore(std::filesystem::path data_dir, int lock_fd)
     : data_dir_(std::move(data_dir)), lock_fd_(lock_fd) {}
 
 JobStore::~JobStore() {
+  reader_.reset();
   db_.reset();
   if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
@@ -141,9 +144,42 @@ void JobStore::open_database() {
                        ", this diffusiond reads version " + std::to_string(kSchemaVersion));
     }
     tx.commit();
+    reader_ = std::make_unique<SqliteDatabase>(path);
+    reader_->exec("PRAGMA busy_timeout=2000");
   } catch (const SqliteError& e) {
     db_.reset();
+    reader_.reset();
     throw StoreError(describe(e, path));
+  }
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    db_inode_ = st.st_ino;
+    db_device_ = st.st_dev;
+  }
+}
+
+void JobStore::check_writable() const {
+  const auto path = database_path();
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    throw StoreError("job database " + path.string() + " is gone (" + std::strerror(errno) + ")");
+  if (st.st_ino != db_inode_ || st.st_dev != db_device_)
+    throw StoreError("job database " + path.string() + " was replaced by another file");
+  if ((st.st_mode & S_IWUSR) == 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%03o", static_cast<unsigned>(st.st_mode & 0777));
+    throw StoreError("job database " + path.string() + " is no longer writable (mode " + mode +
+                     ")");
+  }
+}
+
+std::int64_t JobStore::max_seq() const {
+  std::lock_guard lock(read_mu_);
+  try {
+    const std::string text = reader_->query_text("SELECT COALESCE(MAX(seq), 0) FROM jobs");
+    return text.empty() ? 0 : std::stoll(text);
+  } catch (const SqliteError& e) {
+    throw StoreError(std::string("cannot read the job numbering: ") + e.what());
   }
 }
 
@@ -205,27 +241,52 @@ void JobStore::write_images(const JobRecord& job, const std::vector<int>& images
   }
 }
 
+void JobStore::insert_locked(JobRecord& job) {
+  const bool numbered = job.seq > 0;
+  SqliteStatement insert(db_->handle(),
+                         numbered ? "INSERT INTO jobs(id, status, priority, request, model, "
+                                    "created_ms, started_ms, finished_ms, error, seq) "
+                                    "VALUES(?,?,?,?,?,?,?,?,?,?)"
+                                  : "INSERT INTO jobs(id, status, priority, request, model, "
+                                    "created_ms, started_ms, finished_ms, error) "
+                                    "VALUES(?,?,?,?,?,?,?,?,?)");
+  insert.bind(1, job.view.id)
+      .bind(2, std::string(to_string(job.view.status)))
+      .bind(3, std::int64_t{job.view.request.priority})
+      .bind(4, request_to_json(job.view.request).dump())
+      .bind(5, job.view.model)
+      .bind(6, job.view.created_ms)
+      .bind(7, job.view.started_ms)
+      .bind(8, job.view.finished_ms)
+      .bind(9, job.view.error);
+  if (numbered) insert.bind(10, job.seq);
+  insert.run();
+  if (!numbered) job.seq = sqlite3_last_insert_rowid(db_->handle());
+  std::vector<int> all(job.view.images.size());
+  for (std::size_t k = 0; k < all.size(); ++k) all[k] = static_cast<int>(k);
+  write_images(job, all);
+}
+
+void JobStore::update_locked(const JobRecord& job, const std::vector<int>& images) {
+  SqliteStatement update(db_->handle(),
+                         "UPDATE jobs SET status=?, started_ms=?, finished_ms=?, error=? "
+                         "WHERE id=?");
+  update.bind(1, std::string(to_string(job.view.status)))
+      .bind(2, job.view.started_ms)
+      .bind(3, job.view.finished_ms)
+      .bind(4, job.view.error)
+      .bind(5, job.view.id);
+  update.run();
+  if (sqlite3_changes(db_->handle()) != 1)
+    throw StoreError("cannot update job " + job.view.id + ": no such job in the store");
+  write_images(job, images);
+}
+
 void JobStore::insert(JobRecord& job) {
   std::lock_guard lock(mu_);
   try {
     SqliteTransaction tx(*db_);
-    SqliteStatement insert(db_->handle(),
-                           "INSERT INTO jobs(id, status, priority, request, model, created_ms, "
-                           "started_ms, finished_ms, error) VALUES(?,?,?,?,?,?,?,?,?)");
-    insert.bind(1, job.view.id)
-        .bind(2, std::string(to_string(job.view.status)))
-        .bind(3, std::int64_t{job.view.request.priority})
-        .bind(4, request_to_json(job.view.request).dump())
-        .bind(5, job.view.model)
-        .bind(6, job.view.created_ms)
-        .bind(7, job.view.started_ms)
-        .bind(8, job.view.finished_ms)
-        .bind(9, job.view.error);
-    insert.run();
-    job.seq = sqlite3_last_insert_rowid(db_->handle());
-    std::vector<int> all(job.view.images.size());
-    for (std::size_t k = 0; k < all.size(); ++k) all[k] = static_cast<int>(k);
-    write_images(job, all);
+    insert_locked(job);
     tx.commit();
   } catch (const SqliteError& e) {
     throw StoreError("cannot store job " + job.view.id + ": " + e.what());
@@ -236,31 +297,40 @@ void JobStore::update(const JobRecord& job, const std::vector<int>& images) {
   std::lock_guard lock(mu_);
   try {
     SqliteTransaction tx(*db_);
-    SqliteStatement update(db_->handle(),
-                           "UPDATE jobs SET status=?, started_ms=?, finished_ms=?, error=? "
-                           "WHERE id=?");
-    update.bind(1, std::string(to_string(job.view.status)))
-        .bind(2, job.view.started_ms)
-        .bind(3, job.view.finished_ms)
-        .bind(4, job.view.error)
-        .bind(5, job.view.id);
-    update.run();
-    if (sqlite3_changes(db_->handle()) != 1)
-      throw StoreError("cannot update job " + job.view.id + ": no such job in the store");
-    write_images(job, images);
+    update_locked(job, images);
     tx.commit();
   } catch (const SqliteError& e) {
     throw StoreError("cannot update job " + job.view.id + ": " + e.what());
   }
 }
 
-std::vector<JobRecord> JobStore::select_jobs(const std::string& where_order_limit,
+void JobStore::apply(std::vector<Write>& batch) {
+  if (batch.empty()) return;
+  std::lock_guard lock(mu_);
+  check_writable();
+  try {
+    SqliteTransaction tx(*db_);
+    for (auto& write : batch) {
+      if (write.insert)
+        insert_locked(write.job);
+      else
+        update_locked(write.job, write.images);
+    }
+    tx.commit();
+  } catch (const SqliteError& e) {
+    throw StoreError("cannot write " + std::to_string(batch.size()) + " change(s) to " +
+                     database_path().string() + ": " + e.what());
+  }
+}
+
+std::vector<JobRecord> JobStore::select_jobs(SqliteDatabase& db,
+                                             const std::string& where_order_limit,
                                              const std::vector<std::string>& params) const {
-  SqliteStatement jobs(db_->handle(),
+  SqliteStatement jobs(db.handle(),
                        std::string("SELECT ") + kJobColumns + " FROM jobs " + where_order_limit);
   for (std::size_t i = 0; i < params.size(); ++i) jobs.bind(static_cast<int>(i) + 1, params[i]);
-  SqliteStatement images(db_->handle(), std::string("SELECT ") + kImageColumns +
-                                            " FROM images WHERE job_id=? ORDER BY idx");
+  SqliteStatement images(db.handle(), std::string("SELECT ") + kImageColumns +
+                                          " FROM images WHERE job_id=? ORDER BY idx");
   std::vector<JobRecord> result;
   while (jobs.step()) {
     JobRecord job;
@@ -301,9 +371,9 @@ std::vector<JobRecord> JobStore::select_jobs(const std::string& where_order_limi
 }
 
 std::optional<JobRecord> JobStore::load(const std::string& id) const {
-  std::lock_guard lock(mu_);
+  std::lock_guard lock(read_mu_);
   try {
-    auto jobs = select_jobs("WHERE id=?", {id});
+    auto jobs = select_jobs(*reader_, "WHERE id=?", {id});
     if (jobs.empty()) return std::nullopt;
     return std::move(jobs.front());
   } catch (const SqliteError& e) {
@@ -312,24 +382,24 @@ std::optional<JobRecord> JobStore::load(const std::string& id) const {
 }
 
 std::vector<JobRecord> JobStore::list(std::optional<JobStatus> status, int limit) const {
-  std::lock_guard lock(mu_);
+  std::lock_guard lock(read_mu_);
   const std::string tail = " ORDER BY seq DESC LIMIT " + std::to_string(std::max(limit, 0));
   try {
-    if (status) return select_jobs("WHERE status=?" + tail, {to_string(*status)});
-    return select_jobs(tail, {});
+    if (status) return select_jobs(*reader_, "WHERE status=?" + tail, {to_string(*status)});
+    return select_jobs(*reader_, tail, {});
   } catch (const SqliteError& e) {
     throw StoreError(std::string("cannot list jobs: ") + e.what());
   }
 }
 
 std::map<JobStatus, std::int64_t> JobStore::count_by_status() const {
-  std::lock_guard lock(mu_);
+  std::lock_guard lock(read_mu_);
   std::map<JobStatus, std::int64_t> counts;
   for (JobStatus s : {JobStatus::queued, JobStatus::running, JobStatus::done, JobStatus::failed,
                       JobStatus::cancelled})
     counts[s] = 0;
   try {
-    SqliteStatement count(db_->handle(), "SELECT status, COUNT(*) FROM jobs GROUP BY status");
+    SqliteStatement count(reader_->handle(), "SELECT status, COUNT(*) FROM jobs GROUP BY status");
     while (count.step()) counts[status_from_text(count.text(0), "jobs")] = count.int64(1);
   } catch (const SqliteError& e) {
     throw StoreError(std::string("cannot count jobs: ") + e.what());
@@ -347,7 +417,7 @@ std::vector<JobRecord> JobStore::recover() {
         "(SELECT id FROM jobs WHERE status IN ('done','failed','cancelled'))");
     db_->exec("UPDATE images SET status='queued', device='', started_ms=0 WHERE status='running'");
     tx.commit();
-    return select_jobs("WHERE status IN ('queued','running') ORDER BY seq", {});
+    return select_jobs(*db_, "WHERE status IN ('queued','running') ORDER BY seq", {});
   } catch (const SqliteError& e) {
     throw StoreError(std::string("cannot recover unfinished jobs: ") + e.what());
   }

@@ -1,9 +1,11 @@
 // The durable job store: SQLite (WAL, synchronous=FULL so that a committed job survives a power
 // cut: a 202 means durable) at DATA_DIR/diffusiond.db, PNG files at DATA_DIR/images/<job>/<k>.png.
-// The store is the source of truth; the daemon's in-memory state mirrors it.
+// The store is the source of truth for every job the core no longer holds in memory; the core
+// (CoreService) writes its state changes through one StoreWriter (daemon/store_writer.h).
 // One process per data dir: an exclusive lock on DATA_DIR/diffusiond.lock is held while open.
-// Owner: the daemon core (CoreService). Thread-safety: every method may be called from any
-// thread; calls are serialised on one connection by an internal mutex.
+// Owner: the executable (cmd_serve.cpp) or a test. Thread-safety: every method may be called
+// from any thread. Writes are serialised on a write connection; reads (load, list, counts) use
+// a second connection of their own, so a read never waits for a write's fsync (WAL).
 #pragma once
 
 #include <cstdint>
@@ -48,10 +50,26 @@ class JobStore {
   JobStore& operator=(const JobStore&) = delete;
 
   // Inserts the job and all its images in one transaction (committed and synced on return);
-  // sets job.seq. Throws StoreError.
+  // sets job.seq when it is 0, else stores the given one. Throws StoreError.
   void insert(JobRecord& job);
   // Writes the job row and the listed images in one transaction. Throws StoreError.
   void update(const JobRecord& job, const std::vector<int>& images);
+
+  // One write of a batch: an insert (every image) or an update (the listed images).
+  struct Write {
+    JobRecord job;
+    std::vector<int> images;  // update only
+    bool insert = false;
+  };
+  // Applies every write in one transaction (one fsync: group commit), after checking that the
+  // database file is still the one opened and still writable (check_writable). All or nothing.
+  // Throws StoreError.
+  void apply(std::vector<Write>& batch);
+  // Throws StoreError when the database file was removed or replaced since it was opened, or
+  // lost its owner's write permission: SQLite would keep writing to the open file unnoticed.
+  void check_writable() const;
+  // The highest job seq stored (0 when empty): the core numbers new jobs after it.
+  std::int64_t max_seq() const;
 
   std::optional<JobRecord> load(const std::string& id) const;
   // Newest first (by submission), optionally only one status.
@@ -78,14 +96,20 @@ class JobStore {
   JobStore(std::filesystem::path data_dir, int lock_fd);
   void open_database();
   void remove_orphan_image_dirs();
-  std::vector<JobRecord> select_jobs(const std::string& where_order_limit,
+  std::vector<JobRecord> select_jobs(SqliteDatabase& db, const std::string& where_order_limit,
                                      const std::vector<std::string>& params) const;
   void write_images(const JobRecord& job, const std::vector<int>& images);
+  void insert_locked(JobRecord& job);
+  void update_locked(const JobRecord& job, const std::vector<int>& images);
 
   std::filesystem::path data_dir_;
   int lock_fd_ = -1;
-  mutable std::mutex mu_;
+  mutable std::mutex mu_;  // the write connection
   std::unique_ptr<SqliteDatabase> db_;
+  mutable std::mutex read_mu_;  // the read connection
+  std::unique_ptr<SqliteDatabase> reader_;
+  std::uint64_t db_inode_ = 0;
+  std::uint64_t db_device_ = 0;
 };
 
 }  // namespace diffusiond

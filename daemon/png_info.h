@@ -1,17 +1,25 @@
-// What the PNG metadata chunks of image k of a job say (pipeline/png.h writes them: the A1111
-// `parameters` text and the `diffusiond` JSON). Torch-free: only the plain struct is used here.
-// Thread-safety: pure function.
+// What the PNG metadata chunks of one image say (pipeline/png.h writes them: the A1111
+// `parameters` text and the `diffusiond` JSON), built from the image's ImageSpec and its job's
+// normalised request, for the daemon and `diffusiond generate` alike.
+// Torch-free. Thread-safety: pure function.
 #pragma once
 
 #include <string>
 
-#include "http/service.h"
+#include "daemon/api/request.h"
 #include "pipeline/png.h"
 
 namespace diffusiond {
 
-// sampler: the A1111 display name ("Euler a"); dtype: "fp32", "fp16", "bf16".
-PngGenerationInfo make_png_info(const JobView& job, int image_index, const std::string& device,
-                                const std::string& sampler, const std::string& dtype);
+struct PngContext {
+  std::string model_name;
+  std::string sampler;  // the A1111 display name ("Euler a"), see sampler_display()
+  std::string device;   // "cpu", "cuda:0", ...
+  std::string dtype;    // "fp32", "fp16", "bf16"
+  std::string job_id;   // empty outside the daemon; else added to the request JSON
+};
+
+PngGenerationInfo make_png_info(const ImageSpec& image, const JobRequest& request,
+                                const PngContext& context);
 
 }  // namespace diffusiond

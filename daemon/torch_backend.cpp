@@ -10,6 +10,8 @@
 #include <fstream>
 
 #include "daemon/cuda_driver.h"
+#include "daemon/dtype.h"
+#include "daemon/pipeline_params.h"
 #include "pipeline/config_util.h"
 #include "pipeline/schedulers/scheduler.h"
 #include "pipeline/txt2img.h"
@@ -20,22 +22,7 @@ int cuda_device_count() {
   return static_cast<int>(torch::cuda::device_count());
 }
 
-std::string resolve_dtype(const std::string& option, const DeviceSpec& device) {
-  if (option == "auto" || option.empty())
-    return device.kind == DeviceSpec::Kind::cuda ? "fp16" : "fp32";
-  if (option == "fp32" || option == "float32") return "fp32";
-  if (option == "fp16" || option == "float16" || option == "half") return "fp16";
-  if (option == "bf16" || option == "bfloat16") return "bf16";
-  throw std::invalid_argument("--dtype: unknown '" + option + "' (use auto, fp32, fp16 or bf16)");
-}
-
 namespace {
-
-torch::ScalarType scalar_type(const std::string& dtype) {
-  if (dtype == "fp16") return torch::kHalf;
-  if (dtype == "bf16") return torch::kBFloat16;
-  return torch::kFloat;
-}
 
 DeviceMemory host_memory() {
   DeviceMemory m;
@@ -56,17 +43,8 @@ class TorchGenerator final : public ImageGenerator {
         model_(std::move(model)),
         description_(std::move(description)) {}
 
-  RgbImage generate_one(const ImageTaskSpec& task, const StepProgress& progress) override {
-    Txt2ImgParams params;
-    params.prompts = {task.prompt};
-    params.negative_prompt = task.negative_prompt;
-    params.num_images_per_prompt = 1;
-    params.steps = task.steps;
-    params.guidance_scale = task.guidance_scale;
-    params.seed = task.seed;  // image k's own seed: the pipeline seeds image 0 with it
-    params.width = task.width;
-    params.height = task.height;
-    params.scheduler = task.scheduler;
+  RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) override {
+    const Txt2ImgParams params = txt2img_params(image);
     try {
       auto images =
           model_->generate(params, [&](int, int step, int steps) { return progress(step, steps); });
@@ -106,7 +84,7 @@ class TorchBackend final : public ModelBackend {
   }
 
   std::unique_ptr<ImageGenerator> load_replica(const DeviceSpec& spec) override {
-    const std::string dtype = resolve_dtype(options_.dtype, spec);
+    const std::string dtype = resolve_dtype(options_.dtype, spec.kind == DeviceSpec::Kind::cuda);
     std::unique_ptr<c10::StreamGuard> guard;
     std::string description;
     torch::Device device(torch::kCPU);

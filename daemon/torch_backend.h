@@ -28,7 +28,5 @@ std::unique_ptr<ModelBackend> make_torch_backend(const ModelFolder& model,
                                                  TorchBackendOptions options);
 
 int cuda_device_count();  // torch::cuda::device_count(); 0 without CUDA
-// "fp16" / "fp32" / "bf16" for a device, resolving "auto". Throws std::invalid_argument.
-std::string resolve_dtype(const std::string& option, const DeviceSpec& device);
 
 }  // namespace diffusiond

@@ -1,4 +1,4 @@
-// Bearer API keys. Owner: engineer "http". Pure functions; any thread.
+// Bearer API keys, checked by route_request (http/router.h). Pure functions; any thread.
 //
 // When keys are configured, a request is authorised by "Authorization: Bearer <key>", or (for
 // GET/HEAD only, because browsers cannot add headers to <img src> or EventSource) by an

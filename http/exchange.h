@@ -1,15 +1,16 @@
 // What a route handler sees: the server's shared context and the request being answered.
-// Owner: engineer "http". Exchange is implemented by Session (http/session.h).
+// ServerContext is owned by HttpServerImpl (http/server.cpp); Exchange is implemented by Session
+// (http/session.h), one per connection, which owns its state.
 #pragma once
 
 #include <functional>
 #include <memory>
 #include <string>
 
+#include "daemon/api/service.h"
 #include "http/http_stats.h"
 #include "http/http_types.h"
 #include "http/server.h"
-#include "http/service.h"
 
 namespace diffusiond::http_api {
 
@@ -21,7 +22,9 @@ struct ServerContext {
 };
 
 // One request being answered. Unless said otherwise, methods must be called on the
-// connection's strand (inside a handler, or inside a function given to a poster).
+// connection's strand (inside a handler, or inside a function given to a poster). A respond or
+// event-stream call that comes when the request is no longer open for it (already answered,
+// stream not started or already ended, connection closed) is dropped.
 class Exchange {
  public:
   // Runs `fn` on the connection's strand later, but only while this same request is still

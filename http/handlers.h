@@ -1,5 +1,6 @@
 // The route handlers, one group per file. Each runs on the connection's strand, answers through
-// the Exchange (now or later), and never waits on a device. Owner: engineer "http".
+// the Exchange (now or later), and never waits on a device. Called by route_request
+// (http/router.h).
 #pragma once
 
 #include "http/exchange.h"

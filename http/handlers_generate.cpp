@@ -1,7 +1,5 @@
 // POST /generate: validate, submit, then answer 202 + job, or (?wait=1) the finished job, or
 // (Accept: image/png, one image) the PNG itself.
-#include <random>
-
 #include "http/handlers.h"
 #include "http/job_waiter.h"
 #include "http/json_views.h"
@@ -9,11 +7,6 @@
 
 namespace diffusiond::http_api {
 namespace {
-
-std::uint32_t random_seed() {
-  thread_local std::mt19937 engine{std::random_device{}()};
-  return static_cast<std::uint32_t>(engine());
-}
 
 bool wants_png(const Request& req) {
   const std::string_view accept = req[http::field::accept];
@@ -44,9 +37,7 @@ Response finished_png(ServerContext& c, const JobView& view) {
 
 void handle_generate(ServerContext& c, Exchange& ex, const RouteParams& p) {
   const Request& req = ex.request();
-  const ModelInfo model = c.service.model_info();
-  auto resolve = [&c](const std::string& name) { return c.service.canonical_scheduler(name); };
-  auto parsed = parse_generate_request(req.body(), model, resolve, c.options, random_seed());
+  auto parsed = parse_generate_request(req.body());
   if (auto* err = std::get_if<ValidationError>(&parsed)) {
     ex.respond(error_response(static_cast<http::status>(err->http_status), err->code, err->message,
                               err->field));
@@ -54,8 +45,9 @@ void handle_generate(ServerContext& c, Exchange& ex, const RouteParams& p) {
   }
   const GenerateRequest& request = std::get<GenerateRequest>(parsed);
   const bool png = wants_png(req);
-  const std::size_t images = request.prompts.size() * static_cast<std::size_t>(request.n);
-  if (png && images != 1) {
+  // n < 1 is the core's to refuse (400), not a reason for 406.
+  const std::int64_t images = static_cast<std::int64_t>(request.prompts.size()) * request.n;
+  if (png && images != 1 && request.n >= 1) {
     ex.respond(error_response(
         http::status::not_acceptable, "not_acceptable",
         "'Accept: image/png' needs a request for exactly one image, this one makes " +

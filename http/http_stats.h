@@ -1,5 +1,5 @@
 // The HTTP layer's own counters, appended to the core's /metrics text.
-// Owner: engineer "http" (one per HttpServer). Thread-safe: atomics, any I/O thread.
+// Owner: HttpServer (one per server). Thread-safe: atomics, any I/O thread.
 #pragma once
 
 #include <array>

@@ -19,6 +19,30 @@ StringResponse error_response(http::status status, std::string_view code, std::s
   return json_response(status, {{"error", std::move(error)}});
 }
 
+http::status http_status_of(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::invalid_request:
+      return http::status::bad_request;
+    case ErrorCode::not_found:
+      return http::status::not_found;
+    case ErrorCode::conflict:
+      return http::status::conflict;
+    case ErrorCode::queue_full:
+      return http::status::too_many_requests;
+    case ErrorCode::unavailable:
+      return http::status::service_unavailable;
+    case ErrorCode::internal:
+      return http::status::internal_server_error;
+  }
+  return http::status::internal_server_error;
+}
+
+StringResponse error_response(const ServiceError& e) {
+  auto res = error_response(http_status_of(e.code()), e.reason(), e.what(), e.field());
+  if (e.retry_after_s() > 0) res.set(http::field::retry_after, std::to_string(e.retry_after_s()));
+  return res;
+}
+
 StringResponse text_response(http::status status, std::string body, std::string_view content_type) {
   StringResponse res{status, 11};
   res.set(http::field::content_type, content_type);

@@ -1,5 +1,5 @@
 // Beast message types shared by the HTTP layer, and small builders for JSON/text answers.
-// Owner: engineer "http". Pure functions; any thread.
+// Pure functions; any thread.
 #pragma once
 
 #include <boost/beast/http.hpp>
@@ -7,6 +7,8 @@
 #include <string>
 #include <string_view>
 #include <variant>
+
+#include "daemon/api/errors.h"
 
 namespace diffusiond::http_api {
 
@@ -22,8 +24,12 @@ using Response = std::variant<StringResponse, FileResponse>;
 StringResponse json_response(http::status status, const nlohmann::json& body);
 // {"error":{"code":...,"message":...[,"field":...]}} with the given status; "field" names the
 // request field at fault when there is one.
-StringResponse error_response(http::status status, std::string_view code,
-                              std::string_view message, std::string_view field = {});
+StringResponse error_response(http::status status, std::string_view code, std::string_view message,
+                              std::string_view field = {});
+// The one mapping of the core's error codes onto HTTP statuses.
+http::status http_status_of(ErrorCode code);
+// A ServiceError as the API answers it: its status, reason as "code", field, Retry-After.
+StringResponse error_response(const ServiceError& error);
 StringResponse text_response(http::status status, std::string body, std::string_view content_type);
 
 unsigned status_code(const Response& r);

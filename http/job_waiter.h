@@ -1,6 +1,6 @@
 // Answers a request once a job has finished, without blocking an I/O thread: subscribes to the
 // job's events and re-reads the job on the connection's strand when an image or the job ends.
-// Owner: engineer "http". Call on the connection's strand.
+// Used by the handlers; call on the connection's strand.
 #pragma once
 
 #include <functional>

@@ -1,5 +1,7 @@
 #include "http/json_views.h"
 
+#include "daemon/api/json/request_json.h"
+
 #include <set>
 
 namespace diffusiond::http_api {
@@ -40,23 +42,6 @@ std::string image_url(const std::string& id, int k) {
   return "/jobs/" + id + "/images/" + std::to_string(k) + ".png";
 }
 
-bool is_terminal(JobStatus s) {
-  return s == JobStatus::done || s == JobStatus::failed || s == JobStatus::cancelled;
-}
-
-json request_json(const GenerateRequest& r) {
-  return {{"prompts", r.prompts},
-          {"negative_prompt", r.negative_prompt},
-          {"n", r.n},
-          {"steps", r.steps},
-          {"guidance_scale", r.guidance_scale},
-          {"seed", r.seed},
-          {"width", r.width},
-          {"height", r.height},
-          {"scheduler", r.scheduler},
-          {"priority", r.priority}};
-}
-
 json job_json(const JobView& job) {
   json images = json::array();
   std::set<std::string> devices;
@@ -76,7 +61,7 @@ json job_json(const JobView& job) {
   return {{"id", job.id},
           {"status", to_string(job.status)},
           {"model", job.model},
-          {"request", request_json(job.request)},
+          {"request", request_to_json(job.request)},
           {"images", std::move(images)},
           {"devices", devices},
           {"progress",

@@ -1,12 +1,12 @@
 // JSON shapes of the API's answers (jobs, events, devices, model, schedulers).
-// Owner: engineer "http". Pure functions; any thread.
+// Pure functions; any thread. The "request" object is daemon/api/json/request_json.h's.
 #pragma once
 
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include "http/service.h"
+#include "daemon/api/service.h"
 
 namespace diffusiond::http_api {
 
@@ -15,9 +15,6 @@ std::string job_url(const std::string& id);
 std::string events_url(const std::string& id);
 std::string image_url(const std::string& id, int k);
 
-bool is_terminal(JobStatus s);
-
-nlohmann::json request_json(const GenerateRequest& r);
 // The job as the API shows it: status, request, per-image seed/status/device/progress/url,
 // overall progress, timings, error and links.
 nlohmann::json job_json(const JobView& job);

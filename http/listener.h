@@ -1,5 +1,5 @@
 // Accepts TCP connections and starts a Session for each on its own strand; past the connection
-// cap, the session answers 503 and closes. Owner: engineer "http" (one per HttpServer).
+// cap, the session answers 503 and closes. Owner: HttpServer (one per server).
 // Thread-safety: start() once from the control thread; close() from any thread.
 #pragma once
 

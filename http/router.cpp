@@ -6,6 +6,7 @@
 #include <charconv>
 #include <vector>
 
+#include "daemon/api/job_id.h"
 #include "http/auth.h"
 #include "http/handlers.h"
 
@@ -57,7 +58,9 @@ std::vector<std::string_view> split_path(std::string_view path) {
   return parts;
 }
 
-bool valid_job_id(std::string_view id) {
+// A path segment that can name a resource: URL-safe characters only (the routing rule; whether
+// it names a job is daemon/api/job_id.h's is_valid_job_id, checked in route_request).
+bool plain_segment(std::string_view id) {
   if (id.empty() || id.size() > 128) return false;
   for (char c : id) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
@@ -93,7 +96,7 @@ std::optional<Route> match(RouteParams& p) {
     if (s == "schedulers") return Route{handle_schedulers};
   }
   if (is_asset_path(p.path)) return Route{handle_asset, nullptr, nullptr, false};
-  if (parts.size() < 2 || parts[0] != "jobs" || !valid_job_id(parts[1])) return std::nullopt;
+  if (parts.size() < 2 || parts[0] != "jobs" || !plain_segment(parts[1])) return std::nullopt;
   p.job_id = std::string(parts[1]);
   if (parts.size() == 2) return Route{handle_get_job, nullptr, handle_cancel_job};
   if (parts.size() == 3 && parts[2] == "events") return Route{handle_job_events};
@@ -151,9 +154,7 @@ Response response_for_exception(std::exception_ptr error) {
   try {
     std::rethrow_exception(error);
   } catch (const ServiceError& e) {
-    auto res = error_response(static_cast<http::status>(e.http_status()), e.code(), e.what());
-    if (e.retry_after_s() > 0) res.set(http::field::retry_after, std::to_string(e.retry_after_s()));
-    return res;
+    return error_response(e);
   } catch (const std::exception& e) {
     spdlog::error("http: handler failed: {}", e.what());
     return error_response(http::status::internal_server_error, "internal_error", e.what());
@@ -206,6 +207,11 @@ void route_request(ServerContext& c, Exchange& ex) {
                                   p.path.substr(0, 200) + "; allowed: " + allow_header(*route));
     res.set(http::field::allow, allow_header(*route));
     ex.respond(std::move(res));
+    return;
+  }
+  if (!p.job_id.empty() && !is_valid_job_id(p.job_id)) {  // no such job can exist
+    ex.respond(
+        error_response(http::status::not_found, "job_not_found", "no job '" + p.job_id + "'"));
     return;
   }
   try {

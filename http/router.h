@@ -1,6 +1,6 @@
 // Maps a request to its handler: path matching, 404/405 (with Allow), API-key check, and the
 // translation of handler exceptions (ServiceError and others) into JSON errors.
-// Owner: engineer "http". Called on a session's strand.
+// Called by Session (http/session.h) on its strand.
 #pragma once
 
 #include <map>

@@ -1,5 +1,5 @@
 // The HTTP/JSON front end of diffusiond (Boost.Beast over Asio, a small I/O thread pool).
-// Owner: engineer "http". The daemon core constructs one HttpServer over its ImageService,
+// Owner: the executable (daemon/cmd_serve.cpp) constructs one HttpServer over its ImageService,
 // calls start() once, stop_accepting() when draining, and stop() before destroying it.
 // Thread-safety: start/stop_accepting/stop are called from one control thread (main); every
 // request is answered on the server's own I/O threads, which never wait on a device.
@@ -12,11 +12,12 @@
 #include <string>
 #include <vector>
 
-#include "http/service.h"
+#include "daemon/api/service.h"
 
 namespace diffusiond {
 
-// Every limit the HTTP edge enforces. Defaults are the documented safe defaults.
+// Every limit the HTTP edge enforces (connections, sizes, timeouts). Defaults are the documented
+// safe defaults.
 struct HttpOptions {
   std::string host = "127.0.0.1";  // listen address; loopback unless told otherwise
   std::uint16_t port = 8080;       // 0 = pick a free port (start() returns it)
@@ -29,18 +30,9 @@ struct HttpOptions {
 
   std::size_t max_body_bytes = 64 * 1024;    // larger bodies: 413
   std::size_t max_header_bytes = 16 * 1024;  // larger headers: 431
-  int min_side = 64;                         // width/height lower bound (multiples of 8)
-  int max_side = 4096;                       // width/height upper bound
-  int max_pixels = 1024 * 1024;              // width * height upper bound
-  int max_steps = 150;
-  int max_n = 16;                       // images per prompt
-  int max_prompts = 16;                 // entries of prompts[]
-  int max_images_per_job = 64;          // prompts x n
-  std::size_t max_prompt_chars = 2000;  // Unicode code points, per prompt and negative prompt
-  double max_guidance_scale = 50.0;     // guidance_scale in [0, max]
-  int max_priority = 1000;              // priority in [-max, max]
-  int max_list_limit = 500;             // GET /jobs?limit= upper bound (default 50)
-  int max_connections = 256;            // more are answered 503 and closed
+  // (The bounds on a request's values are the core's: daemon/api/request.h RequestLimits.)
+  int max_list_limit = 500;   // GET /jobs?limit= upper bound (default 50)
+  int max_connections = 256;  // more are answered 503 and closed
 
   std::chrono::seconds header_timeout{15};  // whole request header (also keep-alive idle)
   std::chrono::seconds body_timeout{30};    // whole request body

@@ -36,12 +36,97 @@ std::vector<std::shared_ptr<Session>> SessionRegistry::snapshot() const {
   return out;
 }
 
+const char* Session::state_name(State s) {
+  switch (s) {
+    case State::starting:
+      return "starting";
+    case State::reading_header:
+      return "reading_header";
+    case State::writing_continue:
+      return "writing_continue";
+    case State::reading_body:
+      return "reading_body";
+    case State::handling:
+      return "handling";
+    case State::waiting:
+      return "waiting";
+    case State::writing_response:
+      return "writing_response";
+    case State::streaming:
+      return "streaming";
+    case State::stream_ending:
+      return "stream_ending";
+    case State::lingering:
+      return "lingering";
+    case State::closed:
+      return "closed";
+  }
+  return "?";
+}
+
+bool Session::legal(State from, State to) {
+  using S = State;
+  if (to == S::closed) return from != S::closed;
+  switch (from) {
+    case S::starting:
+      return to == S::reading_header;
+    case S::reading_header:
+      return to == S::writing_continue || to == S::reading_body || to == S::writing_response;
+    case S::writing_continue:
+      return to == S::reading_body;
+    case S::reading_body:
+      return to == S::handling || to == S::writing_response;
+    case S::handling:
+      return to == S::waiting || to == S::writing_response || to == S::streaming;
+    case S::waiting:
+      return to == S::writing_response || to == S::streaming;
+    case S::writing_response:
+      return to == S::reading_header || to == S::lingering;
+    case S::streaming:
+      return to == S::stream_ending;
+    case S::stream_ending:
+      return to == S::lingering;
+    case S::lingering:
+    case S::closed:
+      return false;
+  }
+  return false;
+}
+
+bool Session::enter(State to) {
+  const State from = state_;
+  if (!legal(from, to)) {
+    spdlog::error("http: {} illegal connection state change {} -> {} (a bug); closing", peer_,
+                  state_name(from), state_name(to));
+    close_now();
+    return false;
+  }
+  state_ = to;
+  if (from == State::waiting) {
+    hold_timer_.cancel();  // releases the hold
+    beast::error_code ignored;
+    stream_.socket().cancel(ignored);  // ends watch_peer's wait
+  }
+  return true;
+}
+
+bool Session::still_in(State expected, const char* what) {
+  if (state_ == expected) return true;
+  if (state_ != State::closed) {
+    spdlog::error("http: {} {} completed in state {}, expected {} (a bug); closing", peer_, what,
+                  state_name(state_), state_name(expected));
+    close_now();
+  }
+  return false;
+}
+
 Session::Session(tcp::socket socket, ServerContext& context, SessionRegistry& registry,
                  bool over_capacity)
     : stream_(std::move(socket)),
       context_(context),
       registry_(registry),
       over_capacity_(over_capacity),
+      hold_timer_(stream_.get_executor()),
       keepalive_timer_(stream_.get_executor()) {
   beast::error_code ec;
   const auto ep = stream_.socket().remote_endpoint(ec);
@@ -51,7 +136,7 @@ Session::Session(tcp::socket socket, ServerContext& context, SessionRegistry& re
 
 Session::~Session() {
   context_.stats.connection_closed();
-  if (streaming_) context_.stats.event_stream_closed();
+  if (stream_start_) context_.stats.event_stream_closed();
   registry_.remove(this);
 }
 
@@ -65,7 +150,8 @@ void Session::close() {
 }
 
 void Session::read_header() {
-  if (closed_ || lingering_) return;
+  if (state_ == State::closed) return;  // close() ran before start()'s first read
+  if (!enter(State::reading_header)) return;
   parser_.emplace();
   parser_->header_limit(static_cast<std::uint32_t>(context_.options.max_header_bytes));
   parser_->body_limit(context_.options.max_body_bytes);
@@ -76,7 +162,7 @@ void Session::read_header() {
 }
 
 void Session::on_header(beast::error_code ec) {
-  if (closed_) return;
+  if (!still_in(State::reading_header, "header read")) return;
   request_start_ = std::chrono::steady_clock::now();
   if (ec) {
     request_ = Request{};
@@ -113,10 +199,12 @@ void Session::on_header(beast::error_code ec) {
     return;
   }
   if (beast::iequals(header[http::field::expect], "100-continue")) {
+    if (!enter(State::writing_continue)) return;
     auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
     stream_.expires_after(context_.options.write_timeout);
     http::async_write(stream_, *cont,
                       [self = shared_from_this(), cont](beast::error_code ec2, std::size_t) {
+                        if (!self->still_in(State::writing_continue, "100-continue write")) return;
                         if (ec2) return self->close_now();
                         self->read_body();
                       });
@@ -126,6 +214,7 @@ void Session::on_header(beast::error_code ec) {
 }
 
 void Session::read_body() {
+  if (!enter(State::reading_body)) return;
   stream_.expires_after(context_.options.body_timeout);
   http::async_read(
       stream_, buffer_, *parser_,
@@ -133,7 +222,7 @@ void Session::read_body() {
 }
 
 void Session::on_body(beast::error_code ec) {
-  if (closed_) return;
+  if (!still_in(State::reading_body, "body read")) return;
   if (ec == http::error::body_limit) {
     reject(http::status::payload_too_large, "body_too_large",
            "request body exceeds " + std::to_string(context_.options.max_body_bytes) + " bytes");
@@ -154,15 +243,17 @@ void Session::on_body(beast::error_code ec) {
 
 void Session::dispatch() {
   ++request_seq_;
-  answered_ = false;
+  if (!enter(State::handling)) return;
   try {
     route_request(context_, *this);
   } catch (const std::exception& e) {
     fail_internal(e.what());
   }
-  if (!answered_ && !closed_ && !streaming_) {
+  if (state_ == State::handling) {
     // The handler waits on the service: stay alive and notice if the client goes away.
-    self_hold_ = shared_from_this();
+    if (!enter(State::waiting)) return;
+    hold_timer_.expires_at(std::chrono::steady_clock::time_point::max());
+    hold_timer_.async_wait([self = shared_from_this()](beast::error_code) {});
     watch_peer();
   }
 }
@@ -170,29 +261,31 @@ void Session::dispatch() {
 void Session::fail_internal(const char* what) {
   spdlog::error("http: {} {} failed: {}", std::string(request_.method_string()),
                 std::string(request_.target()), what);
-  if (streaming_) {
+  if (state_ == State::streaming) {
     end_event_stream();
-  } else if (!answered_) {
+  } else if (request_open()) {
     respond(error_response(http::status::internal_server_error, "internal_error", what));
   }
 }
 
 void Session::reject(http::status status, std::string_view code, std::string_view message) {
   ++request_seq_;
-  answered_ = false;
-  request_unread_ = true;
   request_.keep_alive(false);
   auto res = error_response(status, code, message);
   if (status == http::status::service_unavailable) res.set(http::field::retry_after, "1");
   res.keep_alive(false);
-  respond(std::move(res));
+  // Part of the request (its body) stays unread: the connection closes after this answer.
+  send_answer(std::move(res), /*close_after=*/true);
 }
 
 void Session::respond(Response response) {
-  if (answered_ || closed_ || streaming_) return;
-  answered_ = true;
+  if (!request_open()) return;  // answered already, streaming, or closed
+  send_answer(std::move(response), /*close_after=*/false);
+}
+
+void Session::send_answer(Response response, bool close_after) {
+  if (!enter(State::writing_response)) return;
   subscription_.reset();
-  self_hold_.reset();
   beast::error_code ignored;
   stream_.socket().cancel(ignored);  // ends watch_peer's wait
 
@@ -200,7 +293,7 @@ void Session::respond(Response response) {
   const unsigned status = status_code(response);
   context_.stats.request_answered(status);
   const bool keep_alive =
-      std::visit([](const auto& m) { return m.keep_alive(); }, response) && !request_unread_;
+      std::visit([](const auto& m) { return m.keep_alive(); }, response) && !close_after;
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - request_start_)
           .count();
@@ -225,6 +318,7 @@ void Session::respond(Response response) {
 
 void Session::on_written(bool keep_alive, beast::error_code ec) {
   writing_response_.reset();
+  if (!still_in(State::writing_response, "response write")) return;
   if (ec) return close_now();
   if (!keep_alive) return linger_close();
   read_header();
@@ -239,7 +333,11 @@ Exchange::Poster Session::poster() {
           seq = request_seq_](std::function<void(Exchange&)> fn) {
     asio::post(exec, [weak, seq, fn = std::move(fn)] {
       auto self = weak.lock();
-      if (!self || self->closed_ || self->request_seq_ != seq || self->answered_) return;
+      // The same request, still open for answers or events (not answered, not closed).
+      if (!self || self->request_seq_ != seq ||
+          !(self->request_open() || self->state_ == State::streaming)) {
+        return;
+      }
       try {
         fn(*self);
       } catch (const std::exception& e) {
@@ -254,11 +352,14 @@ Exchange::Poster Session::poster() {
 // The peek never blocks: a readiness wake-up can come with nothing to read, and a blocking peek
 // would then hold this connection's strand (its events, keep-alives and answer) until the client
 // gave up. Nothing to read yet: keep watching. Data: the client pipelined its next request,
-// which is read after this answer.
+// which is read after this answer; the watch stops (in `waiting`, hold_timer_ still holds us).
 void Session::watch_peer() {
   stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(),
                                                        seq = request_seq_](beast::error_code ec) {
-    if (ec || self->closed_ || self->request_seq_ != seq || self->answered_) return;
+    if (ec || self->request_seq_ != seq ||
+        (self->state_ != State::waiting && self->state_ != State::streaming)) {
+      return;  // cancelled, or the request was answered / the stream ended meanwhile
+    }
     char byte;
     const ssize_t n =
         ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -274,8 +375,8 @@ void Session::watch_peer() {
 }
 
 void Session::start_event_stream() {
-  if (answered_ || closed_ || streaming_) return;
-  streaming_ = true;
+  if (!request_open()) return;  // answered already, streaming, or closed
+  if (!enter(State::streaming)) return;
   stream_start_ = std::chrono::steady_clock::now();
   context_.stats.event_stream_opened();
   context_.stats.request_answered(200);
@@ -295,44 +396,46 @@ void Session::start_event_stream() {
 }
 
 void Session::send_event_data(std::string text) {
-  if (!streaming_ || stream_ending_ || closed_) return;
+  if (state_ != State::streaming) return;
   ++stream_chunks_;
   stream_queue_.push_back(std::move(text));
-  if (!stream_writing_) write_next_chunk();
+  if (stream_queue_.size() == 1) write_next_chunk();  // else the write in flight continues
 }
 
 void Session::end_event_stream() {
-  if (!streaming_ || stream_ending_) return;
-  stream_ending_ = true;
+  if (state_ != State::streaming) return;
+  if (!enter(State::stream_ending)) return;
   log_stream_end("ended");
-  answered_ = true;
   subscription_.reset();
   keepalive_timer_.cancel();
-  if (!stream_writing_ && stream_queue_.empty()) linger_close();
+  if (stream_queue_.empty()) linger_close();
 }
 
+// Writes the front of stream_queue_; pops it when written, so the queue is empty exactly when
+// no write is in flight.
 void Session::write_next_chunk() {
-  if (closed_ || stream_queue_.empty()) return;
-  stream_writing_ = true;
+  if (stream_queue_.empty()) return;
   stream_.expires_after(context_.options.write_timeout);
   asio::async_write(stream_, asio::buffer(stream_queue_.front()),
                     [self = shared_from_this()](beast::error_code ec, std::size_t) {
-                      self->stream_writing_ = false;
+                      const State s = self->state_;
+                      if (s != State::streaming && s != State::stream_ending) {
+                        self->still_in(State::streaming, "event-stream write");
+                        return;
+                      }
                       if (ec) return self->close_now();
                       self->stream_queue_.pop_front();
                       if (!self->stream_queue_.empty()) return self->write_next_chunk();
                       self->stream_.expires_never();
-                      if (self->stream_ending_) self->linger_close();
+                      if (s == State::stream_ending) self->linger_close();
                     });
 }
 
 void Session::arm_keepalive() {
   keepalive_timer_.expires_after(context_.options.sse_keepalive);
   keepalive_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
-    if (ec || self->closed_ || self->stream_ending_) return;
-    if (!self->stream_writing_ && self->stream_queue_.empty()) {
-      self->send_event_data(sse_comment("keep-alive"));
-    }
+    if (ec || self->state_ != State::streaming) return;
+    if (self->stream_queue_.empty()) self->send_event_data(sse_comment("keep-alive"));
     self->arm_keepalive();
   });
 }
@@ -340,11 +443,8 @@ void Session::arm_keepalive() {
 // Sends FIN, then reads and discards what the client still sends (e.g. the rest of a refused
 // body) for a short while, so the client reads our answer instead of a connection reset.
 void Session::linger_close() {
-  if (closed_ || lingering_) return;
-  lingering_ = true;
-  answered_ = true;
+  if (!enter(State::lingering)) return;
   subscription_.reset();
-  self_hold_.reset();
   keepalive_timer_.cancel();
   beast::error_code ec;
   stream_.socket().cancel(ec);  // ends watch_peer's wait
@@ -357,6 +457,7 @@ void Session::linger_close() {
 void Session::discard_more() {
   stream_.async_read_some(asio::buffer(discard_),
                           [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                            if (!self->still_in(State::lingering, "discarding read")) return;
                             self->discarded_ += n;
                             if (ec || self->discarded_ > 8 * 1024 * 1024) return self->close_now();
                             self->discard_more();
@@ -365,18 +466,16 @@ void Session::discard_more() {
 
 void Session::log_stream_end(const char* how) const {
   const double s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - stream_start_).count();
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - *stream_start_).count();
   spdlog::info("http: {} event stream {} after {} chunk(s), {:.1f} s", peer_, how, stream_chunks_,
                s);
 }
 
 void Session::close_now() {
-  if (closed_) return;
-  if (streaming_ && !stream_ending_) log_stream_end("closed (client left or write failed)");
-  closed_ = true;
-  answered_ = true;
+  if (state_ == State::closed) return;
+  if (state_ == State::streaming) log_stream_end("closed (client left or write failed)");
+  enter(State::closed);  // legal from every other state
   subscription_.reset();
-  self_hold_.reset();
   keepalive_timer_.cancel();
   beast::error_code ec;
   stream_.socket().shutdown(tcp::socket::shutdown_both, ec);

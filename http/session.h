@@ -1,7 +1,37 @@
 // One accepted TCP connection: reads requests (header and body timeouts, size limits), hands
 // each to the router, writes answers (keep-alive), and carries event streams.
-// Owner: engineer "http". A Session lives on its own strand; it is held by shared_ptr by its
-// pending operations. Only close() and the poster are safe from other threads.
+//
+// Ownership: http/listener.cpp creates each Session (make_shared) on its own strand and starts
+// it; from then on only the Session's pending operations (reads, writes, the peer watch, the
+// keep-alive timer, the hold timer) own it by shared_ptr, plus SessionRegistry snapshots taken by
+// HttpServerImpl (http/server.cpp) to close it. Posters given out by poster() hold it weakly.
+// Threads: everything runs on the Session's strand, except close() (any thread) and the poster
+// (any thread; the function it is given runs on the strand) and drop_subscription_now() (only
+// while no I/O thread runs). The Exchange methods are for the strand (the router's handlers and
+// functions given to a poster).
+//
+// Design: one explicit state machine (State below) rather than Beast's "advanced server" split
+// into an HttpSession and an upgraded event-stream object. An event stream here is not a
+// protocol upgrade: it starts as the answer to one request of the connection, shares its socket,
+// peer watch, lingering close, logging and Exchange/poster plumbing, and ends the connection;
+// splitting it off would duplicate that plumbing and hand the socket over mid-request. Every
+// change of state_ goes through enter(), which checks the transition against one table; an
+// illegal one is a logic error: logged, and the connection is closed (never a crash or a hang).
+//
+//   starting -> reading_header -> [writing_continue ->] reading_body -> handling
+//   handling -> writing_response | streaming | waiting
+//   waiting -> writing_response | streaming            (a poster answers)
+//   writing_response -> reading_header (keep-alive) | lingering
+//   reading_header | reading_body -> writing_response  (400/413/431/503: then lingering)
+//   streaming -> stream_ending -> lingering
+//   any state but closed -> closed
+//
+// Lifetime while `waiting` (the handler returned without answering and waits on the service):
+// the peer watch's async_wait holds the Session, but it stops once the client's next (pipelined)
+// request is readable, so entering `waiting` also arms hold_timer_ (never expires) whose pending
+// wait holds it too; leaving `waiting` cancels it. This replaces a self-owning shared_ptr that
+// had to be reset by hand on every way out and, at server shutdown, leaked the Session: a
+// pending wait is destroyed with the io_context.
 #pragma once
 
 #include <array>
@@ -9,6 +39,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -35,6 +66,23 @@ class SessionRegistry {
 
 class Session : public Exchange, public std::enable_shared_from_this<Session> {
  public:
+  enum class State : std::uint8_t {
+    starting,          // accepted; the first read is not started yet
+    reading_header,    // header read pending (header timeout, header limit)
+    writing_continue,  // "100 Continue" being written
+    reading_body,      // body read pending (body timeout, body limit)
+    handling,          // route_request() is on the stack
+    waiting,           // the handler returned unanswered: peer watched, hold_timer_ armed
+    writing_response,  // an answer being written; then keep-alive or lingering
+    streaming,         // event stream open: chunk writes, keep-alive comments, peer watched
+    stream_ending,     // event stream ended: the queued chunks drain, then lingering
+    lingering,         // FIN sent; discarding what the client still sends, for a while
+    closed,            // socket closed; every pending completion only returns
+  };
+  static const char* state_name(State s);
+  // The transition table (also the diagram above).
+  static bool legal(State from, State to);
+
   // over_capacity: the connection cap was reached; the first request is answered 503.
   Session(boost::asio::ip::tcp::socket socket, ServerContext& context, SessionRegistry& registry,
           bool over_capacity);
@@ -46,7 +94,8 @@ class Session : public Exchange, public std::enable_shared_from_this<Session> {
   // Only while no I/O thread runs (server shutdown): drops the event subscription now.
   void drop_subscription_now() { subscription_.reset(); }
 
-  // Exchange
+  // Exchange. Calls that come when the request is no longer open for them (answered, stream
+  // ended, connection closed) are dropped, as http/exchange.h says.
   const Request& request() const override { return request_; }
   void respond(Response response) override;
   void keep(std::unique_ptr<Subscription> subscription) override;
@@ -56,12 +105,21 @@ class Session : public Exchange, public std::enable_shared_from_this<Session> {
   void end_event_stream() override;
 
  private:
+  // The one way state_ changes. Illegal: logs, closes the connection, returns false.
+  bool enter(State to);
+  // For a completion handler of an operation started in `expected`: true when still there;
+  // false when closed meanwhile (silently) or in any other state (logic error: logged, closed).
+  bool still_in(State expected, const char* what);
+  bool request_open() const { return state_ == State::handling || state_ == State::waiting; }
+
   void read_header();
   void on_header(boost::beast::error_code ec);
   void read_body();
   void on_body(boost::beast::error_code ec);
   void dispatch();
   void reject(http::status status, std::string_view code, std::string_view message);
+  // Writes the answer (from handling, waiting, or a rejection while reading).
+  void send_answer(Response response, bool close_after);
   void on_written(bool keep_alive, boost::beast::error_code ec);
   void watch_peer();
   void write_next_chunk();
@@ -79,24 +137,18 @@ class Session : public Exchange, public std::enable_shared_from_this<Session> {
   bool over_capacity_;
   std::string peer_;
 
+  State state_ = State::starting;
   std::optional<http::request_parser<http::string_body>> parser_;
   Request request_;
-  std::uint64_t request_seq_ = 0;
-  bool answered_ = true;  // the current request has been answered (or none is open)
-  bool closed_ = false;
-  bool lingering_ = false;
-  bool request_unread_ = false;  // part of the request body was never read
+  std::uint64_t request_seq_ = 0;  // the request a poster or peer watch belongs to
   std::chrono::steady_clock::time_point request_start_;
-  std::shared_ptr<void> self_hold_;  // keeps the session alive while it waits on the service
   std::unique_ptr<Subscription> subscription_;
   std::shared_ptr<Response> writing_response_;
+  boost::asio::steady_timer hold_timer_;  // pending wait keeps the Session alive in `waiting`
 
-  // Event stream
-  bool streaming_ = false;
-  bool stream_ending_ = false;
+  // Event stream. A chunk write is in flight exactly while stream_queue_ is not empty (its front).
+  std::optional<std::chrono::steady_clock::time_point> stream_start_;  // set: this was a stream
   std::size_t stream_chunks_ = 0;  // event-stream chunks queued (events and keep-alives)
-  std::chrono::steady_clock::time_point stream_start_;
-  bool stream_writing_ = false;
   std::deque<std::string> stream_queue_;
   boost::asio::steady_timer keepalive_timer_;
   std::array<char, 4096> discard_{};

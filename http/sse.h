@@ -1,6 +1,6 @@
 // Server-Sent Events for GET /jobs/{id}/events: wire framing, and the merge of a catch-up
 // (what already happened, rebuilt from a job snapshot) with live events, without duplicates.
-// Owner: engineer "http". EventStreamState belongs to one event stream and is used only on that
+// EventStreamState belongs to one event stream and is used only on that
 // stream's strand; the free functions are pure.
 #pragma once
 
@@ -12,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-#include "http/service.h"
+#include "daemon/api/service.h"
 
 namespace diffusiond::http_api {
 

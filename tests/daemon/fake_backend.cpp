@@ -21,7 +21,7 @@ class FakeGenerator : public ImageGenerator {
   FakeGenerator(FakeBackend& backend, DeviceSpec device, bool failing)
       : backend_(backend), device_(std::move(device)), failing_(failing) {}
 
-  RgbImage generate_one(const ImageTaskSpec& task, const StepProgress& progress) override {
+  RgbImage generate_one(const ImageSpec& task, const StepProgress& progress) override {
     backend_.record({device_.name, task.prompt, task.seed});
     if (failing_) throw std::runtime_error("fake device failure on " + device_.name);
     if (task.prompt.find("FAIL") != std::string::npos)

@@ -31,8 +31,16 @@ bool have_cuda() {
   return false;
 }
 
-ImageTaskSpec task(std::uint64_t seed) {
-  return ImageTaskSpec{"a watercolor fox", "blurry", 8, 7.5, seed, 64, 64, "euler"};
+ImageSpec task(std::uint64_t seed) {
+  ImageSpec spec;
+  spec.prompt = "a watercolor fox";
+  spec.negative_prompt = "blurry";
+  spec.steps = 8;
+  spec.guidance_scale = 7.5;
+  spec.seed = seed;
+  spec.width = spec.height = 64;
+  spec.scheduler = "euler";
+  return spec;
 }
 
 Txt2ImgParams golden_params() {

@@ -3,8 +3,8 @@
 
 #include <set>
 
+#include "daemon/api/json/request_json.h"
 #include "daemon/job.h"
-#include "daemon/request_json.h"
 
 using namespace diffusiond;
 
@@ -12,8 +12,8 @@ namespace {
 const std::vector<JobStatus> kAll = {JobStatus::queued, JobStatus::running, JobStatus::done,
                                      JobStatus::failed, JobStatus::cancelled};
 
-GenerateRequest two_prompts_times_three() {
-  GenerateRequest r;
+JobRequest two_prompts_times_three() {
+  JobRequest r;
   r.prompts = {"a cat", "a dog"};
   r.n = 3;
   r.steps = 4;
@@ -50,7 +50,7 @@ TEST_CASE("seeds wrap around at 2^64 like unsigned arithmetic", "[job]") {
 }
 
 TEST_CASE("a request without prompts or with n < 1 is refused", "[job]") {
-  GenerateRequest r;
+  JobRequest r;
   CHECK_THROWS_AS(make_job(r, "x", 0, "m"), std::invalid_argument);
   r.prompts = {"p"};
   r.n = 0;

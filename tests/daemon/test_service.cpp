@@ -87,11 +87,19 @@ PngEncoder png_encoder() {
   };
 }
 
+// The fake backend makes tiny images (8x4): the core's limits are set to allow them.
+CoreOptions tiny_image_options() {
+  CoreOptions options;
+  options.limits.min_side = 4;
+  options.limits.side_multiple = 4;
+  return options;
+}
+
 struct Harness {
   TempDir dir;
   std::unique_ptr<JobStore> store;
   FakeBackend backend;
-  CoreOptions options;
+  CoreOptions options = tiny_image_options();
   std::unique_ptr<CoreService> service;
 
   ~Harness() {  // never leave a worker waiting on a gate, even when a check failed
@@ -119,7 +127,10 @@ struct Harness {
       REQUIRE(view);
       bool all_ended = is_terminal(view->status);
       for (const auto& image : view->images) all_ended = all_ended && is_terminal(image.status);
-      if (all_ended) return *view;
+      if (all_ended) {
+        service->wait_store_written();  // so that the store shows it too
+        return *view;
+      }
       REQUIRE(std::chrono::steady_clock::now() < deadline);
       std::this_thread::sleep_for(2ms);
     }
@@ -355,8 +366,8 @@ TEST_CASE("a full queue answers 429 with a retry hint", "[service]") {
     h.service->submit(request({"three"}));
     FAIL("the queue accepted more than max_queue images");
   } catch (const ServiceError& e) {
-    CHECK(e.http_status() == 429);
-    CHECK(e.code() == "queue_full");
+    CHECK(e.code() == ErrorCode::queue_full);  // http/ answers it 429
+    CHECK(e.reason() == "queue_full");
     CHECK(e.retry_after_s() >= 1);
   }
   h.backend.release();
@@ -380,8 +391,8 @@ TEST_CASE("drain persists interrupted work - a restart finishes every job", "[se
     h.service->submit(request({"late"}));
     FAIL("accepted a job while draining");
   } catch (const ServiceError& e) {
-    CHECK(e.http_status() == 503);
-    CHECK(e.code() == "draining");
+    CHECK(e.code() == ErrorCode::unavailable);  // http/ answers it 503
+    CHECK(e.reason() == "draining");
   }
   const auto persisted = h.store->load(running.id);
   CHECK(persisted->view.status == JobStatus::running);
@@ -488,14 +499,14 @@ TEST_CASE("submit fills model defaults and canonical scheduler names", "[service
   CHECK(job.request.width == 16);
   CHECK(job.request.height == 8);
   CHECK(job.request.scheduler == "euler");
-  bare.scheduler.clear();
+  bare.scheduler.reset();
   CHECK(h.service->submit(bare).request.scheduler == "euler");  // the model's default
   bare.scheduler = "no such sampler";
   try {
     h.service->submit(bare);
     FAIL("accepted an unknown scheduler");
   } catch (const ServiceError& e) {
-    CHECK(e.http_status() == 400);
+    CHECK(e.code() == ErrorCode::invalid_request);  // http/ answers it 400
     CHECK_THAT(e.what(), Catch::Contains("no such sampler"));
   }
   bare.prompts.clear();

@@ -6,15 +6,15 @@
 
 #include "daemon/atomic_file.h"
 #include "daemon/job_store.h"
-#include "temp_dir.h"
 #include "pipeline/posix_fs.h"
+#include "temp_dir.h"
 
 using namespace diffusiond;
 using diffusiond::test::TempDir;
 
 namespace {
 JobRecord sample_job(const std::string& prompt = "a lighthouse", int n = 2) {
-  GenerateRequest r;
+  JobRequest r;
   r.prompts = {prompt};
   r.n = n;
   r.steps = 5;

@@ -1,6 +1,7 @@
 #include "fake_service.h"
 
 #include <fstream>
+#include <random>
 
 namespace diffusiond::testing {
 
@@ -52,15 +53,22 @@ std::optional<std::string> FakeImageService::canonical_scheduler(const std::stri
   return std::nullopt;
 }
 
-JobView FakeImageService::submit(const GenerateRequest& request) {
+JobView FakeImageService::submit(const GenerateRequest& asked) {
   if (int retry = queue_full_retry_.load(); retry > 0) {
-    throw ServiceError(429, "queue_full", "the queue is full", retry);
+    throw ServiceError(ErrorCode::queue_full, "the queue is full", "queue_full", {}, retry);
   }
+  // The same normalisation as the real core's.
+  const ModelInfo model = model_info();
+  static thread_local std::mt19937 random{std::random_device{}()};
+  const JobRequest request = normalise(
+      asked, request_defaults(model),
+      [this](const std::string& name) { return canonical_scheduler(name); }, RequestLimits{},
+      static_cast<std::uint32_t>(random()), scheduler_names(model));
   JobView job;
   {
     std::lock_guard lock(mu_);
     char id[32];
-    std::snprintf(id, sizeof id, "job%013d", ++next_job_);
+    std::snprintf(id, sizeof id, "%016x", ++next_job_);  // daemon/api/job_id.h's shape
     job.id = id;
     job.request = request;
     job.model = "fake-model";
@@ -158,7 +166,7 @@ bool FakeImageService::wait_for_subscribers(const std::string& id, int n) const 
   });
 }
 
-std::vector<GenerateRequest> FakeImageService::submitted() const {
+std::vector<JobRequest> FakeImageService::submitted() const {
   std::lock_guard lock(mu_);
   return submitted_;
 }

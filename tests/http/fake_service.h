@@ -9,7 +9,7 @@
 #include <map>
 #include <mutex>
 
-#include "http/service.h"
+#include "daemon/api/service.h"
 
 namespace diffusiond::testing {
 
@@ -19,7 +19,7 @@ class FakeImageService : public ImageService {
 
   // --- test controls ---
   void set_ready(bool ready) { ready_ = ready; }
-  // Makes submit() throw ServiceError(429, "queue_full", ..., retry_after_s).
+  // Makes submit() throw ServiceError(queue_full, ..., retry_after_s).
   void set_queue_full(int retry_after_s) { queue_full_retry_ = retry_after_s; }
   // Image k: started on `device`, `steps` progress events, file written, image event; the job
   // becomes done after its last image.
@@ -31,7 +31,7 @@ class FakeImageService : public ImageService {
   int subscribers(const std::string& id) const;
   // Waits (up to 10 s) until the job has at least n subscribers; false on timeout.
   bool wait_for_subscribers(const std::string& id, int n) const;
-  std::vector<GenerateRequest> submitted() const;
+  std::vector<JobRequest> submitted() const;  // as normalised
   std::string last_job_id() const;
   static std::string png_bytes_for(const std::string& id, int k);
 
@@ -63,7 +63,7 @@ class FakeImageService : public ImageService {
   mutable std::condition_variable cv_;
   std::vector<std::string> order_;  // submission order
   std::map<std::string, JobView> jobs_;
-  std::vector<GenerateRequest> submitted_;
+  std::vector<JobRequest> submitted_;
   std::map<int, Subscriber> subs_;
   int next_sub_ = 0;
   int next_job_ = 0;

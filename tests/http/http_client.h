@@ -53,9 +53,10 @@ class RawConnection {
   // Reads until the server closes; returns everything received.
   std::string read_to_close();
   const std::string& received() const { return received_; }
+  // Reads what arrives next (waits for at least one byte); false when the server closed.
+  bool read_some();
 
  private:
-  bool read_some();
   boost::asio::io_context ioc_;
   boost::asio::ip::tcp::socket socket_;
   std::string received_;

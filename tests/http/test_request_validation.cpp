@@ -1,6 +1,9 @@
-// POST /generate body validation: every limit, wrong types, bad JSON, defaults.
+// POST /generate body validation (the HTTP edge's shapes, then the core's normalise()): every
+// limit, wrong types, bad JSON, defaults.
 #include <catch2/catch.hpp>
 
+#include "daemon/api/views.h"
+#include "http/http_types.h"
 #include "http/request_validation.h"
 
 using namespace diffusiond;
@@ -26,20 +29,31 @@ std::optional<std::string> resolve(const std::string& name) {
   return std::nullopt;
 }
 
-std::variant<GenerateRequest, ValidationError> parse(const std::string& body,
-                                                     HttpOptions limits = {}) {
-  return parse_generate_request(body, test_model(), resolve, limits, 4242);
+// What POST /generate does with a body: the HTTP edge checks its shape, then the core's one
+// normalisation (daemon/api/request.h) fills defaults and checks every limit. Its ServiceError
+// is answered as http/ answers it (status and reason as code).
+std::variant<JobRequest, ValidationError> parse(const std::string& body,
+                                                RequestLimits limits = {}) {
+  auto shaped = parse_generate_request(body);
+  if (auto* e = std::get_if<ValidationError>(&shaped)) return *e;
+  try {
+    return normalise(std::get<GenerateRequest>(shaped), request_defaults(test_model()), resolve,
+                     limits, 4242, scheduler_names(test_model()));
+  } catch (const ServiceError& e) {
+    return ValidationError{static_cast<int>(http_status_of(e.code())), e.reason(), e.field(),
+                           e.what()};
+  }
 }
 
-GenerateRequest ok(const std::string& body) {
+JobRequest ok(const std::string& body) {
   auto r = parse(body);
   if (auto* e = std::get_if<ValidationError>(&r)) FAIL("unexpected error: " << e->message);
-  return std::get<GenerateRequest>(r);
+  return std::get<JobRequest>(r);
 }
 
-ValidationError bad(const std::string& body, HttpOptions limits = {}) {
+ValidationError bad(const std::string& body, RequestLimits limits = {}) {
   auto r = parse(body, limits);
-  if (std::holds_alternative<GenerateRequest>(r)) FAIL("accepted: " << body);
+  if (std::holds_alternative<JobRequest>(r)) FAIL("accepted: " << body);
   return std::get<ValidationError>(r);
 }
 
@@ -57,7 +71,7 @@ void expect_field(const std::string& body, const std::string& field,
 }  // namespace
 
 TEST_CASE("a minimal request gets the model's defaults", "[http][validation]") {
-  GenerateRequest r = ok(R"({"prompt":"a dog"})");
+  JobRequest r = ok(R"({"prompt":"a dog"})");
   CHECK(r.prompts == std::vector<std::string>{"a dog"});
   CHECK(r.n == 1);
   CHECK(r.steps == 50);
@@ -71,7 +85,7 @@ TEST_CASE("a minimal request gets the model's defaults", "[http][validation]") {
 }
 
 TEST_CASE("every field is read", "[http][validation]") {
-  GenerateRequest r = ok(R"({"prompts":["a","b"],"negative_prompt":"blurry","n":3,"steps":20,
+  JobRequest r = ok(R"({"prompts":["a","b"],"negative_prompt":"blurry","n":3,"steps":20,
       "guidance_scale":4,"seed":123,"width":640,"height":384,"scheduler":"Euler a","priority":-5})");
   CHECK(r.prompts == std::vector<std::string>{"a", "b"});
   CHECK(r.negative_prompt == "blurry");
@@ -98,7 +112,7 @@ TEST_CASE("seed: -1 and null mean random, large seeds are kept exactly", "[http]
 }
 
 TEST_CASE("null is the same as an absent optional field", "[http][validation]") {
-  GenerateRequest r = ok(R"({"prompt":"x","n":null,"steps":null,"width":null,"scheduler":null,
+  JobRequest r = ok(R"({"prompt":"x","n":null,"steps":null,"width":null,"scheduler":null,
       "negative_prompt":null,"guidance_scale":null,"priority":null,"height":null,"prompts":null})");
   CHECK(r.n == 1);
   CHECK(r.steps == 50);
@@ -120,7 +134,7 @@ TEST_CASE("width and height: multiples of 8, within bounds and the pixel limit",
   CHECK(ok(R"({"prompt":"x","width":64,"height":64})").height == 64);
   expect_field(R"({"prompt":"x","width":64.0})", "width");
   expect_field(R"({"prompt":"x","width":"512"})", "width");
-  HttpOptions small;
+  RequestLimits small;
   small.max_pixels = 64 * 64;
   CHECK(bad(R"({"prompt":"x","width":64,"height":72})", small).field == "width");
   CHECK(bad(R"({"prompt":"x","height":72})", small).field == "height");  // 512 x 72

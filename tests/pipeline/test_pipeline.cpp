@@ -212,7 +212,7 @@ TEST_CASE("diffusiond generate reproduces the golden image", "[pipeline][cli]") 
   auto meta = nlohmann::json::parse(chunks[1].text);
   CHECK(meta["seed"] == 42);
   CHECK(meta["scheduler"] == "pndm");
-  CHECK(meta["request"]["prompt"] == kPrompt);
+  CHECK(meta["request"]["prompts"] == nlohmann::json::array({kPrompt}));  // the daemon's shape
 
   // Several images: OUT-0.png, OUT-1.png in image order, image k from seed + k.
   auto multi = temp_dir() / "multi.png";

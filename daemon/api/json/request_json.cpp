@@ -1,13 +1,10 @@
-#include "daemon/request_json.h"
+#include "daemon/api/json/request_json.h"
 
 #include <stdexcept>
 
 namespace diffusiond {
 
-// The store's own format (jobs.request column). It matches the HTTP API's "request" object today
-// (http/json_views.cpp) but is kept apart on purpose: the API may change without a migration of
-// the database, and the core stays free of the HTTP library.
-nlohmann::json request_to_json(const GenerateRequest& r) {
+nlohmann::json request_to_json(const JobRequest& r) {
   return nlohmann::json{{"prompts", r.prompts},
                         {"negative_prompt", r.negative_prompt},
                         {"n", r.n},
@@ -24,19 +21,18 @@ namespace {
 template <typename T>
 T field(const nlohmann::json& json, const char* name) {
   auto it = json.find(name);
-  if (it == json.end())
-    throw std::runtime_error(std::string("stored request lacks '") + name + "'");
+  if (it == json.end()) throw std::runtime_error(std::string("request lacks '") + name + "'");
   try {
     return it->get<T>();
   } catch (const nlohmann::json::exception&) {
-    throw std::runtime_error(std::string("stored request has a mistyped '") + name + "'");
+    throw std::runtime_error(std::string("request has a mistyped '") + name + "'");
   }
 }
 }  // namespace
 
-GenerateRequest request_from_json(const nlohmann::json& json) {
-  if (!json.is_object()) throw std::runtime_error("stored request is not a JSON object");
-  GenerateRequest r;
+JobRequest request_from_json(const nlohmann::json& json) {
+  if (!json.is_object()) throw std::runtime_error("request is not a JSON object");
+  JobRequest r;
   r.prompts = field<std::vector<std::string>>(json, "prompts");
   r.negative_prompt = field<std::string>(json, "negative_prompt");
   r.n = field<int>(json, "n");

@@ -1,0 +1,104 @@
+// What a request is, in one place. Part of diffusiond_api (no dependencies); pure functions,
+// any thread.
+//
+//   GenerateRequest  what a client asked for, shape-checked by a front end (http/): optional
+//                    fields are unset when the client left them out.
+//   normalise()      the one place that decides defaults (from the model), the canonical
+//                    scheduler name, the seed and every limit. The core (CoreService::submit)
+//                    and `diffusiond generate` call it; nothing else fills a default.
+//   JobRequest       the normalised request a job keeps (store, API, PNG metadata all show it).
+//   ImageSpec        image k of a job: its own prompt and seed; the pipeline parameters and the
+//                    PNG metadata are both built from it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace diffusiond {
+
+struct GenerateRequest {
+  std::vector<std::string> prompts;  // at least one
+  std::string negative_prompt;
+  std::int64_t n = 1;  // images per prompt
+  std::optional<std::int64_t> steps;
+  std::optional<double> guidance_scale;
+  std::optional<std::uint64_t> seed;  // unset: a random seed
+  std::optional<std::int64_t> width;
+  std::optional<std::int64_t> height;
+  std::optional<std::string> scheduler;  // canonical name or alias, any case
+  std::int64_t priority = 0;
+};
+
+// Images are numbered prompt-major: image k = prompts[k / n] with seed + k.
+struct JobRequest {
+  std::vector<std::string> prompts;
+  std::string negative_prompt;
+  int n = 1;
+  int steps = 0;
+  double guidance_scale = 7.5;
+  std::uint64_t seed = 0;
+  int width = 0;
+  int height = 0;
+  std::string scheduler;  // canonical scheduler name
+  int priority = 0;       // higher runs first; FIFO within a priority
+};
+
+// Every bound on a request. Defaults are the documented safe defaults (`serve --help`).
+struct RequestLimits {
+  int min_side = 64;             // width/height lower bound
+  int side_multiple = 8;         // width/height are multiples of this (the VAE's downscale)
+  int max_side = 4096;           // width/height upper bound
+  int max_pixels = 1024 * 1024;  // width * height upper bound
+  int max_steps = 150;
+  int max_n = 16;                       // images per prompt
+  int max_prompts = 16;                 // entries of prompts[]
+  int max_images_per_job = 64;          // prompts x n
+  std::size_t max_prompt_chars = 2000;  // Unicode code points, per prompt and negative prompt
+  double max_guidance_scale = 50.0;     // guidance_scale in [0, max]
+  int max_priority = 1000;              // priority in [-max, max]
+};
+
+// What normalise() needs to know about the model being served.
+struct RequestDefaults {
+  int width = 512;
+  int height = 512;
+  int steps = 50;
+  double guidance_scale = 7.5;
+  std::string scheduler;  // canonical
+};
+
+// Canonical scheduler name for a canonical name or alias (case-insensitive); nullopt if unknown.
+using SchedulerResolver = std::function<std::optional<std::string>(const std::string&)>;
+
+// Fills the defaults, resolves the scheduler, picks `random_seed` when no seed was given and
+// checks every limit. Throws ServiceError (invalid_request; reason invalid_field,
+// unknown_scheduler or missing_field; field names the request field at fault).
+// `known_schedulers` is listed in the message of an unknown scheduler.
+JobRequest normalise(const GenerateRequest& request, const RequestDefaults& defaults,
+                     const SchedulerResolver& resolve_scheduler, const RequestLimits& limits,
+                     std::uint64_t random_seed, const std::string& known_schedulers = {});
+
+// prompts x n.
+int image_count(const JobRequest& request);
+
+// Image k of a job: prompts[k / n], seed + k.
+struct ImageSpec {
+  int index = 0;
+  std::string prompt;
+  std::string negative_prompt;
+  int steps = 0;
+  double guidance_scale = 7.5;
+  std::uint64_t seed = 0;
+  int width = 0;
+  int height = 0;
+  std::string scheduler;  // canonical
+};
+ImageSpec image_spec(const JobRequest& request, int k);  // throws std::out_of_range
+
+// Number of Unicode code points in valid UTF-8 text.
+std::size_t utf8_length(const std::string& text);
+
+}  // namespace diffusiond

@@ -1,0 +1,59 @@
+// The service interface every front end calls and the core (daemon/core_service.h) implements:
+// plain C++ types, no JSON, no tensors, no transport. Part of diffusiond_api.
+// Thread-safety: every ImageService method may be called from any thread at any time and never
+// waits on a device or on a disk write of another request.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "daemon/api/errors.h"
+#include "daemon/api/request.h"
+#include "daemon/api/status.h"
+#include "daemon/api/views.h"
+
+namespace diffusiond {
+
+// Keeps an event subscription alive; destroying it unsubscribes (no callback runs after the
+// destructor returns).
+class Subscription {
+ public:
+  virtual ~Subscription() = default;
+};
+
+enum class CancelResult { cancelled, already_finished, not_found };
+
+class ImageService {
+ public:
+  virtual ~ImageService() = default;
+
+  virtual ModelInfo model_info() const = 0;
+  // Canonical scheduler name for a canonical name or alias (case-insensitive); nullopt if unknown.
+  virtual std::optional<std::string> canonical_scheduler(const std::string& name) const = 0;
+
+  // Normalises the request (daemon/api/request.h), persists the job (committed before
+  // returning) and queues its images. Throws ServiceError: invalid_request (the field at
+  // fault), queue_full (with retry_after_s), unavailable (draining, no device, store failed).
+  virtual JobView submit(const GenerateRequest& request) = 0;
+  virtual std::optional<JobView> job(const std::string& id) const = 0;
+  // Newest first. status filter optional; limit >= 1.
+  virtual std::vector<JobView> jobs(std::optional<JobStatus> status, int limit) const = 0;
+  virtual CancelResult cancel(const std::string& id) = 0;
+  // Absolute path of image k of the job, if it was written.
+  virtual std::optional<std::string> image_path(const std::string& id, int k) const = 0;
+
+  // Calls on_event for every later event of the job, from any thread, in order. The first
+  // event delivered is a snapshot-consistent one: subscribe, then read job() to catch up.
+  virtual std::unique_ptr<Subscription> subscribe(
+      const std::string& job_id, std::function<void(const JobEvent&)> on_event) = 0;
+
+  virtual std::vector<DeviceView> devices() const = 0;
+  // Every replica loaded and the job store writable.
+  virtual bool ready() const = 0;
+  virtual std::string metrics_text() const = 0;  // Prometheus text exposition format
+};
+
+}  // namespace diffusiond

@@ -1,0 +1,197 @@
+// Black-box: the job store behind the real `diffusiond serve`. Durability of concurrent submits
+// across kill -9 (group commit), a store that fails while jobs run, and the one JSON shape of a
+// normalised request in the API, the store, the PNG and `diffusiond generate`.
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <mutex>
+#include <set>
+
+#include "blackbox_util.h"
+#include "png_check.h"
+
+using namespace diffusiond::testing;
+using nlohmann::json;
+
+namespace {
+
+// The `request` column of a job, read with SQLite itself (read-only).
+json stored_request(const std::filesystem::path& db_path, const std::string& id) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT request FROM jobs WHERE id=?", -1, &stmt, nullptr) ==
+          SQLITE_OK);
+  sqlite3_bind_text(stmt, 1, id.c_str(), -1, SQLITE_TRANSIENT);
+  REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
+  json request = json::parse(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)));
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return request;
+}
+
+std::int64_t stored_job_count(const std::filesystem::path& db_path) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT COUNT(DISTINCT id) FROM jobs", -1, &stmt, nullptr) ==
+          SQLITE_OK);
+  REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
+  const std::int64_t count = sqlite3_column_int64(stmt, 0);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return count;
+}
+
+json png_metadata(const std::string& png) {
+  const PngChunks chunks = read_png_chunks(png);
+  REQUIRE(chunks.text.count("diffusiond") == 1);
+  return json::parse(chunks.text.at("diffusiond"));
+}
+
+// Every job the daemon lists (newest first), by id.
+std::vector<std::string> listed_ids(std::uint16_t port) {
+  std::vector<std::string> ids;
+  const json listing = get_json(port, "/jobs?limit=500");
+  INFO(listing.dump().substr(0, 500));
+  for (const auto& j : listing["jobs"]) ids.push_back(j["id"]);
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("200 jobs from 8 clients are all durable after a kill -9 right after the last 202",
+          "[blackbox][store]") {
+  TempDir dir("durable");
+  std::vector<std::string> accepted;
+  {
+    DaemonProcess d(dir.path, {"--devices", "cpu*2", "--max-queue", "1000"});
+    std::mutex mu;
+    std::atomic<int> failures{0};
+    std::vector<std::thread> clients;
+    for (int c = 0; c < 8; ++c) {
+      clients.emplace_back([&, c] {
+        for (int i = 0; i < 25; ++i) {
+          const std::string body = R"({"prompt":"client )" + std::to_string(c) + " job " +
+                                   std::to_string(i) +
+                                   R"(","steps":1,"width":64,"height":64,"seed":7})";
+          try {
+            const std::string id = submit(d.port(), body);
+            std::lock_guard lock(mu);
+            accepted.push_back(id);
+          } catch (const std::exception&) {
+            ++failures;
+          }
+        }
+      });
+    }
+    for (auto& t : clients) t.join();
+    d.kill_hard();  // at once: no drain, no chance to write anything more
+    REQUIRE(failures == 0);
+  }
+  REQUIRE(accepted.size() == 200);
+  REQUIRE(std::set<std::string>(accepted.begin(), accepted.end()).size() == 200);
+  // The database file itself holds every accepted job, read by SQLite alone.
+  CHECK(stored_job_count(dir.path / "diffusiond.db") == 200);
+
+  DaemonProcess d(dir.path, {"--devices", "cpu*2"});
+  const std::vector<std::string> listed = listed_ids(d.port());
+  const std::set<std::string> unique(listed.begin(), listed.end());
+  CHECK(listed.size() == 200);  // none lost, none duplicated, nothing else
+  CHECK(unique.size() == 200);
+  for (const auto& id : accepted) {
+    INFO("job " << id);
+    CHECK(unique.count(id) == 1);
+  }
+  // They all run to the end after the restart.
+  for (const auto& id : accepted) {
+    INFO("job " << id);
+    CHECK(wait_finished(d.port(), id)["status"] == "done");
+  }
+}
+
+TEST_CASE("a store that fails mid-run fails the unfinished jobs and /readyz; the daemon answers",
+          "[blackbox][store]") {
+  const bool removed = GENERATE(false, true);
+  INFO((removed ? "the database file is removed" : "the database file is made read-only"));
+  TempDir dir(removed ? "store-removed" : "store-readonly");
+  DaemonProcess d(dir.path, {"--devices", "cpu"});
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i)
+    ids.push_back(submit(d.port(), R"({"prompt":"doomed )" + std::to_string(i) +
+                                       R"(","n":2,"steps":40,"width":64,"height":64})"));
+  for (int i = 0; i < 600 && get_json(d.port(), "/jobs/" + ids[0])["status"] != "running"; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE(get_json(d.port(), "/jobs/" + ids[0])["status"] == "running");
+
+  const auto db = dir.path / "diffusiond.db";
+  if (removed)
+    REQUIRE(::unlink(db.c_str()) == 0);
+  else
+    REQUIRE(::chmod(db.c_str(), 0444) == 0);
+
+  // The next write (an image's end or start) fails: every unfinished job fails with the error;
+  // job 0 cannot have finished (its second image was still queued).
+  for (const auto& id : ids) {
+    INFO("job " << id);
+    const json j = wait_finished(d.port(), id);
+    CHECK(j["status"] == "failed");
+    CHECK_THAT(j["error"].get<std::string>(), Catch::Contains("job store"));
+  }
+  HttpReply ready = http_request(d.port(), "GET", "/readyz");
+  CHECK(ready.status == 503);
+  CHECK(http_request(d.port(), "GET", "/healthz").status == 200);
+  HttpReply refused = http_request(d.port(), "POST", "/generate", R"({"prompt":"after"})");
+  CHECK(refused.status == 503);
+  CHECK(refused.json()["error"]["code"] == "store_error");
+  CHECK(http_request(d.port(), "GET", "/jobs/" + ids[2]).status == 200);
+  CHECK(http_request(d.port(), "GET", "/jobs").status == 200);
+  CHECK(http_request(d.port(), "GET", "/metrics").status == 200);
+  if (!removed) ::chmod(db.c_str(), 0644);  // so that the temp dir can be cleaned
+}
+
+TEST_CASE("one normalised request: the same JSON in the job, the store, the PNG and the CLI's PNG",
+          "[blackbox][store]") {
+  TempDir dir("one-json");
+  json api_request;
+  std::string id;
+  std::string png;
+  {
+    DaemonProcess d(dir.path, {"--devices", "cpu"});
+    // Defaults (size, scheduler) come from the model; the alias is made canonical.
+    id = submit(d.port(), R"({"prompt":"a lighthouse","negative_prompt":"fog","steps":3,
+                             "seed":99,"scheduler":"Euler a"})");
+    const json job = wait_finished(d.port(), id);
+    REQUIRE(job["status"] == "done");
+    api_request = job["request"];
+    HttpReply r = http_request(d.port(), "GET", job["images"][0]["url"].get<std::string>());
+    REQUIRE(r.status == 200);
+    png = r.body;
+    d.terminate_and_wait();  // the store is complete once the daemon has stopped
+  }
+  CHECK(api_request["scheduler"] == "euler_a");
+  CHECK(api_request["width"] == 64);  // the tiny model's default
+
+  const json store_request = stored_request(dir.path / "diffusiond.db", id);
+  json png_request = png_metadata(png)["request"];
+  CHECK(png_request["job_id"] == id);
+  png_request.erase("job_id");
+  CHECK(store_request == api_request);
+  CHECK(png_request == api_request);
+
+  // `diffusiond generate` with the same request writes the same request JSON into its PNG.
+  const auto out = dir.path / "cli.png";
+  const std::string command = daemon_binary().string() + " generate --model " +
+                              tiny_model().string() +
+                              " --prompt 'a lighthouse' --negative-prompt fog --steps 3 "
+                              "--seed 99 --scheduler 'Euler a' -o " +
+                              out.string() + " > " + (dir.path / "cli.log").string() + " 2>&1";
+  INFO(command);
+  REQUIRE(std::system(command.c_str()) == 0);
+  const json cli_request = png_metadata(read_file(out.string()))["request"];
+  CHECK(cli_request == api_request);
+}
