@@ -125,7 +125,7 @@ void JobStore::open_database() {
   const auto path = database_path();
   try {
     db_ = std::make_unique<SqliteDatabase>(path);
-    db_->exec("PRAGMA busy_timeout=2000");
+    db_->exec("PRAGMA busy_timeout=2000");  // a locked database is a quick start-up error
     // quick_check reads every page header: garbage or a truncated file fails here, not later.
     const std::string check = db_->query_text("PRAGMA quick_check");
     if (check != "ok") throw SqliteError(SQLITE_CORRUPT, "integrity check says: " + check);
@@ -144,6 +144,10 @@ void JobStore::open_database() {
                        ", this diffusiond reads version " + std::to_string(kSchemaVersion));
     }
     tx.commit();
+    // From now on writes happen on the store writer thread, never under a lock shared with
+    // devices or HTTP: another process holding SQLite's write lock for a while only delays them
+    // (a write that still fails is final, see store_writer.h).
+    db_->exec("PRAGMA busy_timeout=10000");
     reader_ = std::make_unique<SqliteDatabase>(path);
     reader_->exec("PRAGMA busy_timeout=2000");
   } catch (const SqliteError& e) {

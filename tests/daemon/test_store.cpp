@@ -2,10 +2,14 @@
 #include <sqlite3.h>
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <fstream>
+#include <mutex>
+#include <thread>
 
 #include "daemon/atomic_file.h"
 #include "daemon/job_store.h"
+#include "daemon/store_writer.h"
 #include "pipeline/posix_fs.h"
 #include "temp_dir.h"
 
@@ -272,4 +276,75 @@ TEST_CASE("files are written atomically - stale temporaries and orphan folders g
   store = JobStore::open(data.path());
   CHECK(std::filesystem::exists(data.path() / "images" / job.view.id));
   CHECK_FALSE(std::filesystem::exists(store->image_file(job.view.id, 0).string() + ".tmp-123"));
+}
+
+namespace {
+struct RecordingListener : StoreWriter::Listener {
+  std::mutex mu;
+  std::vector<StoreWriter::Ticket> committed;
+  std::vector<std::string> failed_ids;
+  std::string error;
+  void writes_committed(StoreWriter::Ticket last) override {
+    std::lock_guard lock(mu);
+    committed.push_back(last);
+  }
+  void writes_failed(const std::vector<std::string>& ids, const std::string& e) override {
+    std::lock_guard lock(mu);
+    failed_ids.insert(failed_ids.end(), ids.begin(), ids.end());
+    error = e;
+  }
+};
+}  // namespace
+
+TEST_CASE("the store writer commits concurrent writes durably, in order, in groups", "[store]") {
+  TempDir dir;
+  auto store = JobStore::open(dir.path());
+  RecordingListener listener;
+  std::vector<JobRecord> jobs(200);
+  {
+    StoreWriter writer(*store, listener);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t)
+      threads.emplace_back([&, t] {
+        for (int i = t; i < 200; i += 8) {
+          JobRecord job = sample_job("job " + std::to_string(i), 1);
+          job.seq = i + 1;
+          const auto inserted = writer.enqueue({job, {}, true});
+          CHECK(writer.wait(inserted).empty());  // committed when wait returns
+          set_image_status(job, 0, ImageStatus::running);
+          writer.enqueue({job, {0}, false});  // then an update of the same job, not waited for
+          jobs[static_cast<std::size_t>(i)] = job;
+        }
+      });
+    for (auto& t : threads) t.join();
+    CHECK(writer.flush().empty());
+    CHECK_FALSE(writer.failed());
+  }
+  // 400 writes, fewer commits than writes (grouped), tickets increasing.
+  CHECK(listener.committed.size() < 400);
+  CHECK(std::is_sorted(listener.committed.begin(), listener.committed.end()));
+  CHECK(listener.committed.back() == 400);
+  const auto counts = store->count_by_status();
+  CHECK(counts.at(JobStatus::running) == 200);  // every update applied after its insert
+  for (const auto& job : jobs) CHECK(store->load(job.view.id)->seq == job.seq);
+}
+
+TEST_CASE("a store writer failure is reported, final, and names the database", "[store]") {
+  TempDir dir;
+  auto store = JobStore::open(dir.path());
+  RecordingListener listener;
+  StoreWriter writer(*store, listener);
+  JobRecord first = sample_job("first", 1);
+  REQUIRE(writer.wait(writer.enqueue({first, {}, true})).empty());
+  std::filesystem::remove(store->database_path());  // SQLite would write on, unnoticed
+  JobRecord second = sample_job("second", 1);
+  const std::string error = writer.wait(writer.enqueue({second, {}, true}));
+  CHECK_THAT(error, Catch::Contains("diffusiond.db") && Catch::Contains("gone"));
+  CHECK(writer.failed());
+  {
+    std::lock_guard lock(listener.mu);
+    CHECK(listener.failed_ids == std::vector<std::string>{second.view.id});
+  }
+  JobRecord third = sample_job("third", 1);
+  CHECK(writer.wait(writer.enqueue({third, {}, true})) == error);  // final: no retry
 }
