@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for a lent device machine (see ../shared/device/README.md), in one run of a few
+# GPU check for a bare GPU machine (CUDA and PyTorch, no network), in one run of a few
 # minutes: unpacks the carried Debian -dev packages, configures against the machine's PyTorch
 # LibTorch (CUDA), builds (ninja -k 0: every compile error at once), runs the GPU-tagged tests,
 # the golden tests on this LibTorch, bench_pipeline (tiny model, then the SD 1.5 architecture with
@@ -9,7 +9,7 @@
 #   scripts/device-check.sh [OUT_DIR]      (default: $OUT, else /tmp/device-check)
 # Pack the dependencies here first (the runtime .so packages too: the GPU machine has none):
 #   echo /.devdeps/ >> .git/info/exclude; mkdir -p .devdeps
-#   ../shared/device/pack-deps.sh .devdeps/deps.tar.xz zlib1g-dev libspdlog1.10 libfmt9 \
+#   scripts/pack-device-deps.sh .devdeps/deps.tar.xz zlib1g-dev libspdlog1.10 libfmt9 \
 #       libutf8proc2 libsqlite3-0 pkgconf-bin libpkgconf3
 # and carry .devdeps in the device run.
 # Env: DEPS (default .devdeps/deps.tar.xz), BUILD_DIR (default build-gpu), JOBS (default: every
