@@ -151,6 +151,8 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   http_options.port = listen.port;
   http_options.io_threads = options.io_threads;
   http_options.api_keys = api_keys;
+  http_options.allowed_hosts = options.allowed_hosts;
+  http_options.allowed_origins = options.allowed_origins;
   http_options.max_connections = options.max_connections;
   HttpServer http(service, http_options);
   const std::uint16_t port = http.start();
@@ -160,6 +162,13 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   spdlog::info("diffusiond: listening on {}/{}", url,
                api_keys.empty() ? "" : " (API key required)");
   std::cout << "diffusiond: listening on " << url << std::endl;
+  const bool loopback =
+      listen.host == "localhost" || listen.host == "::1" || listen.host.rfind("127.", 0) == 0;
+  if (!loopback && api_keys.empty())
+    spdlog::warn(
+        "listening on {} without an API key: anyone who can reach this port can use "
+        "the GPUs and read every prompt and image; set api-key-file",
+        listen.host);
 
   Supervisor supervisor(service, *store, {retention});
   supervisor.start();

@@ -35,6 +35,14 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
   cmd.add_option("--api-key", o.api_keys,
                  "Require `Authorization: Bearer KEY` on every route but /healthz and the UI "
                  "files (repeatable)");
+  cmd.add_option("--allowed-hosts", o.allowed_hosts,
+                 "Host names to answer besides loopback names, IP addresses and the listen "
+                 "address, e.g. the name a reverse proxy forwards (DNS rebinding guard; * = any)")
+      ->delimiter(',');
+  cmd.add_option("--allowed-origins", o.allowed_origins,
+                 "Web origins (scheme://host[:port]) besides the UI's own that may POST and "
+                 "DELETE (cross-site request guard; * = any)")
+      ->delimiter(',');
   cmd.add_option("--api-key-file", o.api_key_file,
                  "File with API keys, one per line (# comments); safer than --api-key");
   cmd.add_option("--dispatch", o.dispatch,

@@ -24,6 +24,8 @@ struct ServeOptions {
   std::string data_dir;  // "" = default_data_dir()
   std::vector<std::string> api_keys;
   std::string api_key_file;
+  std::vector<std::string> allowed_hosts;    // Host names besides loopback, IPs, the listen host
+  std::vector<std::string> allowed_origins;  // origins besides the UI's own that may POST/DELETE
   std::string dispatch = "round-robin";
   int max_queue = 256;
   int max_pixels = 1024 * 1024;

@@ -19,10 +19,14 @@ bool etag_matches(std::string_view if_none_match, const std::string& etag) {
   return if_none_match.find(etag) != std::string_view::npos;
 }
 
+// Images never change. Under an API key they are nobody else's: no shared cache may keep them
+// (RFC 9111 3.5: a response to an authorized request is not stored by shared caches unless it
+// says public).
 template <class Message>
-void set_cache_headers(Message& m, const std::string& etag) {
+void set_cache_headers(Message& m, const std::string& etag, bool keyed) {
   m.set(http::field::etag, etag);
-  m.set(http::field::cache_control, "public, max-age=31536000, immutable");
+  m.set(http::field::cache_control,
+        keyed ? "private, max-age=31536000, immutable" : "public, max-age=31536000, immutable");
 }
 
 }  // namespace
@@ -47,7 +51,7 @@ Response image_file_response(ServerContext& c, std::string_view if_none_match,
   const std::string etag = etag_for(job_id, k);
   if (etag_matches(if_none_match, etag)) {
     StringResponse res{http::status::not_modified, 11};
-    set_cache_headers(res, etag);
+    set_cache_headers(res, etag, !c.options.api_keys.empty());
     return res;
   }
   http::file_body::value_type file;
@@ -63,7 +67,7 @@ Response image_file_response(ServerContext& c, std::string_view if_none_match,
   res.set(http::field::content_disposition,
           "inline; filename=\"" + job_id + "-" + std::to_string(k) + ".png\"");
   res.set("X-Job-Id", job_id);
-  set_cache_headers(res, etag);
+  set_cache_headers(res, etag, !c.options.api_keys.empty());
   res.body() = std::move(file);
   return res;
 }

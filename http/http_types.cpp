@@ -50,6 +50,14 @@ StringResponse text_response(http::status status, std::string body, std::string_
   return res;
 }
 
+std::string loggable_target(const Request& req) {
+  std::string_view target = req.target();
+  target = target.substr(0, target.find('?'));
+  constexpr std::size_t kMax = 200;
+  if (target.size() <= kMax) return std::string(target);
+  return std::string(target.substr(0, kMax)) + "... (" + std::to_string(target.size()) + " bytes)";
+}
+
 unsigned status_code(const Response& r) {
   return std::visit([](const auto& m) { return m.result_int(); }, r);
 }

@@ -33,6 +33,9 @@ StringResponse error_response(const ServiceError& error);
 StringResponse text_response(http::status status, std::string body, std::string_view content_type);
 
 unsigned status_code(const Response& r);
+// The request's path for a log line: without the query (it may hold ?api_key=), at most 200
+// characters (a long path must not flood the log).
+std::string loggable_target(const Request& req);
 // Sets Server, Content-Length and keep-alive from the request; empties the body for HEAD.
 void finalize(Response& r, const Request& req);
 

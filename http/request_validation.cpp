@@ -62,8 +62,10 @@ json parse_object(std::string_view body) {
   json parsed;
   try {
     parsed = json::parse(body);
-  } catch (const json::parse_error& e) {
-    fail("invalid_json", "", std::string("request body is not valid JSON: ") + e.what());
+  } catch (const json::exception& e) {  // parse errors, numbers beyond a double (1e400)
+    std::string why = e.what();
+    if (why.size() > 200) why = why.substr(0, 200) + "...";  // it may quote a 3000-digit literal
+    fail("invalid_json", "", "request body is not valid JSON: " + why);
   }
   if (!parsed.is_object())
     fail("invalid_json", "", "request body must be a JSON object, got " + type_name(parsed));

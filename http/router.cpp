@@ -8,6 +8,7 @@
 
 #include "daemon/api/job_id.h"
 #include "http/auth.h"
+#include "http/browser_guard.h"
 #include "http/handlers.h"
 
 namespace diffusiond::http_api {
@@ -167,6 +168,10 @@ Response response_for_exception(std::exception_ptr error) {
 
 void route_request(ServerContext& c, Exchange& ex) {
   const Request& req = ex.request();
+  if (auto refusal = refuse_from_browser(req, c.options)) {
+    ex.respond(std::move(*refusal));
+    return;
+  }
   RouteParams p;
   if (!parse_target(req.target(), p.path, p.query)) {
     ex.respond(error_response(http::status::bad_request, "bad_target",

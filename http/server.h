@@ -28,6 +28,12 @@ struct HttpOptions {
   // static assets), so the page can load and ask the user for a key.
   std::vector<std::string> api_keys;
 
+  // Browser guards (http/browser_guard.h): Host names accepted besides loopback names, IP
+  // literals and `host` ("*": any), and origins (scheme://host[:port]) allowed to POST/DELETE
+  // besides the daemon's own UI ("*": any).
+  std::vector<std::string> allowed_hosts;
+  std::vector<std::string> allowed_origins;
+
   std::size_t max_body_bytes = 64 * 1024;    // larger bodies: 413
   std::size_t max_header_bytes = 16 * 1024;  // larger headers: 431
   // (The bounds on a request's values are the core's: daemon/api/request.h RequestLimits.)

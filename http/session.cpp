@@ -191,6 +191,13 @@ void Session::on_header(beast::error_code ec) {
                " connections open; try again shortly");
     return;
   }
+  if (!plain_framing(header)) {
+    // RFC 9112 6.1: a body this server cannot frame is refused and the connection closed;
+    // reading it as bodiless would serve its bytes as a second request (smuggling).
+    reject(http::status::bad_request, "bad_transfer_encoding",
+           "Transfer-Encoding must be exactly 'chunked' (and without Content-Length)");
+    return;
+  }
   if (auto length = parser_->content_length();
       length && *length > context_.options.max_body_bytes) {
     reject(http::status::payload_too_large, "body_too_large",
@@ -213,6 +220,17 @@ void Session::on_header(beast::error_code ec) {
   read_body();
 }
 
+bool Session::plain_framing(const http::request_parser<http::string_body>::value_type& header) {
+  const auto encodings = header.equal_range(http::field::transfer_encoding);
+  if (encodings.first == encodings.second) return true;
+  if (std::next(encodings.first) != encodings.second) return false;  // several TE lines
+  if (header.count(http::field::content_length) > 0) return false;
+  std::string_view value = encodings.first->value();
+  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+  while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
+  return beast::iequals(value, "chunked");
+}
+
 void Session::read_body() {
   if (!enter(State::reading_body)) return;
   stream_.expires_after(context_.options.body_timeout);
@@ -226,6 +244,11 @@ void Session::on_body(beast::error_code ec) {
   if (ec == http::error::body_limit) {
     reject(http::status::payload_too_large, "body_too_large",
            "request body exceeds " + std::to_string(context_.options.max_body_bytes) + " bytes");
+    return;
+  }
+  if (ec && ec.category() == http::make_error_code(http::error::bad_chunk).category() &&
+      ec != http::error::end_of_stream && ec != http::error::partial_message) {
+    reject(http::status::bad_request, "bad_request", "malformed request body: " + ec.message());
     return;
   }
   if (ec) {
@@ -260,7 +283,7 @@ void Session::dispatch() {
 
 void Session::fail_internal(const char* what) {
   spdlog::error("http: {} {} failed: {}", std::string(request_.method_string()),
-                std::string(request_.target()), what);
+                loggable_target(request_), what);
   if (state_ == State::streaming) {
     end_event_stream();
   } else if (request_open()) {
@@ -299,9 +322,8 @@ void Session::send_answer(Response response, bool close_after) {
           .count();
   const auto level = (status < 400 && request_.method() == http::verb::get) ? spdlog::level::debug
                                                                             : spdlog::level::info;
-  std::string target(request_.target().substr(0, request_.target().find('?')));
   spdlog::log(level, "http: {} {} {} -> {} ({:.1f} ms)", peer_,
-              std::string(request_.method_string()), target, status, ms);
+              std::string(request_.method_string()), loggable_target(request_), status, ms);
 
   writing_response_ = std::make_shared<Response>(std::move(response));
   stream_.expires_after(context_.options.write_timeout);
@@ -380,8 +402,7 @@ void Session::start_event_stream() {
   stream_start_ = std::chrono::steady_clock::now();
   context_.stats.event_stream_opened();
   context_.stats.request_answered(200);
-  spdlog::info("http: {} GET {} -> 200 event stream", peer_,
-               std::string(request_.target().substr(0, request_.target().find('?'))));
+  spdlog::info("http: {} GET {} -> 200 event stream", peer_, loggable_target(request_));
   stream_queue_.push_back(
       "HTTP/1.1 200 OK\r\n"
       "Server: diffusiond/" DIFFUSIOND_VERSION

@@ -27,7 +27,8 @@ std::vector<DecodedImage> fetch_images(std::uint16_t port, const json& job) {
 }
 
 std::string events_request(const std::string& id) {
-  return "GET /jobs/" + id + "/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+  return "GET /jobs/" + id +
+         "/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n";
 }
 
 std::vector<SseMessage> read_events(RawConnection& c) {

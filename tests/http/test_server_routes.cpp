@@ -162,7 +162,8 @@ TEST_CASE("bodies over the limit answer 413", "[http][server]") {
   // Just over 64 KiB, and a chunked body that grows past it.
   check_error(f.post("/generate", std::string(64 * 1024 + 1, ' ')), 413, "body_too_large");
   RawConnection raw(f.port);
-  std::string chunked = "POST /generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  std::string chunked =
+      "POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n";
   for (int i = 0; i < 20; ++i) chunked += "1000\r\n" + std::string(0x1000, ' ') + "\r\n";
   chunked += "0\r\n\r\n";
   raw.send(chunked);
@@ -176,8 +177,9 @@ TEST_CASE("Expect: 100-continue is honoured", "[http][server]") {
   ServerFixture f;
   RawConnection raw(f.port);
   const std::string body = R"({"prompt":"x"})";
-  raw.send("POST /generate HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: " +
-           std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n");
+  raw.send(
+      "POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n");
   raw.read_until("\r\n\r\n");
   CHECK(raw.received().rfind("HTTP/1.1 100 Continue", 0) == 0);
   raw.send(body);

@@ -11,8 +11,8 @@ using nlohmann::json;
 namespace {
 
 std::string events_request(const std::string& id, const std::string& extra = "") {
-  return "GET /jobs/" + id + "/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n" +
-         extra + "\r\n";
+  return "GET /jobs/" + id +
+         "/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n" + extra + "\r\n";
 }
 
 std::string body_of(const std::string& raw) {
@@ -192,13 +192,14 @@ TEST_CASE("slow or broken clients are cut off", "[http][limits]") {
   {
     // Slowloris: a header that never ends is closed by the server.
     RawConnection raw(f.port);
-    raw.send("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+    raw.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
     CHECK(raw.read_to_close().empty());
   }
   {
     // A body that never arrives.
     RawConnection raw(f.port);
-    raw.send("POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"prompt\"");
+    raw.send(
+        "POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"prompt\"");
     raw.read_to_close();
   }
   {
@@ -208,7 +209,8 @@ TEST_CASE("slow or broken clients are cut off", "[http][limits]") {
   }
   {
     RawConnection raw(f.port);
-    raw.send("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(20000, 'a') + "\r\n\r\n");
+    raw.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + std::string(20000, 'a') +
+             "\r\n\r\n");
     const std::string reply = raw.read_to_close();
     CHECK(reply.rfind("HTTP/1.1 431", 0) == 0);
     CHECK(reply.find("headers_too_large") != std::string::npos);
@@ -225,7 +227,7 @@ TEST_CASE("stop() closes open event streams and waiting requests", "[http][serve
   stream.read_until("event: queued");
   RawConnection waiting(f.port);
   waiting.send(
-      "POST /generate?wait=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n"
+      "POST /generate?wait=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 14\r\n\r\n"
       "{\"prompt\":\"y\"}");
   REQUIRE(eventually([&] { return f.service.submitted().size() == 2; }));
   REQUIRE(f.service.wait_for_subscribers(f.service.last_job_id(), 1));

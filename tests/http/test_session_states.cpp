@@ -23,11 +23,11 @@ bool eventually(const std::function<bool()>& cond) {
 
 std::string wait_request(const std::string& prompt) {
   const std::string body = R"({"prompt":")" + prompt + R"("})";
-  return "POST /generate?wait=1 HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+  return "POST /generate?wait=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " +
          std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
-const std::string healthz_request = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+const std::string healthz_request = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
 // Connections open now, per /metrics (the /metrics request's own connection included).
 int connections_open(ServerFixture& f) {
