@@ -11,6 +11,7 @@
 // signal exits at once (the store is durable; interrupted images run again at the next start).
 #include <pthread.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 
@@ -91,6 +92,9 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   std::signal(SIGINT, SIG_DFL);
   const sigset_t signals = shutdown_signals();
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Prompts and images are the users' own: the store, the PNGs and their folders are for this
+  // user alone, whatever umask the daemon was started with (systemd's unit says the same).
+  ::umask(::umask(0) | 077);
   if (!options.config.empty()) apply_config_file(cmd, options.config);
   setup_serve_logging(options.log_level);
 

@@ -78,13 +78,30 @@ void CoreService::start() {
         check_job_transition(inserted.record.view.status, next, id);
         inserted.record.view.status = next;
       }
+      std::vector<int> exhausted;
       for (const auto& image : inserted.record.view.images) {
         if (image.status != ImageStatus::queued) continue;
+        // An image that was running whenever the daemon died (a crash, the OOM killer) has
+        // used its attempts: it fails instead of killing every restart (no crash loop).
+        if (inserted.record.attempts[static_cast<std::size_t>(image.index)] >=
+            options_.max_attempts) {
+          exhausted.push_back(image.index);
+          continue;
+        }
         dispatcher_.enqueue(
             {id, image.index, inserted.record.view.request.priority, inserted.record.seq, -1});
         ++requeued;
       }
-      commit_locked(inserted, {}, to_flush);  // may finish (and forget) the job
+      for (int k : exhausted) {
+        const int attempts = inserted.record.attempts[static_cast<std::size_t>(k)];
+        spdlog::error("job {} image {}: started {} time(s) without finishing; failed", id, k,
+                      attempts);
+        fail_unstarted_locked(inserted, k,
+                              "attempts_exhausted: the daemon stopped while this image ran, " +
+                                  std::to_string(attempts) + " time(s); it is not run again",
+                              to_flush);
+      }
+      commit_locked(inserted, {}, to_flush);  // may finish (and retire) the job
     }
   }
   flush(to_flush);
@@ -476,6 +493,8 @@ void CoreService::task_stopped(int worker, const TaskRef& task) {
       image.finished_ms = unix_ms_now();
     } else if (stop_now_) {  // shutdown: runs again after the restart
       set_image_status(job->record, task.image, ImageStatus::queued);
+      auto& attempts = job->record.attempts[static_cast<std::size_t>(task.image)];
+      attempts = std::max(0, attempts - 1);  // an attempt cut short by a shutdown does not count
       image.device.clear();
       image.started_ms = 0;
       image.step = 0;
@@ -611,14 +630,20 @@ void CoreService::fail_for_store_locked(ActiveJob& job, const std::string& error
   if (queued_left) dispatcher_.cancel_job(job.record.view.id);
   for (auto& image : job.record.view.images) {
     if (is_terminal(image.status)) continue;
-    // A queued image is taken and fails before its first step (queued -> running -> failed);
-    // a running one fails now and its device stops at the next step.
-    if (image.status == ImageStatus::queued) {
-      set_image_status(job.record, image.index, ImageStatus::running);
-      image.started_ms = unix_ms_now();
-    }
-    fail_image_locked(job, image.index, why, flush);
+    // A running image fails now and its device stops at the next step.
+    if (image.status == ImageStatus::queued)
+      fail_unstarted_locked(job, image.index, why, flush);
+    else
+      fail_image_locked(job, image.index, why, flush);
   }
+}
+
+void CoreService::fail_unstarted_locked(ActiveJob& job, int k, const std::string& error,
+                                        std::vector<std::string>& flush) {
+  // Taken and failed before its first step: queued -> running -> failed (both checked).
+  set_image_status(job.record, k, ImageStatus::running);
+  job.record.view.images[static_cast<std::size_t>(k)].started_ms = unix_ms_now();
+  fail_image_locked(job, k, error, flush);
 }
 
 void CoreService::fail_image_locked(ActiveJob& job, int k, const std::string& error,

@@ -145,6 +145,9 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   // The store failed: every image of the job that has not ended fails with `error`.
   void fail_for_store_locked(ActiveJob& job, const std::string& error,
                              std::vector<std::string>& flush);
+  // A queued image that must not run fails (queued -> running -> failed); not dispatched.
+  void fail_unstarted_locked(ActiveJob& job, int k, const std::string& error,
+                             std::vector<std::string>& flush);
   int retry_after_seconds_locked() const;
 
   JobStore& store_;

@@ -47,6 +47,20 @@ std::int64_t stored_job_count(const std::filesystem::path& db_path) {
   return count;
 }
 
+int stored_attempts(const std::filesystem::path& db_path, const std::string& id) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_busy_timeout(db, 2000);
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT attempts FROM images WHERE job_id=? AND idx=0", -1, &stmt,
+                             nullptr) == SQLITE_OK);
+  sqlite3_bind_text(stmt, 1, id.c_str(), -1, SQLITE_TRANSIENT);
+  const int attempts = sqlite3_step(stmt) == SQLITE_ROW ? sqlite3_column_int(stmt, 0) : -1;
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return attempts;
+}
+
 json png_metadata(const std::string& png) {
   const PngChunks chunks = read_png_chunks(png);
   REQUIRE(chunks.text.count("diffusiond") == 1);
@@ -194,4 +208,57 @@ TEST_CASE("one normalised request: the same JSON in the job, the store, the PNG 
   REQUIRE(std::system(command.c_str()) == 0);
   const json cli_request = png_metadata(read_file(out.string()))["request"];
   CHECK(cli_request == api_request);
+}
+
+TEST_CASE("an image running at every kill -9 fails with attempts_exhausted, no crash loop",
+          "[blackbox][store]") {
+  TempDir dir("crash-loop");
+  std::string id;
+  // Kills the daemon while the image runs, once its start (attempt `n`) is committed: the
+  // attempt count is written when an image starts, without the device waiting for it.
+  auto kill_while_running = [&](DaemonProcess& d, int n) {
+    for (int i = 0; i < 1000 && stored_attempts(dir.path / "diffusiond.db", id) < n; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(stored_attempts(dir.path / "diffusiond.db", id) == n);
+    REQUIRE(get_json(d.port(), "/jobs/" + id)["images"][0]["status"] == "running");
+    d.kill_hard();
+  };
+  {
+    DaemonProcess d(dir.path, {"--devices", "cpu"});
+    id = submit(d.port(), R"({"prompt":"poison","steps":150,"width":64,"height":64})");
+    kill_while_running(d, 1);
+  }
+  {
+    DaemonProcess d(dir.path, {"--devices", "cpu"});  // after the first crash it runs again
+    kill_while_running(d, 2);
+  }
+  DaemonProcess d(dir.path, {"--devices", "cpu"});
+  const json j = wait_finished(d.port(), id);
+  CHECK(j["status"] == "failed");
+  CHECK_THAT(j["images"][0]["error"].get<std::string>(), Catch::StartsWith("attempts_exhausted"));
+  CHECK(get_json(d.port(), "/readyz")["status"] == "ready");
+}
+
+TEST_CASE("the store and the PNGs are the daemon user's alone, whatever the umask",
+          "[blackbox][store]") {
+  TempDir dir("modes");
+  const mode_t previous = ::umask(022);  // a typical login shell's: files 0644
+  DaemonProcess d(dir.path, {"--devices", "cpu"});
+  ::umask(previous);
+  const std::string id = submit(d.port(), R"({"prompt":"private","steps":1})");
+  REQUIRE(wait_finished(d.port(), id)["status"] == "done");
+  int checked = 0;
+  std::error_code ec;
+  for (const auto& path : diffusiond::list_files_recursive(dir.path, ec)) {
+    if (path.filename() == "daemon.log") continue;  // written by this test, not the daemon
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    INFO(path << " mode " << std::oct << (st.st_mode & 0777));
+    CHECK((st.st_mode & 0077) == 0);
+    ++checked;
+  }
+  struct stat images {};
+  REQUIRE(::stat((dir.path / "images" / id).c_str(), &images) == 0);
+  CHECK((images.st_mode & 0077) == 0);
+  CHECK(checked >= 2);  // the database and the PNG at least
 }

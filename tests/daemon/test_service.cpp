@@ -562,3 +562,41 @@ TEST_CASE("a store that cannot commit for a while stalls neither the devices nor
   CHECK(h.store->load(job.id)->view.status == JobStatus::done);
   CHECK(h.service->ready());  // a slow commit is not a failure
 }
+
+TEST_CASE("an image that was running at every crash fails instead of looping", "[service]") {
+  Harness h;
+  h.store = JobStore::open(h.dir.path());
+  // What two crashes while image 0 ran leave in the store: started twice, still running.
+  JobRequest r;
+  r.prompts = {"poison", "fine"};
+  r.steps = 2;
+  r.width = 8;
+  r.height = 4;
+  r.scheduler = "euler";
+  JobRecord crashed = make_job(r, make_job_id(), unix_ms_now(), "fake-model");
+  h.store->insert(crashed);
+  set_image_status(crashed, 0, ImageStatus::running);
+  crashed.attempts[0] = h.options.max_attempts;
+  h.store->update(crashed, {0});
+  h.start("cpu");
+  const auto ended = h.wait_finished(crashed.view.id);
+  CHECK(ended.images[0].status == ImageStatus::failed);
+  CHECK_THAT(ended.images[0].error, Catch::StartsWith("attempts_exhausted"));
+  CHECK(ended.images[1].status == ImageStatus::done);  // the other image still runs
+  CHECK(ended.status == JobStatus::failed);
+  CHECK(h.backend.calls().size() == 1);  // the poison image never ran again
+}
+
+TEST_CASE("an image cut short by a drain keeps its attempts", "[service]") {
+  Harness h;
+  h.start("cpu");
+  const auto job = h.service->submit(request({"BLOCK"}, 1, 4));
+  REQUIRE(h.backend.wait_blocked(1));
+  std::thread drainer([&] { h.service->drain(0ms); });
+  while (!h.service->stopping_now()) std::this_thread::sleep_for(1ms);
+  h.backend.release();
+  drainer.join();
+  CHECK(h.store->load(job.id)->attempts[0] == 0);  // so graceful restarts never exhaust it
+  h.restart("cpu");
+  CHECK(h.wait_finished(job.id).status == JobStatus::done);
+}
