@@ -255,11 +255,32 @@ std::optional<JobView> CoreService::job(const std::string& id) const {
   }
 }
 
-std::vector<JobView> CoreService::jobs(std::optional<JobStatus> status, int limit) const {
+std::vector<JobView> CoreService::jobs(std::optional<JobStatus> status, int limit,
+                                       const std::string& before_id) const {
   limit = std::max(1, limit);
+  std::int64_t before = 0;  // seq of the cursor's job; 0 = from the newest
+  if (!before_id.empty()) {
+    {
+      std::lock_guard lock(mu_);
+      if (auto it = active_.find(before_id); it != active_.end()) before = it->second.record.seq;
+    }
+    if (before == 0) {
+      std::optional<JobRecord> cursor;
+      try {
+        if (is_valid_job_id(before_id)) cursor = store_.load(before_id);
+      } catch (const std::exception& e) {
+        throw store_failure(e);
+      }
+      if (!cursor)
+        throw ServiceError(ErrorCode::invalid_request,
+                           "query parameter 'before' names no job: give the 'next' of a listing",
+                           "invalid_field", "before");
+      before = cursor->seq;
+    }
+  }
   std::vector<JobRecord> records;
   try {
-    records = store_.list(status, limit);  // the read connection: never waits on a write
+    records = store_.list(status, limit, before);  // the read connection: never waits on a write
   } catch (const std::exception& e) {
     throw store_failure(e);
   }
@@ -271,7 +292,9 @@ std::vector<JobView> CoreService::jobs(std::optional<JobStatus> status, int limi
     for (auto& record : records)
       if (!active_.count(record.view.id)) merged.push_back(std::move(record));
     for (const auto& [id, job] : active_)
-      if (!status || job.record.view.status == *status) merged.push_back(job.record);
+      if ((!status || job.record.view.status == *status) &&
+          (before == 0 || job.record.seq < before))
+        merged.push_back(job.record);
   }
   std::sort(merged.begin(), merged.end(),
             [](const JobRecord& a, const JobRecord& b) { return a.seq > b.seq; });

@@ -385,12 +385,15 @@ std::optional<JobRecord> JobStore::load(const std::string& id) const {
   }
 }
 
-std::vector<JobRecord> JobStore::list(std::optional<JobStatus> status, int limit) const {
+std::vector<JobRecord> JobStore::list(std::optional<JobStatus> status, int limit,
+                                      std::int64_t before_seq) const {
   std::lock_guard lock(read_mu_);
   const std::string tail = " ORDER BY seq DESC LIMIT " + std::to_string(std::max(limit, 0));
+  const std::string older = before_seq > 0 ? "seq < " + std::to_string(before_seq) : "1";
   try {
-    if (status) return select_jobs(*reader_, "WHERE status=?" + tail, {to_string(*status)});
-    return select_jobs(*reader_, tail, {});
+    if (status)
+      return select_jobs(*reader_, "WHERE status=? AND " + older + tail, {to_string(*status)});
+    return select_jobs(*reader_, "WHERE " + older + tail, {});
   } catch (const SqliteError& e) {
     throw StoreError(std::string("cannot list jobs: ") + e.what());
   }

@@ -72,8 +72,10 @@ class JobStore {
   std::int64_t max_seq() const;
 
   std::optional<JobRecord> load(const std::string& id) const;
-  // Newest first (by submission), optionally only one status.
-  std::vector<JobRecord> list(std::optional<JobStatus> status, int limit) const;
+  // Newest first (by submission), optionally only one status, only jobs with seq < before_seq
+  // when it is > 0.
+  std::vector<JobRecord> list(std::optional<JobStatus> status, int limit,
+                              std::int64_t before_seq = 0) const;
   std::map<JobStatus, std::int64_t> count_by_status() const;
 
   // After a restart: images left running are re-queued (running jobs stay running); images of

@@ -1,4 +1,5 @@
 // GET /jobs/{id}, DELETE /jobs/{id}, GET /jobs?status=&limit=
+#include <algorithm>
 #include <charconv>
 
 #include "http/handlers.h"
@@ -62,9 +63,36 @@ void handle_list_jobs(ServerContext& c, Exchange& ex, const RouteParams& p) {
                                        "limit"));
     }
   }
+  std::string before;
+  if (auto it = p.query.find("before"); it != p.query.end()) before = it->second;
+  // Pages of a few jobs at a time, until `limit` jobs or max_list_bytes of JSON: a listing of
+  // large jobs never makes a large answer. "next" is the cursor of the following page.
+  constexpr int kPage = 20;
   nlohmann::json list = nlohmann::json::array();
-  for (const JobView& job : c.service.jobs(status, limit)) list.push_back(job_json(job));
-  ex.respond(json_response(http::status::ok, {{"jobs", std::move(list)}}));
+  std::size_t bytes = 0;
+  int listed = 0;
+  bool more = true;
+  std::string last;
+  while (more && listed < limit && bytes < c.options.max_list_bytes) {
+    const int want = std::min(kPage, limit - listed);
+    const std::vector<JobView> page = c.service.jobs(status, want, last.empty() ? before : last);
+    more = static_cast<int>(page.size()) == want;
+    for (const JobView& job : page) {
+      nlohmann::json j = job_json(job);
+      const std::size_t size = j.dump().size();
+      if (listed > 0 && bytes + size > c.options.max_list_bytes) {
+        more = true;
+        bytes = c.options.max_list_bytes;  // stop: this job starts the next page
+        break;
+      }
+      bytes += size;
+      list.push_back(std::move(j));
+      last = job.id;
+      ++listed;
+    }
+  }
+  nlohmann::json next = more && listed > 0 ? nlohmann::json(last) : nlohmann::json(nullptr);
+  ex.respond(json_response(http::status::ok, {{"jobs", std::move(list)}, {"next", next}}));
 }
 
 }  // namespace diffusiond::http_api

@@ -37,8 +37,10 @@ struct HttpOptions {
   std::size_t max_body_bytes = 64 * 1024;    // larger bodies: 413
   std::size_t max_header_bytes = 16 * 1024;  // larger headers: 431
   // (The bounds on a request's values are the core's: daemon/api/request.h RequestLimits.)
-  int max_list_limit = 500;   // GET /jobs?limit= upper bound (default 50)
-  int max_connections = 256;  // more are answered 503 and closed
+  int max_list_limit = 500;
+  std::size_t max_list_bytes = 1024 * 1024;  // GET /jobs answers stop near this size ("next")   //
+                                             // GET /jobs?limit= upper bound (default 50)
+  int max_connections = 256;                 // more are answered 503 and closed
 
   std::chrono::seconds header_timeout{15};  // whole request header (also keep-alive idle)
   std::chrono::seconds body_timeout{30};    // whole request body

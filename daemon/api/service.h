@@ -39,8 +39,11 @@ class ImageService {
   // fault), queue_full (with retry_after_s), unavailable (draining, no device, store failed).
   virtual JobView submit(const GenerateRequest& request) = 0;
   virtual std::optional<JobView> job(const std::string& id) const = 0;
-  // Newest first. status filter optional; limit >= 1.
-  virtual std::vector<JobView> jobs(std::optional<JobStatus> status, int limit) const = 0;
+  // Newest first. status filter optional; limit >= 1; before_id (a cursor: the last job of the
+  // previous page) lists only jobs submitted before that one. Throws ServiceError
+  // (invalid_request, field "before") when before_id names no job.
+  virtual std::vector<JobView> jobs(std::optional<JobStatus> status, int limit,
+                                    const std::string& before_id = {}) const = 0;
   virtual CancelResult cancel(const std::string& id) = 0;
   // Absolute path of image k of the job, if it was written.
   virtual std::optional<std::string> image_path(const std::string& id, int k) const = 0;

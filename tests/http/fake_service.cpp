@@ -1,5 +1,6 @@
 #include "fake_service.h"
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 
@@ -100,11 +101,18 @@ std::optional<JobView> FakeImageService::job(const std::string& id) const {
   return it->second;
 }
 
-std::vector<JobView> FakeImageService::jobs(std::optional<JobStatus> status, int limit) const {
+std::vector<JobView> FakeImageService::jobs(std::optional<JobStatus> status, int limit,
+                                            const std::string& before_id) const {
   std::lock_guard lock(mu_);
   std::vector<JobView> out;
-  for (auto it = order_.rbegin(); it != order_.rend() && static_cast<int>(out.size()) < limit;
-       ++it) {
+  auto it = order_.rbegin();
+  if (!before_id.empty()) {
+    it = std::find(order_.rbegin(), order_.rend(), before_id);
+    if (it == order_.rend())
+      throw ServiceError(ErrorCode::invalid_request, "no such job", "invalid_field", "before");
+    ++it;
+  }
+  for (; it != order_.rend() && static_cast<int>(out.size()) < limit; ++it) {
     const JobView& j = jobs_.at(*it);
     if (!status || j.status == *status) out.push_back(j);
   }

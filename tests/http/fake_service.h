@@ -40,7 +40,8 @@ class FakeImageService : public ImageService {
   std::optional<std::string> canonical_scheduler(const std::string& name) const override;
   JobView submit(const GenerateRequest& request) override;
   std::optional<JobView> job(const std::string& id) const override;
-  std::vector<JobView> jobs(std::optional<JobStatus> status, int limit) const override;
+  std::vector<JobView> jobs(std::optional<JobStatus> status, int limit,
+                            const std::string& before_id = {}) const override;
   CancelResult cancel(const std::string& id) override;
   std::optional<std::string> image_path(const std::string& id, int k) const override;
   std::unique_ptr<Subscription> subscribe(const std::string& job_id,

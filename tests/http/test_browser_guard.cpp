@@ -190,3 +190,35 @@ TEST_CASE("a long request path is logged shortened, its query never", "[http][gu
   CHECK(text.size() < 2000);
   CHECK(text.find("sekrit") == std::string::npos);
 }
+
+TEST_CASE("job listings are bounded in bytes and paged with a cursor", "[http][guard]") {
+  HttpOptions options;
+  options.max_list_bytes = 16 * 1024;
+  ServerFixture f(options);
+  std::vector<std::string> ids;  // newest first
+  const std::string big_prompt(1500, 'p');
+  for (int i = 0; i < 30; ++i)
+    ids.insert(ids.begin(), f.post("/generate", R"({"prompts":[")" + big_prompt + R"(",")" +
+                                                    big_prompt + R"("],"n":2})")
+                                .json()["id"]);
+  std::vector<std::string> seen;
+  std::string target = "/jobs?limit=500";
+  int pages = 0;
+  for (;;) {
+    HttpReply r = f.get(target);
+    REQUIRE(r.status == 200);
+    CHECK(r.body.size() < options.max_list_bytes + 16 * 1024);  // the bound plus one job at most
+    const json j = r.json();
+    for (const auto& job : j["jobs"]) seen.push_back(job["id"]);
+    ++pages;
+    if (j["next"].is_null()) break;
+    REQUIRE(pages < 40);
+    target = "/jobs?limit=500&before=" + j["next"].get<std::string>();
+  }
+  CHECK(pages > 1);
+  CHECK(seen == ids);  // every job once, newest first
+  check_refused(f.get("/jobs?before=0123456789abcdef"), 400, "invalid_field");
+  const json one = f.get("/jobs?limit=1").json();
+  CHECK(one["jobs"].size() == 1);
+  CHECK(one["next"] == ids[0]);
+}
