@@ -8,7 +8,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
-#include "pipeline/posix_fs.h"
+#include "pipeline/media/posix_fs.h"
 
 namespace diffusiond {
 

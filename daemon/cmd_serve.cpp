@@ -34,7 +34,7 @@
 #include "daemon/supervisor.h"
 #include "daemon/torch_backend.h"
 #include "http/server.h"
-#include "pipeline/png.h"
+#include "pipeline/media/png.h"
 
 namespace diffusiond {
 

@@ -9,8 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include "daemon/commands.h"
-#include "pipeline/clip_tokenizer.h"
 #include "pipeline/model_folder.h"
+#include "pipeline/text/clip_tokenizer.h"
 
 namespace diffusiond {
 

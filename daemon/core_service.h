@@ -47,7 +47,7 @@
 namespace diffusiond {
 
 // Encodes an image with its metadata chunks into PNG bytes (runs on the PNG pool); the real one
-// is pipeline/png.h's encode_png_with_metadata.
+// is pipeline/media/png.h's encode_png_with_metadata.
 using PngEncoder = std::function<std::string(const RgbImage&, const PngGenerationInfo&)>;
 
 struct CoreOptions {

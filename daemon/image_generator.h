@@ -15,7 +15,7 @@
 #include "daemon/api/request.h"
 #include "daemon/api/views.h"
 #include "daemon/device_spec.h"
-#include "pipeline/image.h"
+#include "pipeline/media/image.h"
 
 namespace diffusiond {
 

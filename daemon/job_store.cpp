@@ -14,7 +14,7 @@
 #include "daemon/api/json/request_json.h"
 #include "daemon/atomic_file.h"
 #include "daemon/sqlite_db.h"
-#include "pipeline/posix_fs.h"
+#include "pipeline/media/posix_fs.h"
 
 namespace diffusiond {
 

@@ -1,4 +1,4 @@
-// What the PNG metadata chunks of one image say (pipeline/png.h writes them: the A1111
+// What the PNG metadata chunks of one image say (pipeline/media/png.h writes them: the A1111
 // `parameters` text and the `diffusiond` JSON), built from the image's ImageSpec and its job's
 // normalised request, for the daemon and `diffusiond generate` alike.
 // Torch-free. Thread-safety: pure function.
@@ -7,7 +7,7 @@
 #include <string>
 
 #include "daemon/api/request.h"
-#include "pipeline/png.h"
+#include "pipeline/media/png.h"
 
 namespace diffusiond {
 

@@ -12,7 +12,7 @@
 #include "daemon/cuda_driver.h"
 #include "daemon/dtype.h"
 #include "daemon/pipeline_params.h"
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 #include "pipeline/schedulers/scheduler.h"
 #include "pipeline/txt2img.h"
 

@@ -1,7 +1,7 @@
 #include "pipeline/clip_text_model.h"
 
 #include "pipeline/attention_ops.h"
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/weights.h"
 

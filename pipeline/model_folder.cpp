@@ -4,7 +4,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 
 namespace diffusiond {
 namespace fs = std::filesystem;
@@ -35,7 +35,8 @@ std::string repo_folder_name(const std::string& repo_id) {
 }
 
 bool looks_like_repo_id(const std::string& spec) {
-  if (spec.empty() || spec.front() == '/' || spec.front() == '.' || spec.back() == '/') return false;
+  if (spec.empty() || spec.front() == '/' || spec.front() == '.' || spec.back() == '/')
+    return false;
   auto slash = spec.find('/');
   if (slash == std::string::npos) return true;
   return spec.find('/', slash + 1) == std::string::npos;

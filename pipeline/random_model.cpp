@@ -6,7 +6,7 @@
 #include <torch/torch.h>
 
 #include "pipeline/clip_text_model.h"
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/unet.h"
 #include "pipeline/vae.h"

@@ -1,251 +1,80 @@
 #include "pipeline/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <fstream>
-#include <limits>
 
 #include <nlohmann/json.hpp>
 
 namespace diffusiond {
-namespace {
-
-// Header JSON larger than this is refused before reading it (the reference library uses 100 MB).
-constexpr std::uint64_t kMaxHeaderBytes = 100ull * 1024 * 1024;
-
-[[noreturn]] void fail(const std::filesystem::path& path, const std::string& problem) {
-  throw SafetensorsError(path.string() + ": " + problem);
-}
-
-bool parse_dtype(const std::string& s, StDType& out) {
-  static const std::pair<const char*, StDType> table[] = {
-      {"F64", StDType::F64}, {"F32", StDType::F32}, {"F16", StDType::F16},
-      {"BF16", StDType::BF16}, {"I64", StDType::I64}, {"I32", StDType::I32},
-      {"I16", StDType::I16}, {"I8", StDType::I8},   {"U8", StDType::U8},
-      {"BOOL", StDType::BOOL}};
-  for (const auto& [name, dtype] : table) {
-    if (s == name) {
-      out = dtype;
-      return true;
-    }
-  }
-  return false;
-}
-
-// numel * element size, or false on overflow.
-bool byte_size(const std::vector<std::int64_t>& shape, std::size_t elem, std::uint64_t& out) {
-  std::uint64_t n = elem;
-  for (std::int64_t d : shape) {
-    if (d != 0 && n > std::numeric_limits<std::uint64_t>::max() / static_cast<std::uint64_t>(d)) {
-      return false;
-    }
-    n *= static_cast<std::uint64_t>(d);
-  }
-  out = n;
-  return true;
-}
-
-StTensorInfo parse_entry(const std::filesystem::path& path, const std::string& name,
-                         const nlohmann::json& entry, std::uint64_t data_size) {
-  auto bad = [&](const std::string& what) { fail(path, "tensor '" + name + "': " + what); };
-  if (!entry.is_object()) bad("header entry is not an object");
-  StTensorInfo info;
-  info.name = name;
-  auto dt = entry.find("dtype");
-  if (dt == entry.end() || !dt->is_string()) bad("missing dtype");
-  if (!parse_dtype(dt->get<std::string>(), info.dtype)) {
-    bad("unknown dtype '" + dt->get<std::string>() + "'");
-  }
-  auto shape = entry.find("shape");
-  if (shape == entry.end() || !shape->is_array()) bad("missing shape");
-  for (const auto& d : *shape) {
-    if (!d.is_number_unsigned()) bad("shape has a non-integer or negative dimension");
-    auto v = d.get<std::uint64_t>();
-    if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-      bad("shape dimension too large");
-    }
-    info.shape.push_back(static_cast<std::int64_t>(v));
-  }
-  auto offs = entry.find("data_offsets");
-  if (offs == entry.end() || !offs->is_array() || offs->size() != 2 ||
-      !(*offs)[0].is_number_unsigned() || !(*offs)[1].is_number_unsigned()) {
-    bad("data_offsets must be two non-negative integers");
-  }
-  info.begin = (*offs)[0].get<std::uint64_t>();
-  info.end = (*offs)[1].get<std::uint64_t>();
-  if (info.begin > info.end) bad("data_offsets begin > end");
-  if (info.end > data_size) {
-    bad("data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) +
-        ") out of range: the data buffer has " + std::to_string(data_size) + " bytes");
-  }
-  std::uint64_t expected = 0;
-  if (!byte_size(info.shape, element_size(info.dtype), expected) ||
-      expected != info.end - info.begin) {
-    bad("shape/offset mismatch: shape needs " + std::to_string(expected) + " bytes, offsets span " +
-        std::to_string(info.end - info.begin));
-  }
-  return info;
-}
-
-}  // namespace
-
-std::size_t element_size(StDType dtype) {
-  switch (dtype) {
-    case StDType::F64: case StDType::I64: return 8;
-    case StDType::F32: case StDType::I32: return 4;
-    case StDType::F16: case StDType::BF16: case StDType::I16: return 2;
-    case StDType::I8: case StDType::U8: case StDType::BOOL: return 1;
-  }
-  return 1;
-}
-
-const char* to_string(StDType dtype) {
-  switch (dtype) {
-    case StDType::F64: return "F64";
-    case StDType::F32: return "F32";
-    case StDType::F16: return "F16";
-    case StDType::BF16: return "BF16";
-    case StDType::I64: return "I64";
-    case StDType::I32: return "I32";
-    case StDType::I16: return "I16";
-    case StDType::I8: return "I8";
-    case StDType::U8: return "U8";
-    case StDType::BOOL: return "BOOL";
-  }
-  return "?";
-}
 
 torch::ScalarType to_torch(StDType dtype) {
   switch (dtype) {
-    case StDType::F64: return torch::kFloat64;
-    case StDType::F32: return torch::kFloat32;
-    case StDType::F16: return torch::kFloat16;
-    case StDType::BF16: return torch::kBFloat16;
-    case StDType::I64: return torch::kInt64;
-    case StDType::I32: return torch::kInt32;
-    case StDType::I16: return torch::kInt16;
-    case StDType::I8: return torch::kInt8;
-    case StDType::U8: return torch::kUInt8;
-    case StDType::BOOL: return torch::kBool;
+    case StDType::F64:
+      return torch::kFloat64;
+    case StDType::F32:
+      return torch::kFloat32;
+    case StDType::F16:
+      return torch::kFloat16;
+    case StDType::BF16:
+      return torch::kBFloat16;
+    case StDType::I64:
+      return torch::kInt64;
+    case StDType::I32:
+      return torch::kInt32;
+    case StDType::I16:
+      return torch::kInt16;
+    case StDType::I8:
+      return torch::kInt8;
+    case StDType::U8:
+      return torch::kUInt8;
+    case StDType::BOOL:
+      return torch::kBool;
   }
   return torch::kFloat32;
 }
 
 StDType from_torch(torch::ScalarType type) {
   switch (type) {
-    case torch::kFloat64: return StDType::F64;
-    case torch::kFloat32: return StDType::F32;
-    case torch::kFloat16: return StDType::F16;
-    case torch::kBFloat16: return StDType::BF16;
-    case torch::kInt64: return StDType::I64;
-    case torch::kInt32: return StDType::I32;
-    case torch::kInt16: return StDType::I16;
-    case torch::kInt8: return StDType::I8;
-    case torch::kUInt8: return StDType::U8;
-    case torch::kBool: return StDType::BOOL;
-    default: throw std::invalid_argument(std::string("safetensors: unsupported dtype ") +
-                                         c10::toString(type));
+    case torch::kFloat64:
+      return StDType::F64;
+    case torch::kFloat32:
+      return StDType::F32;
+    case torch::kFloat16:
+      return StDType::F16;
+    case torch::kBFloat16:
+      return StDType::BF16;
+    case torch::kInt64:
+      return StDType::I64;
+    case torch::kInt32:
+      return StDType::I32;
+    case torch::kInt16:
+      return StDType::I16;
+    case torch::kInt8:
+      return StDType::I8;
+    case torch::kUInt8:
+      return StDType::U8;
+    case torch::kBool:
+      return StDType::BOOL;
+    default:
+      throw std::invalid_argument(std::string("safetensors: unsupported dtype ") +
+                                  c10::toString(type));
   }
 }
 
 std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    fail(path, std::string("cannot stat: ") + std::strerror(errno));
-  }
-  const auto file_size = static_cast<std::uint64_t>(st.st_size);
-  if (file_size < 8) {
-    ::close(fd);
-    fail(path, "file too short (" + std::to_string(file_size) +
-                   " bytes) to hold the 8-byte header length");
-  }
-  void* map = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map == MAP_FAILED) fail(path, std::string("cannot mmap: ") + std::strerror(errno));
-
-  std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
-  file->path_ = path;
-  file->map_ = map;
-  file->map_size_ = file_size;
-  const auto* bytes = static_cast<const std::uint8_t*>(map);
-
-  std::uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];
-  if (header_len > file_size - 8) {
-    fail(path, "header length " + std::to_string(header_len) + " is beyond the end of the file (" +
-                   std::to_string(file_size) + " bytes)");
-  }
-  if (header_len > kMaxHeaderBytes) fail(path, "header length " + std::to_string(header_len) +
-                                                   " exceeds the 100 MB limit");
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_len);
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, std::string("invalid JSON header: ") + e.what());
-  }
-  if (!header.is_object()) fail(path, "header is not a JSON object");
-
-  const std::uint64_t data_size = file_size - 8 - header_len;
-  file->data_ = bytes + 8 + header_len;
-  for (const auto& [key, value] : header.items()) {
-    if (key == "__metadata__") {
-      if (!value.is_object()) fail(path, "__metadata__ is not an object");
-      for (const auto& [mk, mv] : value.items()) {
-        if (!mv.is_string()) fail(path, "__metadata__ value for '" + mk + "' is not a string");
-        file->metadata_[mk] = mv.get<std::string>();
-      }
-      continue;
-    }
-    file->tensors_.push_back(parse_entry(path, key, value, data_size));
-  }
-
-  // Overlap check over the byte ranges (zero-sized tensors cannot overlap anything).
-  std::vector<const StTensorInfo*> by_offset;
-  for (const auto& t : file->tensors_) {
-    if (t.end > t.begin) by_offset.push_back(&t);
-  }
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](auto* a, auto* b) { return a->begin < b->begin; });
-  for (std::size_t i = 1; i < by_offset.size(); ++i) {
-    if (by_offset[i]->begin < by_offset[i - 1]->end) {
-      fail(path, "tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name +
-                     "' have overlapping data_offsets");
-    }
-  }
-  std::sort(file->tensors_.begin(), file->tensors_.end(),
-            [](const auto& a, const auto& b) { return a.name < b.name; });
-  file->self_ = file;
-  return file;
-}
-
-SafetensorsFile::~SafetensorsFile() {
-  if (map_ != nullptr) ::munmap(map_, map_size_);
-}
-
-const StTensorInfo* SafetensorsFile::find(std::string_view name) const {
-  auto it = std::lower_bound(tensors_.begin(), tensors_.end(), name,
-                             [](const StTensorInfo& t, std::string_view n) { return t.name < n; });
-  if (it == tensors_.end() || it->name != name) return nullptr;
-  return &*it;
+  return std::shared_ptr<const SafetensorsFile>(new SafetensorsFile(SafetensorsMap::open(path)));
 }
 
 torch::Tensor SafetensorsFile::tensor(std::string_view name) const {
   const StTensorInfo* info = find(name);
-  if (info == nullptr) fail(path_, "no tensor named '" + std::string(name) + "'");
-  std::shared_ptr<const SafetensorsFile> keep = self_.lock();
-  auto* ptr = const_cast<std::uint8_t*>(data_ + info->begin);
+  if (info == nullptr) {
+    throw SafetensorsError(path().string() + ": no tensor named '" + std::string(name) + "'");
+  }
+  std::shared_ptr<const SafetensorsMap> keep = map_;
+  std::uint8_t* ptr = map_->data(*info);
   auto options = torch::TensorOptions().dtype(to_torch(info->dtype)).device(torch::kCPU);
   if (info->end == info->begin) return torch::empty(info->shape, options);
-  return torch::from_blob(ptr, info->shape, [keep](void*) mutable { keep.reset(); }, options);
+  return torch::from_blob(
+      ptr, info->shape, [keep](void*) mutable { keep.reset(); }, options);
 }
 
 void write_safetensors(const std::filesystem::path& path,

@@ -12,9 +12,9 @@
 #include <unordered_map>
 
 #include "pipeline/clip_text_model.h"
-#include "pipeline/clip_tokenizer.h"
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 #include "pipeline/schedulers/scheduler.h"
+#include "pipeline/text/clip_tokenizer.h"
 #include "pipeline/unet.h"
 #include "pipeline/vae.h"
 

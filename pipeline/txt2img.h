@@ -12,7 +12,7 @@
 
 #include <torch/torch.h>
 
-#include "pipeline/image.h"
+#include "pipeline/media/image.h"
 #include "pipeline/model_folder.h"
 
 namespace diffusiond {

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 
 namespace diffusiond {
 namespace {

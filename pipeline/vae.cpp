@@ -1,6 +1,6 @@
 #include "pipeline/vae.h"
 
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/weights.h"
 

@@ -1,6 +1,6 @@
 #include "pipeline/vae_config.h"
 
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 
 namespace diffusiond {
 

@@ -8,8 +8,8 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "pipeline/config_util.h"
-#include "pipeline/png.h"
+#include "pipeline/media/config_util.h"
+#include "pipeline/media/png.h"
 #include "pipeline/txt2img.h"
 
 namespace diffusiond::testing {

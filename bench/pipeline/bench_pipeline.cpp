@@ -16,8 +16,8 @@
 
 #include <torch/torch.h>
 
+#include "pipeline/media/png.h"
 #include "pipeline/model_folder.h"
-#include "pipeline/png.h"
 #include "pipeline/txt2img.h"
 
 using namespace diffusiond;

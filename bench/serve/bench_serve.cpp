@@ -18,9 +18,9 @@
 
 #include "daemon/device_spec.h"
 #include "in_process.h"
-#include "pipeline/posix_fs.h"
+#include "pipeline/media/posix_fs.h"
 #include "serve_clients.h"
-#include "tests/blackbox/daemon_process.h"
+#include "tests/support/daemon_process.h"
 
 using namespace diffusiond;
 using namespace diffusiond::bench;

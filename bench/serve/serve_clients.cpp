@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "tests/http/http_client.h"
+#include "tests/support/http_client.h"
 
 namespace diffusiond::bench {
 

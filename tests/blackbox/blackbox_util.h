@@ -7,9 +7,9 @@
 #include <string>
 #include <thread>
 
-#include "../http/http_client.h"
-#include "daemon_process.h"
-#include "pipeline/posix_fs.h"
+#include "pipeline/media/posix_fs.h"
+#include "tests/support/daemon_process.h"
+#include "tests/support/http_client.h"
 
 namespace diffusiond::testing {
 

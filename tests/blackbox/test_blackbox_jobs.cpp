@@ -4,7 +4,7 @@
 #include <set>
 
 #include "blackbox_util.h"
-#include "pipeline/posix_fs.h"
+#include "pipeline/media/posix_fs.h"
 #include "png_check.h"
 
 using namespace diffusiond::testing;

@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <stdexcept>
 #include <string>
-#include "pipeline/posix_fs.h"
+#include "pipeline/media/posix_fs.h"
 
 namespace diffusiond::test {
 

@@ -1,18 +1,22 @@
-// CUDA checks of the torch backend (label gpu; each test skips itself without a CUDA device, so
-// the CPU build compiles and runs this file too): every CUDA replica runs on its own stream from
-// the pool (not the default stream), and images made on the GPU match the CPU's.
+// CUDA checks of the torch backend (label gpu): every CUDA replica runs on its own stream from
+// the pool (not the default stream), and images made on the GPU match the CPU's. The CPU build
+// compiles this file too: without a CUDA device each CUDA test case ends its process with
+// kSkipExitCode, which ctest reports as skipped (SKIP_RETURN_CODE, tests/daemon/CMakeLists.txt).
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
 #include <thread>
 
 #include "daemon/core_service.h"
 #include "daemon/torch_backend.h"
 #include "golden_pipeline.h"
-#include "pipeline/config_util.h"
-#include "pipeline/png.h"
+#include "pipeline/media/config_util.h"
+#include "pipeline/media/png.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/txt2img.h"
 #include "temp_dir.h"
@@ -25,10 +29,15 @@ using namespace diffusiond;
 namespace {
 const std::string kModel = std::string(DIFFUSIOND_FIXTURES) + "/tiny-sd1";
 
-bool have_cuda() {
-  if (torch::cuda::is_available()) return true;
-  WARN("no CUDA device: skipped");
-  return false;
+// ctest runs each test case in its own process (catch_discover_tests), so exiting skips just the
+// one test case. Run by hand without a CUDA device, the binary stops at the first CUDA test case.
+constexpr int kSkipExitCode = 77;
+
+void require_cuda() {
+  if (torch::cuda::is_available()) return;
+  std::cout << "no CUDA device: skipped (exit code " << kSkipExitCode << ")" << std::endl;
+  std::fflush(nullptr);
+  std::_Exit(kSkipExitCode);  // no static destructors: LibTorch's thread pools may be running
 }
 
 ImageSpec task(std::uint64_t seed) {
@@ -76,7 +85,7 @@ TEST_CASE("the stream code builds everywhere - CPU replicas keep working", "[gpu
 }
 
 TEST_CASE("each CUDA replica runs on its own non-default stream", "[gpu]") {
-  if (!have_cuda()) return;
+  require_cuda();
   auto backend = make_torch_backend(resolve_model(kModel), {});
   const DeviceSpec cuda0{DeviceSpec::Kind::cuda, 0, "cuda:0"};
   std::int64_t stream_id[2] = {-1, -1};
@@ -106,7 +115,7 @@ TEST_CASE("each CUDA replica runs on its own non-default stream", "[gpu]") {
 }
 
 TEST_CASE("an fp32 image made on cuda:0 matches the CPU's", "[gpu]") {
-  if (!have_cuda()) return;
+  require_cuda();
   TorchBackendOptions fp32;
   fp32.dtype = "fp32";
   auto backend = make_torch_backend(resolve_model(kModel), fp32);
@@ -125,7 +134,7 @@ TEST_CASE("an fp32 image made on cuda:0 matches the CPU's", "[gpu]") {
 }
 
 TEST_CASE("the daemon core runs a job on cuda:0 in fp16", "[gpu]") {
-  if (!have_cuda()) return;
+  require_cuda();
   test::TempDir dir;
   auto store = JobStore::open(dir.path());
   auto backend = make_torch_backend(resolve_model(kModel), {});
@@ -161,7 +170,7 @@ TEST_CASE("the daemon core runs a job on cuda:0 in fp16", "[gpu]") {
 // GPU may use TF32 (LibTorch's default, as in PyTorch), fp16 rounds every activation: both are
 // close, not bit-equal. The printed figures go into bench/RESULTS.md.
 TEST_CASE("cuda:0 reproduces the diffusers golden run in fp32 and fp16", "[gpu]") {
-  if (!have_cuda()) return;
+  require_cuda();
   const auto model = resolve_model(kModel);
   auto golden = SafetensorsFile::open(kModel + "/golden/pipeline.safetensors");
   const torch::Tensor golden_decoded = golden->tensor("decoded").to(torch::kFloat64);

@@ -13,7 +13,7 @@
 
 #include "daemon/core_service.h"
 #include "fake_backend.h"
-#include "pipeline/png.h"
+#include "pipeline/media/png.h"
 #include "temp_dir.h"
 
 using namespace diffusiond;

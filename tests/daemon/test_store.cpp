@@ -10,7 +10,7 @@
 #include "daemon/atomic_file.h"
 #include "daemon/job_store.h"
 #include "daemon/store_writer.h"
-#include "pipeline/posix_fs.h"
+#include "pipeline/media/posix_fs.h"
 #include "temp_dir.h"
 
 using namespace diffusiond;

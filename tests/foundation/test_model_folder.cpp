@@ -8,9 +8,9 @@
 #include <optional>
 #include <string>
 
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
+#include "pipeline/media/posix_fs.h"
 #include "pipeline/model_folder.h"
-#include "pipeline/posix_fs.h"
 
 namespace fs = std::filesystem;
 using diffusiond::ModelNotFound;

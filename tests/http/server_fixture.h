@@ -9,8 +9,8 @@
 
 #include "fake_service.h"
 #include "http/server.h"
-#include "http_client.h"
-#include "pipeline/posix_fs.h"
+#include "pipeline/media/posix_fs.h"
+#include "tests/support/http_client.h"
 
 namespace diffusiond::testing {
 

@@ -3,7 +3,7 @@
 
 #include "http/auth.h"
 #include "http/sse.h"
-#include "http_client.h"
+#include "tests/support/http_client.h"
 
 using namespace diffusiond;
 using namespace diffusiond::http_api;

@@ -13,9 +13,9 @@
 #include <torch/torch.h>
 
 #include "golden_pipeline.h"
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
+#include "pipeline/media/png.h"
 #include "pipeline/model_folder.h"
-#include "pipeline/png.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/txt2img.h"
 

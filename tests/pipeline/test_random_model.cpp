@@ -8,12 +8,12 @@
 #include <torch/torch.h>
 
 #include "pipeline/clip_text_model.h"
-#include "pipeline/clip_tokenizer.h"
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
+#include "pipeline/media/posix_fs.h"
 #include "pipeline/model_folder.h"
-#include "pipeline/posix_fs.h"
 #include "pipeline/random_model.h"
 #include "pipeline/safetensors.h"
+#include "pipeline/text/clip_tokenizer.h"
 #include "pipeline/txt2img.h"
 #include "pipeline/unet_config.h"
 #include "pipeline/vae_config.h"

@@ -9,7 +9,7 @@
 
 #include <zlib.h>
 
-#include "pipeline/png.h"
+#include "pipeline/media/png.h"
 
 using namespace diffusiond;
 

@@ -16,7 +16,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/schedulers/scheduler.h"
 

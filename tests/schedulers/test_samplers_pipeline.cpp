@@ -13,9 +13,9 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "pipeline/media/png.h"
+#include "pipeline/media/posix_fs.h"
 #include "pipeline/model_folder.h"
-#include "pipeline/png.h"
-#include "pipeline/posix_fs.h"
 #include "pipeline/schedulers/scheduler.h"
 #include "pipeline/txt2img.h"
 

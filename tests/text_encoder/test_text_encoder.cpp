@@ -10,7 +10,7 @@
 
 #include "pipeline/attention_ops.h"
 #include "pipeline/clip_text_model.h"
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/weights.h"
 

@@ -9,9 +9,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "pipeline/clip_tokenizer.h"
-#include "pipeline/config_util.h"
-#include "pipeline/posix_fs.h"
+#include "pipeline/media/config_util.h"
+#include "pipeline/media/posix_fs.h"
+#include "pipeline/text/clip_tokenizer.h"
 
 namespace tokenizer_test {
 

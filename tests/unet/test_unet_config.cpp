@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <fstream>
 
-#include "pipeline/config_util.h"
-#include "pipeline/posix_fs.h"
+#include "pipeline/media/config_util.h"
+#include "pipeline/media/posix_fs.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/unet.h"
 #include "pipeline/weights.h"

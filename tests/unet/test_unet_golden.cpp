@@ -6,9 +6,9 @@
 
 #include <fstream>
 
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
+#include "pipeline/media/posix_fs.h"
 #include "pipeline/model_folder.h"
-#include "pipeline/posix_fs.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/unet.h"
 #include "test_util.h"

@@ -3,7 +3,7 @@
 
 #include <map>
 
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 #include "pipeline/model_folder.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/vae.h"

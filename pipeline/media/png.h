@@ -14,7 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "pipeline/image.h"
+#include "pipeline/media/image.h"
 
 namespace diffusiond {
 

@@ -7,8 +7,8 @@
 #include <optional>
 #include <sstream>
 
-#include "pipeline/clip_tokenizer.h"
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
+#include "pipeline/text/clip_tokenizer.h"
 #include "pipeline/text/unicode_text.h"
 
 namespace diffusiond {

@@ -1,4 +1,4 @@
-#include "pipeline/png.h"
+#include "pipeline/media/png.h"
 
 #include <charconv>
 #include <cstdlib>

@@ -1,6 +1,6 @@
 // Ref: transformers CLIPTokenizer (_tokenize, bpe, build_inputs_with_special_tokens) and
 // PreTrainedTokenizer.tokenize (added-token split), v4.38.2.
-#include "pipeline/clip_tokenizer.h"
+#include "pipeline/text/clip_tokenizer.h"
 
 #include <mutex>
 #include <string_view>

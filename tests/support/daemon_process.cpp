@@ -1,4 +1,4 @@
-#include "daemon_process.h"
+#include "tests/support/daemon_process.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -14,7 +14,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "../http/http_client.h"
+#include "tests/support/http_client.h"
 
 extern char** environ;
 

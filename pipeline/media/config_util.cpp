@@ -1,4 +1,4 @@
-#include "pipeline/config_util.h"
+#include "pipeline/media/config_util.h"
 
 #include <fstream>
 #include <sstream>

@@ -1,4 +1,4 @@
-#include "http_client.h"
+#include "tests/support/http_client.h"
 
 #include <sys/socket.h>
 #include <sys/time.h>
