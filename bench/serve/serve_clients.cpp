@@ -59,9 +59,14 @@ ClientRun run_clients(std::uint16_t port, int clients, const WorkSpec& work) {
         const std::string id = r.json()["id"];
         // Follow the job's events until it ends (no polling delay in the measurement).
         testing::RawConnection events(port, 600);
-        events.send("GET /jobs/" + id + "/events HTTP/1.1\r\nHost: bench\r\n\r\n");
-        events.read_to_close();
+        events.send("GET /jobs/" + id + "/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        const bool streamed = events.read_to_close().rfind("HTTP/1.1 200", 0) == 0;
         const double e2e = ms_since(t0);
+        if (!streamed) {  // an event stream refused would measure a timeout, not the daemon
+          std::lock_guard lock(mu);
+          ++run.failures;
+          continue;
+        }
         json job = testing::http_request(port, "GET", "/jobs/" + id).json();
         std::lock_guard lock(mu);
         if (job["status"] != "done") {
