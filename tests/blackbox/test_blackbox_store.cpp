@@ -19,46 +19,38 @@ using nlohmann::json;
 
 namespace {
 
-// The `request` column of a job, read with SQLite itself (read-only).
-json stored_request(const std::filesystem::path& db_path, const std::string& id) {
-  sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  REQUIRE(sqlite3_prepare_v2(db, "SELECT request FROM jobs WHERE id=?", -1, &stmt, nullptr) ==
-          SQLITE_OK);
-  sqlite3_bind_text(stmt, 1, id.c_str(), -1, SQLITE_TRANSIENT);
-  REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
-  json request = json::parse(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)));
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return request;
-}
-
-std::int64_t stored_job_count(const std::filesystem::path& db_path) {
-  sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  REQUIRE(sqlite3_prepare_v2(db, "SELECT COUNT(DISTINCT id) FROM jobs", -1, &stmt, nullptr) ==
-          SQLITE_OK);
-  REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
-  const std::int64_t count = sqlite3_column_int64(stmt, 0);
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return count;
-}
-
-int stored_attempts(const std::filesystem::path& db_path, const std::string& id) {
+// The first column of the first row of `sql` (with `id` bound to its one ?, when given), read
+// with SQLite itself, read-only: what the database file holds, not what the daemon says.
+std::string query_store(const std::filesystem::path& db_path, const char* sql,
+                        const std::string& id = {}) {
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
   sqlite3_busy_timeout(db, 2000);
   sqlite3_stmt* stmt = nullptr;
-  REQUIRE(sqlite3_prepare_v2(db, "SELECT attempts FROM images WHERE job_id=? AND idx=0", -1, &stmt,
-                             nullptr) == SQLITE_OK);
-  sqlite3_bind_text(stmt, 1, id.c_str(), -1, SQLITE_TRANSIENT);
-  const int attempts = sqlite3_step(stmt) == SQLITE_ROW ? sqlite3_column_int(stmt, 0) : -1;
+  REQUIRE(sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr) == SQLITE_OK);
+  if (!id.empty()) sqlite3_bind_text(stmt, 1, id.c_str(), -1, SQLITE_TRANSIENT);
+  std::string value;
+  if (sqlite3_step(stmt) == SQLITE_ROW && sqlite3_column_text(stmt, 0))
+    value = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
   sqlite3_finalize(stmt);
   sqlite3_close(db);
-  return attempts;
+  return value;
+}
+
+json stored_request(const std::filesystem::path& db_path, const std::string& id) {
+  const std::string text = query_store(db_path, "SELECT request FROM jobs WHERE id=?", id);
+  REQUIRE_FALSE(text.empty());
+  return json::parse(text);
+}
+
+std::int64_t stored_job_count(const std::filesystem::path& db_path) {
+  return std::stoll(query_store(db_path, "SELECT COUNT(DISTINCT id) FROM jobs"));
+}
+
+int stored_attempts(const std::filesystem::path& db_path, const std::string& id) {
+  const std::string text =
+      query_store(db_path, "SELECT attempts FROM images WHERE job_id=? AND idx=0", id);
+  return text.empty() ? -1 : std::stoi(text);
 }
 
 json png_metadata(const std::string& png) {
