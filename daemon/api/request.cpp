@@ -29,6 +29,10 @@ int bounded(std::int64_t x, const char* field, std::int64_t lo, std::int64_t hi)
 }
 
 void check_text(const std::string& text, const std::string& field, std::size_t max_chars) {
+  // A NUL means nothing in a prompt, and PNG text chunks cannot hold one (readers would lose
+  // the parameters after it).
+  if (text.find('\0') != std::string::npos)
+    invalid(field, "field '" + field + "' contains a NUL character");
   const std::size_t chars = utf8_length(text);
   if (chars > max_chars)
     invalid(field, "field '" + field + "' is too long: " + std::to_string(chars) +

@@ -186,6 +186,9 @@ TEST_CASE("prompts: exactly one of prompt/prompts, strings, bounded count and le
   CHECK(ok(R"({"prompt":")" + cjk + "\"}").prompts[0].size() == 6000);
   CHECK(utf8_length(cjk) == 2000);
   CHECK(ok(R"({"prompt":""})").prompts[0].empty());
+  // A NUL cannot reach the PNG's text chunks.
+  expect_field(R"({"prompt":"a\u0000b"})", "prompt");
+  expect_field(R"({"prompt":"x","negative_prompt":"\u0000"})", "negative_prompt");
 }
 
 TEST_CASE("guidance_scale: a number in [0, max]", "[http][validation]") {
