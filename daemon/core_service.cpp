@@ -491,6 +491,9 @@ void CoreService::image_written(const TaskRef& task, const std::string& error) {
       auto& image = job->record.view.images[static_cast<std::size_t>(task.image)];
       image.has_file = true;
       image.finished_ms = unix_ms_now();
+      // Done: "steps of steps" in the request's own count, as the store reads it back (while
+      // running, progress counts model evaluations, e.g. steps + 1 for PNDM).
+      image.steps = job->record.view.request.steps;
       image.step = image.steps;
       image.error.clear();
       ++images_written_;
