@@ -52,7 +52,7 @@ using PngEncoder = std::function<std::string(const RgbImage&, const PngGeneratio
 
 struct CoreOptions {
   DispatchPolicy dispatch = DispatchPolicy::round_robin;
-  int max_queue = 256;      // queued images; beyond: 429 queue_full (an idle queue always
+  int max_queue = 256;      // queued images; beyond: queue_full (an idle queue always
                             // accepts one job, however large)
   int png_threads = 2;      // PNG encoder pool
   int max_attempts = 2;     // an image runs at most twice: one retry, on another device
@@ -73,7 +73,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   // Waits until every replica finished loading; true if at least one loaded.
   bool wait_loaded(std::chrono::milliseconds timeout);
   bool loading_finished() const;  // every replica loaded or failed to
-  // Stops taking work: submit() answers 503; running images get `grace` to finish, then stop at
+  // Stops taking work: submit() throws unavailable; running images get `grace` to finish, then stop at
   // their next step and are persisted as queued (they run again after a restart). Joins the
   // workers and the PNG pool. Idempotent.
   void drain(std::chrono::milliseconds grace);
