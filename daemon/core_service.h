@@ -73,8 +73,8 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   // Waits until every replica finished loading; true if at least one loaded.
   bool wait_loaded(std::chrono::milliseconds timeout);
   bool loading_finished() const;  // every replica loaded or failed to
-  // Stops taking work: submit() throws unavailable; running images get `grace` to finish, then stop at
-  // their next step and are persisted as queued (they run again after a restart). Joins the
+  // Stops taking work: submit() throws unavailable; running images get `grace` to finish, then stop
+  // at their next step and are persisted as queued (they run again after a restart). Joins the
   // workers and the PNG pool. Idempotent.
   void drain(std::chrono::milliseconds grace);
 
@@ -150,6 +150,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   void fail_unstarted_locked(ActiveJob& job, int k, const std::string& error,
                              std::vector<std::string>& flush);
   int retry_after_seconds_locked() const;
+  static ServiceError store_failure(const std::exception& e);  // a store read that failed
 
   JobStore& store_;
   ModelBackend& backend_;
