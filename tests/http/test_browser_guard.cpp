@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <sstream>
 
+#include "check_error.h"
 #include "http/browser_guard.h"
 #include "server_fixture.h"
 
@@ -14,12 +15,6 @@ using namespace diffusiond::testing;
 using nlohmann::json;
 
 namespace {
-
-void check_refused(const HttpReply& r, unsigned status, const std::string& code) {
-  INFO(r.body);
-  CHECK(r.status == status);
-  CHECK(r.json()["error"]["code"] == code);
-}
 
 const std::string kJob = R"({"prompt":"x"})";
 
@@ -53,8 +48,8 @@ TEST_CASE("a page rebound to 127.0.0.1 (foreign Host) reads nothing", "[http][gu
   const std::vector<std::string> targets = {"/jobs", "/jobs/" + id, "/healthz", "/", "/metrics"};
   for (const auto& target : targets) {
     INFO(target);
-    check_refused(f.get(target, {{"Host", "evil.example:" + std::to_string(f.port)}}), 403,
-                  "host_not_allowed");
+    check_error(f.get(target, {{"Host", "evil.example:" + std::to_string(f.port)}}), 403,
+                "host_not_allowed");
   }
   CHECK(f.get("/jobs", {{"Host", "localhost:" + std::to_string(f.port)}}).status == 200);
 }
@@ -64,12 +59,12 @@ TEST_CASE("a cross-site page cannot start, cancel or submit work", "[http][guard
   const std::string host = "127.0.0.1:" + std::to_string(f.port);  // as a browser sends it
   const std::string own = "http://" + host;
   // The "simple requests" a page can send without a CORS preflight.
-  check_refused(f.post("/generate", kJob,
-                       {{"Origin", "http://evil.example"}, {"Content-Type", "text/plain"}}),
-                403, "origin_not_allowed");
-  check_refused(f.post("/generate", kJob, {{"Origin", "null"}}), 403, "origin_not_allowed");
+  check_error(f.post("/generate", kJob,
+                     {{"Origin", "http://evil.example"}, {"Content-Type", "text/plain"}}),
+              403, "origin_not_allowed");
+  check_error(f.post("/generate", kJob, {{"Origin", "null"}}), 403, "origin_not_allowed");
   const std::string id = f.post("/generate", kJob).json()["id"];  // curl: no Origin
-  check_refused(
+  check_error(
       http_request(f.port, "DELETE", "/jobs/" + id, "", {{"Origin", "http://evil.example"}}), 403,
       "origin_not_allowed");
   CHECK(f.service.submitted().size() == 1);
@@ -77,13 +72,13 @@ TEST_CASE("a cross-site page cannot start, cancel or submit work", "[http][guard
   CHECK(f.post("/generate", kJob,
                {{"Host", host}, {"Origin", own}, {"Content-Type", "application/json"}})
             .status == 202);
-  check_refused(
+  check_error(
       f.post("/generate", kJob, {{"Host", host}, {"Origin", own}, {"Content-Type", "text/plain"}}),
       415, "unsupported_media_type");
-  check_refused(f.post("/generate", kJob,
-                       {{"Sec-Fetch-Mode", "no-cors"},
-                        {"Content-Type", "application/x-www-form-urlencoded"}}),
-                415, "unsupported_media_type");
+  check_error(f.post("/generate", kJob,
+                     {{"Sec-Fetch-Mode", "no-cors"},
+                      {"Content-Type", "application/x-www-form-urlencoded"}}),
+              415, "unsupported_media_type");
   // curl -d sends application/x-www-form-urlencoded and no Origin: still accepted.
   CHECK(f.post("/generate", kJob, {{"Content-Type", "application/x-www-form-urlencoded"}}).status ==
         202);
@@ -99,16 +94,16 @@ TEST_CASE("a named front end (allowed_origins) may post", "[http][guard]") {
   CHECK(f.post("/generate", kJob,
                {{"Origin", "https://studio.example"}, {"Content-Type", "application/json"}})
             .status == 202);
-  check_refused(f.post("/generate", kJob,
-                       {{"Origin", "https://other.example"}, {"Content-Type", "application/json"}}),
-                403, "origin_not_allowed");
+  check_error(f.post("/generate", kJob,
+                     {{"Origin", "https://other.example"}, {"Content-Type", "application/json"}}),
+              403, "origin_not_allowed");
 }
 
 TEST_CASE("numbers beyond a double are a 400, and the message stays short", "[http][guard]") {
   ServerFixture f;
   for (const std::string number : {std::string("1e400"), std::string(3000, '9') + ".5"}) {
     HttpReply r = f.post("/generate", R"({"prompt":"x","steps":)" + number + "}");
-    check_refused(r, 400, "invalid_json");
+    check_error(r, 400, "invalid_json");
     CHECK(r.json()["error"]["message"].get<std::string>().size() < 400);
   }
   CHECK(f.get("/healthz").status == 200);
@@ -217,7 +212,7 @@ TEST_CASE("job listings are bounded in bytes and paged with a cursor", "[http][g
   }
   CHECK(pages > 1);
   CHECK(seen == ids);  // every job once, newest first
-  check_refused(f.get("/jobs?before=0123456789abcdef"), 400, "invalid_field");
+  check_error(f.get("/jobs?before=0123456789abcdef"), 400, "invalid_field");
   const json one = f.get("/jobs?limit=1").json();
   CHECK(one["jobs"].size() == 1);
   CHECK(one["next"] == ids[0]);

@@ -2,26 +2,14 @@
 #include <catch2/catch.hpp>
 #include <future>
 
+#include "check_error.h"
 #include "server_fixture.h"
 
 using namespace diffusiond;
 using namespace diffusiond::testing;
 using nlohmann::json;
 
-namespace {
-
-void check_error(const HttpReply& r, unsigned status, const std::string& code) {
-  INFO(r.body);
-  CHECK(r.status == status);
-  CHECK(r.header("content-type") == "application/json");
-  json j = r.json();
-  REQUIRE(j.contains("error"));
-  CHECK(j["error"]["code"] == code);
-  CHECK(j["error"]["message"].is_string());
-  CHECK_FALSE(j["error"]["message"].get<std::string>().empty());
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("health, readiness, metrics, devices, model, schedulers", "[http][server]") {
   ServerFixture f;
