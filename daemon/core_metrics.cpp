@@ -1,9 +1,45 @@
-// CoreService::metrics_text: the Prometheus text exposition of the daemon's state.
+// How CoreService reports its state: metrics_text (Prometheus text exposition), the systemd
+// STATUS= line, the supervisor's liveness check and the queued-image count.
 #include <spdlog/spdlog.h>
 
 #include "daemon/core_service.h"
 
 namespace diffusiond {
+
+std::size_t CoreService::queued_images() const {
+  std::lock_guard lock(mu_);
+  std::size_t count = 0;
+  for (const auto& [id, job] : active_)
+    for (const auto& image : job.record.view.images) count += image.status == ImageStatus::queued;
+  return count;
+}
+
+bool CoreService::workers_alive() const {
+  if (draining_) return true;  // workers exit on purpose while draining
+  if (dispatcher_.healthy_count() == 0) return false;
+  for (const auto& worker : workers_) {
+    if (!dispatcher_.healthy(worker->index())) continue;
+    if (!worker->alive(options_.stall_limit)) return false;
+  }
+  return true;
+}
+
+std::string CoreService::status_line() const {
+  int busy = 0, loaded = 0;
+  for (const auto& worker : workers_) {
+    const auto s = worker->stats();
+    busy += s.busy ? 1 : 0;
+    loaded += s.loaded ? 1 : 0;
+  }
+  std::string line = "queue=" + std::to_string(dispatcher_.queued()) +
+                     " running=" + std::to_string(busy) +
+                     " devices=" + std::to_string(dispatcher_.healthy_count()) + "/" +
+                     std::to_string(workers_.size());
+  if (loaded < static_cast<int>(workers_.size()) && !draining_) line += " loading";
+  if (draining_) line += " draining";
+  if (store_failed_) line += " store=failed";
+  return line;
+}
 
 std::string CoreService::metrics_text() const {
   PrometheusWriter w;

@@ -136,41 +136,6 @@ void CoreService::drain(std::chrono::milliseconds grace) {
   writer_->stop();        // then every queued store write
 }
 
-std::size_t CoreService::queued_images() const {
-  std::lock_guard lock(mu_);
-  std::size_t count = 0;
-  for (const auto& [id, job] : active_)
-    for (const auto& image : job.record.view.images) count += image.status == ImageStatus::queued;
-  return count;
-}
-
-bool CoreService::workers_alive() const {
-  if (draining_) return true;  // workers exit on purpose while draining
-  if (dispatcher_.healthy_count() == 0) return false;
-  for (const auto& worker : workers_) {
-    if (!dispatcher_.healthy(worker->index())) continue;
-    if (!worker->alive(options_.stall_limit)) return false;
-  }
-  return true;
-}
-
-std::string CoreService::status_line() const {
-  int busy = 0, loaded = 0;
-  for (const auto& worker : workers_) {
-    const auto s = worker->stats();
-    busy += s.busy ? 1 : 0;
-    loaded += s.loaded ? 1 : 0;
-  }
-  std::string line = "queue=" + std::to_string(dispatcher_.queued()) +
-                     " running=" + std::to_string(busy) +
-                     " devices=" + std::to_string(dispatcher_.healthy_count()) + "/" +
-                     std::to_string(workers_.size());
-  if (loaded < static_cast<int>(workers_.size()) && !draining_) line += " loading";
-  if (draining_) line += " draining";
-  if (store_failed_) line += " store=failed";
-  return line;
-}
-
 // ---- ImageService ----------------------------------------------------------------------------
 
 ModelInfo CoreService::model_info() const {

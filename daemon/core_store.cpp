@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <set>
 
 #include "daemon/core_service.h"
 
@@ -36,24 +37,29 @@ std::vector<JobView> CoreService::jobs(std::optional<JobStatus> status, int limi
       before = cursor->seq;
     }
   }
+  // Memory first, then the store: a job that leaves memory in between had its last write
+  // committed before it left, so the store read that follows sees it. Memory is newer than the
+  // store for every job it holds: it wins, and its jobs are listed even when their last change
+  // is not committed yet.
+  std::vector<JobRecord> merged;
+  std::set<std::string> in_memory;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, job] : active_) {
+      in_memory.insert(id);
+      if ((!status || job.record.view.status == *status) &&
+          (before == 0 || job.record.seq < before))
+        merged.push_back(job.record);
+    }
+  }
   std::vector<JobRecord> records;
   try {
     records = store_.list(status, limit, before);  // the read connection: never waits on a write
   } catch (const std::exception& e) {
     throw store_failure(e);
   }
-  // Memory is newer than the store for every job it holds: it wins, and its jobs are listed even
-  // when their last change is not committed yet.
-  std::vector<JobRecord> merged;
-  {
-    std::lock_guard lock(mu_);
-    for (auto& record : records)
-      if (!active_.count(record.view.id)) merged.push_back(std::move(record));
-    for (const auto& [id, job] : active_)
-      if ((!status || job.record.view.status == *status) &&
-          (before == 0 || job.record.seq < before))
-        merged.push_back(job.record);
-  }
+  for (auto& record : records)
+    if (!in_memory.count(record.view.id)) merged.push_back(std::move(record));
   std::sort(merged.begin(), merged.end(),
             [](const JobRecord& a, const JobRecord& b) { return a.seq > b.seq; });
   if (merged.size() > static_cast<std::size_t>(limit))
