@@ -8,13 +8,16 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include "pipeline/media/posix_fs.h"
 
 namespace diffusiond {
 
 namespace {
 [[noreturn]] void fail(const std::string& what, const std::filesystem::path& path, int err) {
-  throw std::runtime_error(what + " " + path.string() + ": " + std::strerror(err));
+  // system_error keeps errno: a full disk (ENOSPC, EDQUOT) is told apart from other failures.
+  // what(): "<what> <path>: <errno text>".
+  throw std::system_error(err, std::generic_category(), what + " " + path.string());
 }
 
 void fsync_dir(const std::filesystem::path& dir) {

@@ -8,7 +8,7 @@
 
 namespace diffusiond {
 
-// Throws std::runtime_error naming the file and the errno text.
+// Throws std::system_error (code: the errno) naming the file and the errno text.
 void write_file_atomically(const std::filesystem::path& target, std::string_view bytes);
 
 // Temporary files left by a crash inside write_file_atomically ("*.tmp-*"), removed under dir.

@@ -142,6 +142,7 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   core.limits.max_pixels = options.max_pixels;
   core.limits.max_steps = options.max_steps;
   core.limits.max_n = options.max_n;
+  core.min_free_bytes = std::uint64_t(options.min_free_mb) << 20;
   core.dtype = resolve_dtype(options.dtype, devices.front().kind == DeviceSpec::Kind::cuda);
   const int compression = options.png_compression;
   CoreService service(*store, *backend, devices, core,
@@ -180,7 +181,8 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   int sig = 0;
   while (!service.loading_finished() && sig == 0) sig = wait_signal(std::chrono::milliseconds(200));
   if (sig == 0) {
-    if (!service.ready()) {
+    if (!service.wait_loaded(
+            std::chrono::milliseconds(0))) {  // not ready() (a full disk is not this)
       supervisor.stop();
       http.stop();
       service.drain(std::chrono::milliseconds(0));

@@ -38,13 +38,18 @@ std::string CoreService::status_line() const {
   if (loaded < static_cast<int>(workers_.size()) && !draining_) line += " loading";
   if (draining_) line += " draining";
   if (store_failed_) line += " store=failed";
+  if (storage_->full()) line += " storage=full";
   return line;
 }
 
 std::string CoreService::metrics_text() const {
   PrometheusWriter w;
-  w.header("diffusiond_ready", "gauge", "1 when every model replica is loaded");
+  w.header("diffusiond_ready", "gauge", "1 when the daemon takes work (see /readyz)");
   w.sample("diffusiond_ready", {}, ready() ? 1 : 0);
+
+  w.header("diffusiond_storage_full", "gauge",
+           "1 while the data dir is full: no new jobs or images until space is freed");
+  w.sample("diffusiond_storage_full", {}, storage_->full() ? 1 : 0);
 
   w.header("diffusiond_queue_depth", "gauge", "Image tasks waiting for a device");
   w.sample("diffusiond_queue_depth", {}, static_cast<double>(dispatcher_.queued()));

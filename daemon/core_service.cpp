@@ -41,7 +41,17 @@ CoreService::CoreService(JobStore& store, ModelBackend& backend, std::vector<Dev
       model_info_(backend.model_info()),
       dispatcher_(static_cast<int>(devices_.size()), options_.dispatch, options_.unhealthy_after),
       png_pool_(std::make_unique<ThreadPool>(options_.png_threads, "png encoder")) {
-  writer_ = std::make_unique<StoreWriter>(store_, static_cast<StoreWriter::Listener&>(*this));
+  writer_ = std::make_unique<StoreWriter>(store_, static_cast<StoreWriter::Listener&>(*this),
+                                          options_.storage_check_every);
+  storage_ = std::make_unique<StorageGuard>(
+      StorageGuardOptions{store_.data_dir(), options_.min_free_bytes, options_.storage_check_every},
+      [this](bool full, const std::string& why) {
+        dispatcher_.set_paused(full);
+        if (full)
+          spdlog::error("storage full: {}; no new jobs or images until space is freed", why);
+        else
+          spdlog::info("storage available again: images run and jobs are accepted");
+      });
   for (std::size_t i = 0; i < devices_.size(); ++i)
     workers_.push_back(std::make_unique<DeviceWorker>(static_cast<int>(i), devices_[i], backend_,
                                                       dispatcher_, static_cast<TaskHost&>(*this)));
@@ -104,6 +114,7 @@ void CoreService::start() {
   if (!unfinished.empty())
     spdlog::info("recovered {} unfinished job(s) from the store, {} image(s) queued again",
                  unfinished.size(), requeued);
+  storage_->start();
   for (auto& worker : workers_) worker->start();
 }
 
@@ -134,6 +145,7 @@ void CoreService::drain(std::chrono::milliseconds grace) {
   for (auto& worker : workers_) worker->join();
   png_pool_->shutdown();  // pending PNG writes complete
   writer_->stop();        // then every queued store write
+  storage_->stop();
 }
 
 // ---- ImageService ----------------------------------------------------------------------------
@@ -158,12 +170,7 @@ JobView CoreService::submit(const GenerateRequest& asked) {
   StoreWriter::Ticket ticket = 0;
   {
     std::lock_guard lock(mu_);
-    if (store_failed_)
-      throw ServiceError(ErrorCode::unavailable, "the job store cannot be written: " + store_error_,
-                         "store_error");
-    if (dispatcher_.healthy_count() == 0)
-      throw ServiceError(ErrorCode::unavailable, "no healthy device is left to run images",
-                         "no_device");
+    if (auto refused = refusal_locked()) throw *refused;
     const std::size_t depth = dispatcher_.queued() + static_cast<std::size_t>(pending_images_);
     if (depth > 0 &&
         depth + static_cast<std::size_t>(count) > static_cast<std::size_t>(options_.max_queue))
@@ -176,12 +183,16 @@ JobView CoreService::submit(const GenerateRequest& asked) {
     pending_images_ += count;
     ticket = writer_->enqueue({record, {}, true});
   }
-  const std::string error = writer_->wait(ticket);  // committed and synced: durable from here
+  bool full = false;
+  const std::string error = writer_->wait(ticket, &full);  // committed and synced: durable
   std::vector<std::string> to_flush;
   JobView view;
   {
     std::lock_guard lock(mu_);
     pending_images_ -= count;
+    if (full)
+      throw ServiceError(ErrorCode::storage_full, "the data dir is full: " + error, "storage_full",
+                         {}, 30);
     if (!error.empty())
       throw ServiceError(ErrorCode::unavailable, "cannot store the job: " + error, "store_error");
     const std::string id = record.view.id;
@@ -279,10 +290,35 @@ std::vector<DeviceView> CoreService::devices() const {
   return out;
 }
 
-bool CoreService::ready() const {
-  if (draining_ || store_failed_) return false;
+std::optional<ServiceError> CoreService::refusal_locked() const {
+  if (draining_)
+    return ServiceError(ErrorCode::unavailable, "the daemon is shutting down", "draining", {}, 5);
+  if (store_failed_)
+    return ServiceError(ErrorCode::unavailable, "the job store cannot be written: " + store_error_,
+                        "store_error");
+  if (storage_->full())
+    return ServiceError(
+        ErrorCode::storage_full,
+        "the data dir is full (" + storage_->reason() + "); retry once space is freed",
+        "storage_full", {}, 30);
+  if (dispatcher_.healthy_count() == 0)
+    return ServiceError(ErrorCode::unavailable, "no healthy device is left to run images",
+                        "no_device");
+  return std::nullopt;
+}
+
+std::optional<ServiceError> CoreService::not_ready() const {
+  {
+    std::lock_guard lock(mu_);
+    if (auto refused = refusal_locked()) return refused;
+  }
   std::lock_guard lock(load_mu_);
-  return loads_finished_ == static_cast<int>(workers_.size()) && loads_ok_ > 0;
+  const int total = static_cast<int>(workers_.size());
+  if (loads_finished_ == total && loads_ok_ > 0) return std::nullopt;
+  return ServiceError(ErrorCode::unavailable,
+                      "the model is loaded on " + std::to_string(loads_ok_) + " of " +
+                          std::to_string(total) + " device(s)",
+                      "loading", {}, 5);
 }
 
 // ---- worker callbacks ------------------------------------------------------------------------
@@ -375,18 +411,22 @@ void CoreService::task_succeeded(int worker, const TaskRef& task, RgbImage image
 void CoreService::write_png(const TaskRef& task, const std::string& device, const RgbImage& image,
                             const PngGenerationInfo& info) {
   std::string error;
+  bool full = false;
   try {
     const auto bytes = encoder_(image, info);
     store_.prepare_image_dir(task.job_id);
     write_file_atomically(store_.image_file(task.job_id, task.image), bytes);
   } catch (const std::exception& e) {
     error = std::string("cannot write the PNG: ") + e.what();
-    spdlog::error("{}/{} on {}: {}", task.job_id, task.image, device, error);
+    full = is_storage_full_error(e);
+    spdlog::error("{}/{} on {}: {}{}", task.job_id, task.image, device, error,
+                  full ? "; queued again for when space is freed" : "");
+    if (full) storage_->report_full(error);  // pauses the devices before the image re-queues
   }
-  image_written(task, error);
+  image_written(task, error, full);
 }
 
-void CoreService::image_written(const TaskRef& task, const std::string& error) {
+void CoreService::image_written(const TaskRef& task, const std::string& error, bool storage_full) {
   std::vector<std::string> to_flush;
   {
     std::lock_guard lock(mu_);
@@ -394,7 +434,22 @@ void CoreService::image_written(const TaskRef& task, const std::string& error) {
     if (!job || job->record.view.images[static_cast<std::size_t>(task.image)].status !=
                     ImageStatus::running)
       return;  // it ended meanwhile (the store failed)
-    if (!error.empty()) {
+    if (storage_full && !job->record.cancel_requested && !draining_) {
+      // Not the image's fault: it runs again once space is freed, and the attempt is not counted.
+      const auto k = static_cast<std::size_t>(task.image);
+      set_image_status(job->record, task.image, ImageStatus::queued);
+      auto& attempts = job->record.attempts[k];
+      attempts = std::max(0, attempts - 1);
+      auto& image = job->record.view.images[k];
+      image.error = error + " (queued again)";
+      image.device.clear();
+      image.started_ms = 0;
+      image.step = 0;
+      job->queued_since_ms[k] = unix_ms_now();
+      commit_locked(*job, {task.image}, to_flush);
+      dispatcher_.enqueue(
+          {task.job_id, task.image, job->record.view.request.priority, job->record.seq, -1});
+    } else if (!error.empty()) {
       fail_image_locked(*job, task.image, error, to_flush);
     } else {
       set_image_status(job->record, task.image, ImageStatus::done);

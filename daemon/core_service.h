@@ -10,6 +10,10 @@
 // is committed (a 202 means durable), waiting outside mu_. A write that fails is final: every
 // unfinished job fails with the store's error, ready() turns false, submit() answers
 // unavailable; reads keep working from memory and the store's read connection.
+// A full disk is not final (StorageGuard): while it lasts submit() answers storage_full, the
+// devices take no new images, an image whose PNG could not be written is queued again (the
+// attempt does not count) and the store retries its writes; all of it resumes once space is
+// freed.
 //
 // Events per job, in order: queued, started(k), progress(k)..., image(k) | failed(k), ..., then
 // one of done | failed | cancelled; nothing after the terminal event.
@@ -41,6 +45,7 @@
 #include "daemon/job_store.h"
 #include "daemon/metrics.h"
 #include "daemon/png_info.h"
+#include "daemon/storage_guard.h"
 #include "daemon/store_writer.h"
 #include "daemon/thread_pool.h"
 
@@ -59,7 +64,9 @@ struct CoreOptions {
   int unhealthy_after = 3;  // consecutive failures that mark a device unhealthy
   std::chrono::seconds stall_limit{600};  // a busy worker without a step for this long is dead
   std::string dtype = "fp32";             // written into the PNG metadata
-  RequestLimits limits;                   // every bound on a request (normalise())
+  std::uint64_t min_free_bytes = 100ull << 20;          // below: storage full (StorageGuard)
+  std::chrono::milliseconds storage_check_every{1000};  // statvfs period; store write retries
+  RequestLimits limits;                                 // every bound on a request (normalise())
 };
 
 class CoreService final : public ImageService, private TaskHost, private StoreWriter::Listener {
@@ -102,7 +109,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   std::unique_ptr<Subscription> subscribe(const std::string& job_id,
                                           std::function<void(const JobEvent&)> on_event) override;
   std::vector<DeviceView> devices() const override;
-  bool ready() const override;
+  std::optional<ServiceError> not_ready() const override;
   std::string metrics_text() const override;  // core_metrics.cpp
 
  private:
@@ -125,11 +132,13 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   // StoreWriter::Listener (the store writer thread)
   void writes_committed(StoreWriter::Ticket last) override;
   void writes_failed(const std::vector<std::string>& job_ids, const std::string& error) override;
+  void writes_stalled(const std::string& error) override;
 
   // Runs on the PNG pool.
   void write_png(const TaskRef& task, const std::string& device, const RgbImage& image,
                  const PngGenerationInfo& info);
-  void image_written(const TaskRef& task, const std::string& error);
+  // storage_full: the PNG could not be written for lack of space; the image is queued again.
+  void image_written(const TaskRef& task, const std::string& error, bool storage_full);
 
   // Helpers; *_locked need mu_. They queue events and note the job ids to flush after unlock.
   ActiveJob* find_locked(const std::string& id);
@@ -150,6 +159,8 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   void fail_unstarted_locked(ActiveJob& job, int k, const std::string& error,
                              std::vector<std::string>& flush);
   int retry_after_seconds_locked() const;
+  // Why submit() refuses now (draining, store failed, storage full, no device); needs mu_.
+  std::optional<ServiceError> refusal_locked() const;
   static ServiceError store_failure(const std::exception& e);  // a store read that failed
 
   JobStore& store_;
@@ -160,7 +171,8 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   const ModelInfo model_info_;
 
   Dispatcher dispatcher_;
-  std::unique_ptr<StoreWriter> writer_;  // made in the constructor, stopped by drain()
+  std::unique_ptr<StoreWriter> writer_;    // made in the constructor, stopped by drain()
+  std::unique_ptr<StorageGuard> storage_;  // started by start(), stopped by drain()
   EventHub hub_;
   Histogram queue_wait_{Histogram::wait_seconds_buckets()};
   std::vector<std::unique_ptr<DeviceWorker>> workers_;

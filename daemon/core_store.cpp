@@ -99,6 +99,10 @@ void CoreService::writes_failed(const std::vector<std::string>& job_ids, const s
   flush(to_flush);
 }
 
+void CoreService::writes_stalled(const std::string& error) {
+  storage_->report_full("the job store: " + error);  // the writer retries; nothing fails
+}
+
 void CoreService::fail_for_store_locked(ActiveJob& job, const std::string& error,
                                         std::vector<std::string>& flush) {
   const std::string why = "the job store cannot be written: " + error;

@@ -102,7 +102,8 @@ std::optional<TaskRef> Dispatcher::take(int device) {
   check_device(device);
   for (;;) {
     if (stopped_ || !healthy_[static_cast<std::size_t>(device)]) return std::nullopt;
-    if (auto task = pop_locked(device)) return task;
+    if (!paused_)
+      if (auto task = pop_locked(device)) return task;
     cv_.wait(lock);
   }
 }
@@ -110,8 +111,19 @@ std::optional<TaskRef> Dispatcher::take(int device) {
 std::optional<TaskRef> Dispatcher::try_take(int device) {
   std::lock_guard lock(mu_);
   check_device(device);
-  if (stopped_ || !healthy_[static_cast<std::size_t>(device)]) return std::nullopt;
+  if (stopped_ || paused_ || !healthy_[static_cast<std::size_t>(device)]) return std::nullopt;
   return pop_locked(device);
+}
+
+void Dispatcher::set_paused(bool paused) {
+  std::lock_guard lock(mu_);
+  paused_ = paused;
+  cv_.notify_all();
+}
+
+bool Dispatcher::paused() const {
+  std::lock_guard lock(mu_);
+  return paused_;
 }
 
 std::vector<TaskRef> Dispatcher::cancel_job(const std::string& job_id) {

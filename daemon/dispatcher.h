@@ -82,6 +82,9 @@ class Dispatcher {
 
   // Wakes every take() with nullopt; later takes return nullopt too. Queued tasks stay queued.
   void stop();
+  // While paused (e.g. the disk is full) take() hands out nothing and waits; queueing goes on.
+  void set_paused(bool paused);
+  bool paused() const;
 
  private:
   using Queue = std::set<TaskRef, TaskOrder>;
@@ -98,6 +101,7 @@ class Dispatcher {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stopped_ = false;
+  bool paused_ = false;
   std::vector<bool> healthy_;
   std::vector<int> consecutive_failures_;
   std::vector<Queue> per_device_;  // round_robin

@@ -323,7 +323,8 @@ void JobStore::apply(std::vector<Write>& batch) {
     tx.commit();
   } catch (const SqliteError& e) {
     throw StoreError("cannot write " + std::to_string(batch.size()) + " change(s) to " +
-                     database_path().string() + ": " + e.what());
+                         database_path().string() + ": " + e.what(),
+                     e.code() == SQLITE_FULL);
   }
 }
 

@@ -27,7 +27,14 @@ class SqliteDatabase;
 // Start-up and I/O failures of the store, with the file and what to do in plain words.
 class StoreError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit StoreError(const std::string& message, bool storage_full = false)
+      : std::runtime_error(message), storage_full_(storage_full) {}
+  // The disk (or quota) is full: nothing was written, and the same write can succeed once
+  // space is freed. Every other store error is final (see store_writer.h).
+  bool storage_full() const { return storage_full_; }
+
+ private:
+  bool storage_full_;
 };
 
 struct RetentionPolicy {

@@ -73,6 +73,11 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                  "Keep at most this many PNGs; the oldest finished jobs go first (0: no cap)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1000000000));
+  cmd.add_option("--min-free-mb", o.min_free_mb,
+                 "Free MiB the data dir keeps: below it, no new jobs (507 storage_full) or images "
+                 "until space is freed (0: only when a write fails)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 10000000));
   cmd.add_option("--png-compression", o.png_compression, "zlib level of the PNG files, 0..9")
       ->capture_default_str()
       ->check(CLI::Range(0, 9));

@@ -34,6 +34,7 @@ struct ServeOptions {
   int max_connections = 256;
   int keep_days = 30;
   int max_images = 0;
+  int min_free_mb = 100;  // free space below which the data dir counts as full
   int png_compression = 1;
   int png_threads = 2;
   int threads = 0;  // total intra-op CPU threads for CPU workers; 0 = all cores

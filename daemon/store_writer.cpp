@@ -7,8 +7,8 @@
 
 namespace diffusiond {
 
-StoreWriter::StoreWriter(JobStore& store, Listener& listener)
-    : store_(store), listener_(listener), thread_([this] { run(); }) {}
+StoreWriter::StoreWriter(JobStore& store, Listener& listener, std::chrono::milliseconds retry_every)
+    : store_(store), listener_(listener), retry_every_(retry_every), thread_([this] { run(); }) {}
 
 StoreWriter::~StoreWriter() {
   stop();
@@ -26,9 +26,16 @@ StoreWriter::Ticket StoreWriter::enqueue(JobStore::Write write) {
   return ticket;
 }
 
-std::string StoreWriter::wait(Ticket ticket) {
+std::string StoreWriter::wait(Ticket ticket, bool* storage_full) {
   std::unique_lock lock(mu_);
-  done_cv_.wait(lock, [&] { return settled_ >= ticket; });
+  done_cv_.wait(lock, [&] { return settled_ >= ticket || rejected_.count(ticket); });
+  if (storage_full) *storage_full = false;
+  if (auto it = rejected_.find(ticket); it != rejected_.end()) {
+    std::string error = std::move(it->second);
+    rejected_.erase(it);
+    if (storage_full) *storage_full = true;
+    return error;
+  }
   return committed_ >= ticket ? std::string() : error_;
 }
 
@@ -61,47 +68,75 @@ void StoreWriter::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+void StoreWriter::stall_locked(std::vector<std::pair<Ticket, JobStore::Write>>& batch,
+                               const std::string& error) {
+  stalled_ = true;
+  for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
+    if (it->second.insert)
+      rejected_[it->first] = error;  // its submitter answers "storage full"; never accepted
+    else
+      queue_.push_front(std::move(*it));  // retried, in the same order, before newer writes
+  }
+}
+
 void StoreWriter::run() {
   pthread_setname_np(pthread_self(), "store writer");
   for (;;) {
-    std::vector<JobStore::Write> batch;
-    std::vector<std::string> ids;
-    Ticket last = 0;
+    std::vector<std::pair<Ticket, JobStore::Write>> batch;
     std::string error;
+    bool last_try = false;
     {
       std::unique_lock lock(mu_);
+      if (stalled_)  // a full disk: wait before the next attempt (a stop ends the wait)
+        work_cv_.wait_for(lock, retry_every_, [&] { return stopping_; });
       work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) break;  // stopping, nothing left
-      last = queue_.back().first;
-      for (auto& [ticket, write] : queue_) {
-        ids.push_back(write.job.view.id);
-        batch.push_back(std::move(write));
-      }
+      last_try = stopping_;
+      for (auto& entry : queue_) batch.push_back(std::move(entry));
       queue_.clear();
       error = error_;  // a failed store stays failed
     }
+    const Ticket last = batch.back().first;
+    bool full = false;
     if (error.empty()) {
+      std::vector<JobStore::Write> writes;  // moved out and, if kept for a retry, back
+      writes.reserve(batch.size());
+      for (auto& entry : batch) writes.push_back(std::move(entry.second));
       try {
-        store_.apply(batch);
+        store_.apply(writes);
+      } catch (const StoreError& e) {
+        error = e.what();
+        full = e.storage_full() && !last_try;
       } catch (const std::exception& e) {
         error = e.what();
+      }
+      for (std::size_t i = 0; i < batch.size(); ++i) batch[i].second = std::move(writes[i]);
+      if (!error.empty() && !full)
         spdlog::critical(
             "job store: {}; jobs in progress fail and the daemon is not ready "
             "until it is restarted with a working --data-dir",
             error);
-      }
     }
+    std::vector<std::string> ids;
+    for (const auto& [ticket, write] : batch) ids.push_back(write.job.view.id);
     {
       std::lock_guard lock(mu_);
-      if (error.empty())
-        committed_ = last;
-      else if (error_.empty())
-        error_ = error;
-      settled_ = last;
+      if (full) {
+        stall_locked(batch, error);
+      } else {
+        stalled_ = false;
+        if (error.empty())
+          committed_ = last;
+        else if (error_.empty())
+          error_ = error;
+        settled_ = last;
+      }
     }
     done_cv_.notify_all();
     try {
-      if (error.empty()) {
+      if (full) {
+        listener_.writes_stalled(error);
+      } else if (error.empty()) {
         listener_.writes_committed(last);
       } else {
         std::sort(ids.begin(), ids.end());

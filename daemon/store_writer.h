@@ -12,13 +12,21 @@
 // A failure is final: every later write fails at once with the same error (the store is gone or
 // unwritable; the daemon reports not-ready until restarted).
 //
+// Except a full disk (StoreError::storage_full: nothing was written): then the inserts of the
+// batch are rejected (their submitters get the error, nothing of those jobs was accepted), the
+// updates stay queued in order and are retried every `retry_every` until they commit, and the
+// listener hears stalled(error) once per failed attempt. Stopping while stalled makes one last
+// attempt; if it fails too, the failure becomes final.
+//
 // Owner: CoreService. Thread-safety: enqueue/wait/failed/error from any thread; stop() from the
 // owner's control thread. Listener callbacks run on the writer thread.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -38,17 +46,20 @@ class StoreWriter {
     virtual void writes_committed(Ticket last) = 0;
     virtual void writes_failed(const std::vector<std::string>& job_ids,
                                const std::string& error) = 0;
+    virtual void writes_stalled(const std::string& error) = 0;  // disk full; will retry
   };
 
-  StoreWriter(JobStore& store, Listener& listener);
+  StoreWriter(JobStore& store, Listener& listener,
+              std::chrono::milliseconds retry_every = std::chrono::seconds(1));
   ~StoreWriter();  // stop()
   StoreWriter(const StoreWriter&) = delete;
   StoreWriter& operator=(const StoreWriter&) = delete;
 
   // Queues a write; returns its ticket (increasing). Never blocks on the disk.
   Ticket enqueue(JobStore::Write write);
-  // Blocks until the ticket's batch was committed (returns "") or failed (returns the error).
-  std::string wait(Ticket ticket);
+  // Blocks until the ticket's batch was committed (returns "") or failed (returns the error;
+  // *storage_full tells whether it was rejected for a full disk).
+  std::string wait(Ticket ticket, bool* storage_full = nullptr);
   // wait() for everything enqueued so far.
   std::string flush();
   bool failed() const;
@@ -58,9 +69,13 @@ class StoreWriter {
 
  private:
   void run();
+  // The batch hit a full disk: rejects its inserts, puts the rest back in front of the queue.
+  void stall_locked(std::vector<std::pair<Ticket, JobStore::Write>>& batch,
+                    const std::string& error);
 
   JobStore& store_;
   Listener& listener_;
+  const std::chrono::milliseconds retry_every_;
   mutable std::mutex mu_;
   std::condition_variable work_cv_;
   std::condition_variable done_cv_;
@@ -69,6 +84,8 @@ class StoreWriter {
   Ticket committed_ = 0;  // every ticket <= committed_ is durable
   Ticket settled_ = 0;    // every ticket <= settled_ is durable or failed
   std::string error_;
+  std::map<Ticket, std::string> rejected_;  // inserts refused for a full disk, until waited for
+  bool stalled_ = false;                    // the last attempt hit a full disk
   bool stopping_ = false;
   bool exited_ = false;  // the thread ended: enqueue() settles at once
   std::thread thread_;

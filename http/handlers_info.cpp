@@ -9,15 +9,15 @@ void handle_healthz(ServerContext&, Exchange& ex, const RouteParams&) {
 }
 
 void handle_readyz(ServerContext& c, Exchange& ex, const RouteParams&) {
-  if (c.service.ready()) return ex.respond(json_response(http::status::ok, {{"status", "ready"}}));
-  int loaded = 0, total = 0;
-  for (const DeviceView& d : c.service.devices()) {
-    ++total;
-    if (d.loaded) ++loaded;
-  }
-  ex.respond(error_response(http::status::service_unavailable, "not_ready",
-                            "the model is loaded on " + std::to_string(loaded) + " of " +
-                                std::to_string(total) + " device(s)"));
+  const auto why = c.service.not_ready();
+  if (!why) return ex.respond(json_response(http::status::ok, {{"status", "ready"}}));
+  // Always 503 (what load balancers act on); the cause is in "reason".
+  auto res = json_response(
+      http::status::service_unavailable,
+      {{"error", {{"code", "not_ready"}, {"reason", why->reason()}, {"message", why->what()}}}});
+  if (why->retry_after_s() > 0)
+    res.set(http::field::retry_after, std::to_string(why->retry_after_s()));
+  ex.respond(std::move(res));
 }
 
 void handle_metrics(ServerContext& c, Exchange& ex, const RouteParams&) {

@@ -31,6 +31,8 @@ http::status http_status_of(ErrorCode code) {
       return http::status::too_many_requests;
     case ErrorCode::unavailable:
       return http::status::service_unavailable;
+    case ErrorCode::storage_full:  // RFC 4918 §11.5: the server cannot store what is needed
+      return http::status::insufficient_storage;
     case ErrorCode::internal:
       return http::status::internal_server_error;
   }

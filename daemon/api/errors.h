@@ -16,6 +16,7 @@ enum class ErrorCode {
   conflict,         // the request contradicts the state (e.g. cancelling a finished job)
   queue_full,       // try again later: retry_after_s says when
   unavailable,      // the service cannot take work now (draining, no device, store down)
+  storage_full,     // the data dir is full: nothing new is accepted until space is freed
   internal,         // a bug or an unexpected failure
 };
 const char* to_string(ErrorCode code);  // "invalid_request", ...

@@ -54,8 +54,12 @@ class ImageService {
       const std::string& job_id, std::function<void(const JobEvent&)> on_event) = 0;
 
   virtual std::vector<DeviceView> devices() const = 0;
-  // Every replica loaded and the job store writable.
-  virtual bool ready() const = 0;
+  // Why the service cannot take work now, nullopt when it can (every replica loaded, a healthy
+  // device left, the store writable, space on the disk). The error's code is unavailable or
+  // storage_full; its reason names the cause ("loading", "draining", "store_error",
+  // "storage_full", "no_device").
+  virtual std::optional<ServiceError> not_ready() const = 0;
+  bool ready() const { return !not_ready(); }
   virtual std::string metrics_text() const = 0;  // Prometheus text exposition format
 };
 

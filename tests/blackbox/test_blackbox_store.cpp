@@ -120,8 +120,9 @@ TEST_CASE("200 jobs from 8 clients are all durable after a kill -9 right after t
   }
 }
 
-TEST_CASE("a store that fails mid-run fails the unfinished jobs and /readyz; the daemon answers",
-          "[blackbox][store]") {
+TEST_CASE(
+    "a store that fails mid-run fails the unfinished jobs and /readyz while the daemon answers",
+    "[blackbox][store]") {
   const bool removed = GENERATE(false, true);
   INFO((removed ? "the database file is removed" : "the database file is made read-only"));
   TempDir dir(removed ? "store-removed" : "store-readonly");

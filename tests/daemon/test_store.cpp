@@ -293,6 +293,11 @@ struct RecordingListener : StoreWriter::Listener {
     failed_ids.insert(failed_ids.end(), ids.begin(), ids.end());
     error = e;
   }
+  void writes_stalled(const std::string& e) override {
+    std::lock_guard lock(mu);
+    stalled.push_back(e);
+  }
+  std::vector<std::string> stalled;
 };
 }  // namespace
 
@@ -341,6 +346,14 @@ TEST_CASE("a store writer failure is reported, final, and names the database", "
   const std::string error = writer.wait(writer.enqueue({second, {}, true}));
   CHECK_THAT(error, Catch::Contains("diffusiond.db") && Catch::Contains("gone"));
   CHECK(writer.failed());
+  // The listener hears it after the waiter wakes (both on the writer thread's way out).
+  for (int i = 0; i < 500; ++i) {
+    {
+      std::lock_guard lock(listener.mu);
+      if (!listener.failed_ids.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   {
     std::lock_guard lock(listener.mu);
     CHECK(listener.failed_ids == std::vector<std::string>{second.view.id});

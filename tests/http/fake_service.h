@@ -47,7 +47,10 @@ class FakeImageService : public ImageService {
   std::unique_ptr<Subscription> subscribe(const std::string& job_id,
                                           std::function<void(const JobEvent&)> on_event) override;
   std::vector<DeviceView> devices() const override;
-  bool ready() const override { return ready_; }
+  std::optional<ServiceError> not_ready() const override {
+    if (ready_) return std::nullopt;
+    return ServiceError(ErrorCode::unavailable, "the fake is set not ready", "loading", {}, 5);
+  }
   std::string metrics_text() const override;
 
  private:

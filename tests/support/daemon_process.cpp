@@ -34,8 +34,9 @@ std::filesystem::path tiny_model() {
 
 DaemonProcess::DaemonProcess(const std::filesystem::path& data_dir,
                              const std::vector<std::string>& extra_args,
-                             const std::filesystem::path& model)
-    : data_dir_(data_dir) {
+                             const std::filesystem::path& model,
+                             const std::filesystem::path& log_file)
+    : data_dir_(data_dir), log_file_(log_file.empty() ? data_dir / "daemon.log" : log_file) {
   std::filesystem::create_directories(data_dir_);
   const std::string bin = daemon_binary().string();
   std::vector<std::string> args = {bin,           "serve",       "--listen",
@@ -46,7 +47,7 @@ DaemonProcess::DaemonProcess(const std::filesystem::path& data_dir,
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
 
-  const std::string log_path = (data_dir_ / "daemon.log").string();
+  const std::string log_path = log_file_.string();
   // A restart appends to the same log: only what this process writes counts.
   const std::size_t log_start = log().size();
   posix_spawn_file_actions_t actions;
@@ -124,7 +125,7 @@ int DaemonProcess::terminate_and_wait() {
 }
 
 std::string DaemonProcess::log() const {
-  std::ifstream f(data_dir_ / "daemon.log");
+  std::ifstream f(log_file_);
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();

@@ -17,8 +17,10 @@ class DaemonProcess {
  public:
   // Runs `diffusiond serve --listen 127.0.0.1:0 --data-dir DATA --model MODEL <extra>` and
   // waits until it prints its URL and /readyz answers 200.
+  // log_file: where stdout/stderr go ("" = <data dir>/daemon.log).
   DaemonProcess(const std::filesystem::path& data_dir, const std::vector<std::string>& extra_args,
-                const std::filesystem::path& model = tiny_model());
+                const std::filesystem::path& model = tiny_model(),
+                const std::filesystem::path& log_file = {});
   ~DaemonProcess();  // SIGTERM, then SIGKILL if it does not exit
   DaemonProcess(const DaemonProcess&) = delete;
   DaemonProcess& operator=(const DaemonProcess&) = delete;
@@ -31,6 +33,7 @@ class DaemonProcess {
 
  private:
   std::filesystem::path data_dir_;
+  std::filesystem::path log_file_;
   pid_t pid_ = -1;
   std::uint16_t port_ = 0;
 };
