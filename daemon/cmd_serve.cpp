@@ -101,7 +101,8 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   const auto dispatch = parse_dispatch_policy(options.dispatch);
   const auto listen = parse_listen(options.listen);
   const auto devices = parse_devices(options.devices, cuda_device_count());
-  const auto api_keys = collect_api_keys(options);
+  const ApiKeys keys = collect_api_keys(options);
+  const auto& api_keys = keys.all;
   const std::string data_dir = options.data_dir.empty() ? default_data_dir() : options.data_dir;
 
   const ModelChoice model = choose_model(options.model, options.variant, executable_path());
@@ -122,7 +123,8 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
 
   auto store = JobStore::open(data_dir);
   spdlog::info("job store: {}", store->database_path().string());
-  const RetentionPolicy retention{options.keep_days, options.max_images};
+  const RetentionPolicy retention{options.keep_days, options.max_images,
+                                  std::int64_t{options.max_images_mb} << 20};
   if (const auto pruned = store->prune(retention, unix_ms_now()); pruned.jobs_deleted > 0)
     spdlog::info("retention: deleted {} finished job(s), {} image file(s)", pruned.jobs_deleted,
                  pruned.files_deleted);
@@ -156,6 +158,7 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   http_options.port = listen.port;
   http_options.io_threads = options.io_threads;
   http_options.api_keys = api_keys;
+  http_options.priority_api_keys = keys.priority;
   http_options.allowed_hosts = options.allowed_hosts;
   http_options.allowed_origins = options.allowed_origins;
   http_options.max_connections = options.max_connections;

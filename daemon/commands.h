@@ -7,8 +7,8 @@ class App;
 }
 
 namespace diffusiond {
-void add_tokenize_command(CLI::App& app);         // daemon/cmd_tokenize.cpp
-void add_generate_command(CLI::App& app);         // daemon/cmd_generate.cpp
+void add_tokenize_command(CLI::App& app);           // daemon/cmd_tokenize.cpp
+void add_generate_command(CLI::App& app);           // daemon/cmd_generate.cpp
 void add_make_random_model_command(CLI::App& app);  // daemon/cmd_make_random_model.cpp
-void add_serve_command(CLI::App& app);            // daemon/cmd_serve.cpp
+void add_serve_command(CLI::App& app);              // daemon/cmd_serve.cpp
 }  // namespace diffusiond

@@ -78,6 +78,8 @@ void CoreService::start() {
       ActiveJob job{std::move(record), {}, false};
       job.queued_since_ms.assign(job.record.view.images.size(), now);
       auto& inserted = active_.emplace(id, std::move(job)).first->second;
+      if (!inserted.record.idempotency_key.empty())
+        idempotency_[{inserted.record.client, inserted.record.idempotency_key}] = id;
       const JobStatus next =
           next_job_status(inserted.record.view.status, inserted.record.view.images);
       if (next != inserted.record.view.status) {  // every image ended before the job row did
@@ -158,18 +160,33 @@ std::optional<std::string> CoreService::canonical_scheduler(const std::string& n
   return backend_.canonical_scheduler(name);
 }
 
-JobView CoreService::submit(const GenerateRequest& asked) {
-  if (draining_)
-    throw ServiceError(ErrorCode::unavailable, "the daemon is shutting down", "draining", {}, 5);
+Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext& context) {
   const JobRequest request = normalise(
       asked, request_defaults(model_info_),
       [this](const std::string& name) { return backend_.canonical_scheduler(name); },
       options_.limits, random_seed(), scheduler_names(model_info_));
+  if (request.priority > 0 && !context.may_prioritise)
+    throw ServiceError(ErrorCode::forbidden,
+                       "priority " + std::to_string(request.priority) +
+                           " needs an API key allowed to prioritise (--priority-api-key); "
+                           "priorities of 0 and below are open to every caller",
+                       "priority_not_allowed", "priority");
+  const bool idempotent = !context.idempotency_key.empty();
+  std::optional<JobRecord> stored;  // read before mu_: a committed job is found in the store
+  if (idempotent) {
+    try {
+      stored = store_.find_by_idempotency_key(context.client, context.idempotency_key);
+    } catch (const std::exception& e) {
+      throw store_failure(e);
+    }
+  }
   const int count = image_count(request);
   JobRecord record;
   StoreWriter::Ticket ticket = 0;
   {
     std::lock_guard lock(mu_);
+    if (idempotent)
+      if (auto earlier = replay_locked(context, stored)) return *earlier;
     if (auto refused = refusal_locked()) throw *refused;
     const std::size_t depth = dispatcher_.queued() + static_cast<std::size_t>(pending_images_);
     if (depth > 0 &&
@@ -180,6 +197,11 @@ JobView CoreService::submit(const GenerateRequest& asked) {
                          "queue_full", {}, retry_after_seconds_locked());
     record = make_job(request, make_job_id(), unix_ms_now(), model_info_.name);
     record.seq = next_seq_++;
+    record.client = context.client;
+    record.idempotency_key = context.idempotency_key;
+    record.fingerprint = context.fingerprint;
+    if (idempotent)  // reserved: a concurrent retry is told it is in flight
+      idempotency_[{context.client, context.idempotency_key}] = record.view.id;
     pending_images_ += count;
     ticket = writer_->enqueue({record, {}, true});
   }
@@ -190,6 +212,7 @@ JobView CoreService::submit(const GenerateRequest& asked) {
   {
     std::lock_guard lock(mu_);
     pending_images_ -= count;
+    if (!error.empty() && idempotent) idempotency_.erase({context.client, context.idempotency_key});
     if (full)
       throw ServiceError(ErrorCode::storage_full, "the data dir is full: " + error, "storage_full",
                          {}, 30);
@@ -209,7 +232,28 @@ JobView CoreService::submit(const GenerateRequest& asked) {
   flush(to_flush);
   spdlog::info("job {} queued: {} image(s), {} steps, {}x{}, priority {}", view.id, count,
                request.steps, request.width, request.height, request.priority);
-  return view;
+  return {view, false};
+}
+
+std::optional<Submission> CoreService::replay_locked(const SubmitContext& context,
+                                                     const std::optional<JobRecord>& stored) {
+  const JobRecord* earlier = stored ? &*stored : nullptr;
+  if (auto it = idempotency_.find({context.client, context.idempotency_key});
+      it != idempotency_.end()) {
+    ActiveJob* job = find_locked(it->second);
+    if (!job)  // its insert is not committed yet
+      throw ServiceError(ErrorCode::conflict,
+                         "a request with this Idempotency-Key is still being accepted; retry",
+                         "idempotency_key_in_flight", "Idempotency-Key", 1);
+    earlier = &job->record;  // memory is newer than the store
+  }
+  if (!earlier) return std::nullopt;
+  if (earlier->fingerprint != context.fingerprint)
+    throw ServiceError(ErrorCode::conflict,
+                       "this Idempotency-Key was used for a different request (job " +
+                           earlier->view.id + "); use a new key for a new request",
+                       "idempotency_key_reused", "Idempotency-Key");
+  return Submission{earlier->view, true};
 }
 
 std::optional<JobView> CoreService::job(const std::string& id) const {
@@ -412,10 +456,12 @@ void CoreService::write_png(const TaskRef& task, const std::string& device, cons
                             const PngGenerationInfo& info) {
   std::string error;
   bool full = false;
+  std::int64_t size = 0;
   try {
     const auto bytes = encoder_(image, info);
     store_.prepare_image_dir(task.job_id);
     write_file_atomically(store_.image_file(task.job_id, task.image), bytes);
+    size = static_cast<std::int64_t>(bytes.size());
   } catch (const std::exception& e) {
     error = std::string("cannot write the PNG: ") + e.what();
     full = is_storage_full_error(e);
@@ -423,10 +469,11 @@ void CoreService::write_png(const TaskRef& task, const std::string& device, cons
                   full ? "; queued again for when space is freed" : "");
     if (full) storage_->report_full(error);  // pauses the devices before the image re-queues
   }
-  image_written(task, error, full);
+  image_written(task, error, full, size);
 }
 
-void CoreService::image_written(const TaskRef& task, const std::string& error, bool storage_full) {
+void CoreService::image_written(const TaskRef& task, const std::string& error, bool storage_full,
+                                std::int64_t file_bytes) {
   std::vector<std::string> to_flush;
   {
     std::lock_guard lock(mu_);
@@ -455,6 +502,7 @@ void CoreService::image_written(const TaskRef& task, const std::string& error, b
       set_image_status(job->record, task.image, ImageStatus::done);
       auto& image = job->record.view.images[static_cast<std::size_t>(task.image)];
       image.has_file = true;
+      image.file_bytes = file_bytes;
       image.finished_ms = unix_ms_now();
       // Done: "steps of steps" in the request's own count, as the store reads it back (while
       // running, progress counts model evaluations, e.g. steps + 1 for PNDM).

@@ -94,13 +94,15 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   // Blocks until every state change decided so far is committed to the store (or the store
   // failed): a sync point for tests and tools; the service itself never needs it.
   void wait_store_written() { writer_->flush(); }
+  bool storage_full() const { return storage_->full(); }  // see StorageGuard
   // True once drain() interrupts running images (its grace is over).
   bool stopping_now() const { return stop_now_; }
 
   // ImageService
   ModelInfo model_info() const override;
   std::optional<std::string> canonical_scheduler(const std::string& name) const override;
-  JobView submit(const GenerateRequest& request) override;
+  using ImageService::submit;
+  Submission submit(const GenerateRequest& request, const SubmitContext& context) override;
   std::optional<JobView> job(const std::string& id) const override;
   std::vector<JobView> jobs(std::optional<JobStatus> status, int limit,
                             const std::string& before_id = {}) const override;
@@ -138,7 +140,8 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   void write_png(const TaskRef& task, const std::string& device, const RgbImage& image,
                  const PngGenerationInfo& info);
   // storage_full: the PNG could not be written for lack of space; the image is queued again.
-  void image_written(const TaskRef& task, const std::string& error, bool storage_full);
+  void image_written(const TaskRef& task, const std::string& error, bool storage_full,
+                     std::int64_t file_bytes);
 
   // Helpers; *_locked need mu_. They queue events and note the job ids to flush after unlock.
   ActiveJob* find_locked(const std::string& id);
@@ -159,6 +162,10 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   void fail_unstarted_locked(ActiveJob& job, int k, const std::string& error,
                              std::vector<std::string>& flush);
   int retry_after_seconds_locked() const;
+  // The earlier job of an idempotency key (memory first, else `stored`), or nullopt when the
+  // key is new. Throws conflict: in flight, or used with another fingerprint. Needs mu_.
+  std::optional<Submission> replay_locked(const SubmitContext& context,
+                                          const std::optional<JobRecord>& stored);
   // Why submit() refuses now (draining, store failed, storage full, no device); needs mu_.
   std::optional<ServiceError> refusal_locked() const;
   static ServiceError store_failure(const std::exception& e);  // a store read that failed
@@ -180,6 +187,8 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
 
   mutable std::mutex mu_;
   std::unordered_map<std::string, ActiveJob> active_;
+  // (client, idempotency key) -> job id, for jobs in active_ and submits waiting for their insert.
+  std::map<std::pair<std::string, std::string>, std::string> idempotency_;
   std::int64_t next_seq_ = 1;  // submission order of the next job
   int pending_images_ = 0;     // images of submits waiting for their insert to commit
   std::string store_error_;    // set once a store write failed

@@ -73,9 +73,12 @@ std::vector<JobView> CoreService::jobs(std::optional<JobStatus> status, int limi
 void CoreService::writes_committed(StoreWriter::Ticket last) {
   std::lock_guard lock(mu_);
   for (auto it = active_.begin(); it != active_.end();) {
-    if (it->second.retiring && it->second.last_write <= last)
+    if (it->second.retiring && it->second.last_write <= last) {
+      const JobRecord& record = it->second.record;
+      if (!record.idempotency_key.empty())  // from now on found in the store
+        idempotency_.erase({record.client, record.idempotency_key});
       it = active_.erase(it);
-    else
+    } else
       ++it;
   }
 }

@@ -42,6 +42,9 @@ struct JobRecord {
   std::int64_t seq = 0;           // submission order (FIFO within a priority), from the store
   std::vector<int> attempts;      // per image: how many times it started
   bool cancel_requested = false;  // in memory only: running images stop at their next step
+  std::string client;             // who submitted it (SubmitContext::client)
+  std::string idempotency_key;    // "" = none; unique per client
+  std::string fingerprint;        // of the submitted request, for the idempotency check
 };
 
 // A new job in state queued: images prompt-major, image k = prompts[k / n] with seed + k.

@@ -1,6 +1,7 @@
 #include "daemon/job_store.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sqlite3.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -20,7 +21,7 @@ namespace diffusiond {
 
 namespace {
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,7 +35,10 @@ CREATE TABLE IF NOT EXISTS jobs(
   created_ms INTEGER NOT NULL,
   started_ms INTEGER NOT NULL DEFAULT 0,
   finished_ms INTEGER NOT NULL DEFAULT 0,
-  error TEXT NOT NULL DEFAULT '');
+  error TEXT NOT NULL DEFAULT '',
+  client TEXT NOT NULL DEFAULT '',
+  idem_key TEXT,
+  idem_fp TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, seq);
 CREATE TABLE IF NOT EXISTS images(
   job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -49,14 +53,33 @@ CREATE TABLE IF NOT EXISTS images(
   file TEXT NOT NULL DEFAULT '',
   started_ms INTEGER NOT NULL DEFAULT 0,
   finished_ms INTEGER NOT NULL DEFAULT 0,
+  bytes INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(job_id, idx));
 CREATE INDEX IF NOT EXISTS images_by_status ON images(status);
 )sql";
 
+// Created after the migrations (a version 1 table has no idem_key column before them).
+constexpr const char* kIndexes = R"sql(
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs(client, idem_key)
+  WHERE idem_key IS NOT NULL;
+)sql";
+
+// From version N to N + 1, in one transaction with the version bump.
+constexpr const char* kMigrations[] = {
+    "",  // (version 0 does not exist)
+    // 1 -> 2: who submitted a job, its idempotency key and request fingerprint; PNG sizes.
+    "ALTER TABLE jobs ADD COLUMN client TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN idem_key TEXT;"
+    "ALTER TABLE jobs ADD COLUMN idem_fp TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE images ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;",
+};
+
 constexpr const char* kJobColumns =
-    "seq, id, status, request, model, created_ms, started_ms, finished_ms, error";
+    "seq, id, status, request, model, created_ms, started_ms, finished_ms, error, client, "
+    "COALESCE(idem_key, ''), idem_fp";
 constexpr const char* kImageColumns =
-    "idx, prompt, seed, status, device, steps, attempts, error, file, started_ms, finished_ms";
+    "idx, prompt, seed, status, device, steps, attempts, error, file, started_ms, finished_ms, "
+    "bytes";
 
 JobStatus status_from_text(const std::string& text, const std::string& where) {
   auto status = parse_job_status(text);
@@ -136,13 +159,27 @@ void JobStore::open_database() {
     SqliteTransaction tx(*db_);  // BEGIN IMMEDIATE: fails with BUSY if another writer holds it
     db_->exec(kSchema);
     const std::string version = db_->query_text("SELECT value FROM meta WHERE key='schema'");
-    if (version.empty()) {
+    if (version.empty()) {  // a new database: kSchema is the newest version
       db_->exec("INSERT INTO meta(key, value) VALUES('schema', '" + std::to_string(kSchemaVersion) +
                 "')");
-    } else if (version != std::to_string(kSchemaVersion)) {
-      throw StoreError("job database " + path.string() + " has schema version " + version +
-                       ", this diffusiond reads version " + std::to_string(kSchemaVersion));
+    } else {
+      int from = 0;
+      try {
+        from = std::stoi(version);
+      } catch (const std::exception&) {
+      }
+      if (from < 1 || from > kSchemaVersion)
+        throw StoreError("job database " + path.string() + " has schema version " + version +
+                         ", this diffusiond reads versions 1 to " + std::to_string(kSchemaVersion));
+      for (int v = from; v < kSchemaVersion; ++v) db_->exec(kMigrations[v]);
+      if (from != kSchemaVersion) {
+        db_->exec("UPDATE meta SET value='" + std::to_string(kSchemaVersion) +
+                  "' WHERE key='schema'");
+        spdlog::info("job store: migrated {} from schema version {} to {}", path.string(), from,
+                     kSchemaVersion);
+      }
     }
+    db_->exec(kIndexes);
     tx.commit();
     // From now on writes happen on the store writer thread, never under a lock shared with
     // devices or HTTP: another process holding SQLite's write lock for a while only delays them
@@ -220,11 +257,12 @@ void JobStore::prepare_image_dir(const std::string& job_id) const {
 void JobStore::write_images(const JobRecord& job, const std::vector<int>& images) {
   SqliteStatement upsert(db_->handle(),
                          "INSERT INTO images(job_id, idx, prompt, seed, status, device, steps, "
-                         "attempts, error, file, started_ms, finished_ms) "
-                         "VALUES(?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id, idx) DO UPDATE SET "
+                         "attempts, error, file, started_ms, finished_ms, bytes) "
+                         "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id, idx) DO UPDATE SET "
                          "status=excluded.status, device=excluded.device, "
                          "attempts=excluded.attempts, error=excluded.error, file=excluded.file, "
-                         "started_ms=excluded.started_ms, finished_ms=excluded.finished_ms");
+                         "started_ms=excluded.started_ms, finished_ms=excluded.finished_ms, "
+                         "bytes=excluded.bytes");
   for (int k : images) {
     const auto& image = job.view.images.at(static_cast<std::size_t>(k));
     const std::string file =
@@ -240,7 +278,8 @@ void JobStore::write_images(const JobRecord& job, const std::vector<int>& images
         .bind(9, image.error)
         .bind(10, file)
         .bind(11, image.started_ms)
-        .bind(12, image.finished_ms);
+        .bind(12, image.finished_ms)
+        .bind(13, image.file_bytes);
     upsert.run();
   }
 }
@@ -249,11 +288,11 @@ void JobStore::insert_locked(JobRecord& job) {
   const bool numbered = job.seq > 0;
   SqliteStatement insert(db_->handle(),
                          numbered ? "INSERT INTO jobs(id, status, priority, request, model, "
-                                    "created_ms, started_ms, finished_ms, error, seq) "
-                                    "VALUES(?,?,?,?,?,?,?,?,?,?)"
+                                    "created_ms, started_ms, finished_ms, error, client, "
+                                    "idem_key, idem_fp, seq) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"
                                   : "INSERT INTO jobs(id, status, priority, request, model, "
-                                    "created_ms, started_ms, finished_ms, error) "
-                                    "VALUES(?,?,?,?,?,?,?,?,?)");
+                                    "created_ms, started_ms, finished_ms, error, client, "
+                                    "idem_key, idem_fp) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)");
   insert.bind(1, job.view.id)
       .bind(2, std::string(to_string(job.view.status)))
       .bind(3, std::int64_t{job.view.request.priority})
@@ -262,8 +301,11 @@ void JobStore::insert_locked(JobRecord& job) {
       .bind(6, job.view.created_ms)
       .bind(7, job.view.started_ms)
       .bind(8, job.view.finished_ms)
-      .bind(9, job.view.error);
-  if (numbered) insert.bind(10, job.seq);
+      .bind(9, job.view.error)
+      .bind(10, job.client)
+      .bind(12, job.fingerprint);
+  if (!job.idempotency_key.empty()) insert.bind(11, job.idempotency_key);  // else NULL
+  if (numbered) insert.bind(13, job.seq);
   insert.run();
   if (!numbered) job.seq = sqlite3_last_insert_rowid(db_->handle());
   std::vector<int> all(job.view.images.size());
@@ -352,6 +394,9 @@ std::vector<JobRecord> JobStore::select_jobs(SqliteDatabase& db,
     job.view.started_ms = jobs.int64(6);
     job.view.finished_ms = jobs.int64(7);
     job.view.error = jobs.text(8);
+    job.client = jobs.text(9);
+    job.idempotency_key = jobs.text(10);
+    job.fingerprint = jobs.text(11);
     images.bind(1, job.view.id);
     while (images.step()) {
       ImageView image;
@@ -366,6 +411,7 @@ std::vector<JobRecord> JobStore::select_jobs(SqliteDatabase& db,
       image.has_file = !images.text(8).empty();
       image.started_ms = images.int64(9);
       image.finished_ms = images.int64(10);
+      image.file_bytes = images.int64(11);
       image.step = image.status == ImageStatus::done ? image.steps : 0;
       job.view.images.push_back(std::move(image));
     }
@@ -383,6 +429,18 @@ std::optional<JobRecord> JobStore::load(const std::string& id) const {
     return std::move(jobs.front());
   } catch (const SqliteError& e) {
     throw StoreError("cannot read job " + id + ": " + e.what());
+  }
+}
+
+std::optional<JobRecord> JobStore::find_by_idempotency_key(const std::string& client,
+                                                           const std::string& key) const {
+  std::lock_guard lock(read_mu_);
+  try {
+    auto jobs = select_jobs(*reader_, "WHERE client=? AND idem_key=?", {client, key});
+    if (jobs.empty()) return std::nullopt;
+    return std::move(jobs.front());
+  } catch (const SqliteError& e) {
+    throw StoreError("cannot look up an idempotency key: " + std::string(e.what()));
   }
 }
 
@@ -436,36 +494,45 @@ PruneResult JobStore::prune(const RetentionPolicy& policy, std::int64_t now_ms) 
   PruneResult result;
   std::vector<std::string> doomed;
   try {
-    // Finished jobs with nothing left to run, newest first, with their number of files.
+    // Finished jobs with nothing left to run, newest first, with their files and bytes.
     SqliteStatement finished(
         db_->handle(),
         "SELECT j.id, j.finished_ms, (SELECT COUNT(*) FROM images i WHERE i.job_id=j.id AND "
+        "i.file<>''), (SELECT COALESCE(SUM(i.bytes), 0) FROM images i WHERE i.job_id=j.id AND "
         "i.file<>'') FROM jobs j WHERE j.status IN ('done','failed','cancelled') AND NOT EXISTS "
         "(SELECT 1 FROM images i WHERE i.job_id=j.id AND i.status IN ('queued','running')) "
         "ORDER BY j.finished_ms DESC, j.seq DESC");
     std::int64_t kept_files = 0;
-    if (policy.max_images > 0) {
-      // Files of unfinished jobs count against the cap but are never deleted.
+    std::int64_t kept_bytes = 0;
+    if (policy.max_images > 0 || policy.max_bytes > 0) {
+      // Files of unfinished jobs count against the caps but are never deleted.
       SqliteStatement active(db_->handle(),
-                             "SELECT COUNT(*) FROM images i JOIN jobs j ON i.job_id=j.id WHERE "
-                             "i.file<>'' AND (j.status IN ('queued','running') OR EXISTS (SELECT "
-                             "1 FROM images k WHERE k.job_id=j.id AND k.status IN "
-                             "('queued','running')))");
-      if (active.step()) kept_files = active.int64(0);
+                             "SELECT COUNT(*), COALESCE(SUM(i.bytes), 0) FROM images i JOIN jobs j "
+                             "ON i.job_id=j.id WHERE i.file<>'' AND (j.status IN "
+                             "('queued','running') OR EXISTS (SELECT 1 FROM images k WHERE "
+                             "k.job_id=j.id AND k.status IN ('queued','running')))");
+      if (active.step()) {
+        kept_files = active.int64(0);
+        kept_bytes = active.int64(1);
+      }
     }
     const std::int64_t cutoff =
         policy.keep_days > 0 ? now_ms - std::int64_t{policy.keep_days} * 86'400'000 : 0;
     bool cap_reached = false;  // once a job does not fit, every older one goes too
     while (finished.step()) {
       const std::int64_t files = finished.int64(2);
+      const std::int64_t bytes = finished.int64(3);
       const bool too_old = policy.keep_days > 0 && finished.int64(1) < cutoff;
-      cap_reached =
-          cap_reached || (policy.max_images > 0 && kept_files + files > policy.max_images);
+      cap_reached = cap_reached ||
+                    (policy.max_images > 0 && kept_files + files > policy.max_images) ||
+                    (policy.max_bytes > 0 && kept_bytes + bytes > policy.max_bytes);
       if (too_old || cap_reached) {
         doomed.push_back(finished.text(0));
         result.files_deleted += static_cast<int>(files);
+        result.bytes_deleted += bytes;
       } else {
         kept_files += files;
+        kept_bytes += bytes;
       }
     }
     if (!doomed.empty()) {

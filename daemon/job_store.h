@@ -40,11 +40,14 @@ class StoreError : public std::runtime_error {
 struct RetentionPolicy {
   int keep_days = 0;   // finished jobs older than this are deleted; 0 = keep forever
   int max_images = 0;  // at most this many image files are kept (oldest jobs go first); 0 = no cap
+  std::int64_t max_bytes = 0;  // at most this many bytes of PNGs are kept (likewise); 0 = no cap
+  bool any() const { return keep_days > 0 || max_images > 0 || max_bytes > 0; }
 };
 
 struct PruneResult {
   int jobs_deleted = 0;
   int files_deleted = 0;
+  std::int64_t bytes_deleted = 0;
 };
 
 class JobStore {
@@ -79,6 +82,9 @@ class JobStore {
   std::int64_t max_seq() const;
 
   std::optional<JobRecord> load(const std::string& id) const;
+  // The job `client` submitted with this idempotency key, if it is still stored.
+  std::optional<JobRecord> find_by_idempotency_key(const std::string& client,
+                                                   const std::string& key) const;
   // Newest first (by submission), optionally only one status, only jobs with seq < before_seq
   // when it is > 0.
   std::vector<JobRecord> list(std::optional<JobStatus> status, int limit,

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 namespace diffusiond {
@@ -43,8 +44,12 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                  "Web origins (scheme://host[:port]) besides the UI's own that may POST and "
                  "DELETE (cross-site request guard; * = any)")
       ->delimiter(',');
+  cmd.add_option("--priority-api-key", o.priority_api_keys,
+                 "Like --api-key, and requests with this key may use a priority above 0 "
+                 "(repeatable)");
   cmd.add_option("--api-key-file", o.api_key_file,
-                 "File with API keys, one per line (# comments); safer than --api-key");
+                 "File with API keys, one per line, 'KEY priority' for one that may use a "
+                 "priority above 0 (# comments); safer than --api-key");
   cmd.add_option("--dispatch", o.dispatch,
                  "round-robin: images rotate over the devices; least-loaded: an idle device "
                  "takes the next image")
@@ -71,6 +76,11 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
       ->check(CLI::Range(0, 100000));
   cmd.add_option("--max-images", o.max_images,
                  "Keep at most this many PNGs; the oldest finished jobs go first (0: no cap)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000000000));
+  cmd.add_option(
+         "--max-images-mb", o.max_images_mb,
+         "Keep at most this many MiB of PNGs; the oldest finished jobs go first (0: no cap)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1000000000));
   cmd.add_option("--min-free-mb", o.min_free_mb,
@@ -176,20 +186,32 @@ ListenAddress parse_listen(const std::string& text) {
   return out;
 }
 
-std::vector<std::string> collect_api_keys(const ServeOptions& options) {
-  std::vector<std::string> keys;
+ApiKeys collect_api_keys(const ServeOptions& options) {
+  ApiKeys keys;
   for (const auto& key : options.api_keys)
-    if (!key.empty()) keys.push_back(key);
+    if (!key.empty()) keys.all.push_back(key);
+  for (const auto& key : options.priority_api_keys)
+    if (!key.empty()) {
+      keys.all.push_back(key);
+      keys.priority.push_back(key);
+    }
   if (!options.api_key_file.empty()) {
     std::ifstream in(options.api_key_file);
     if (!in) throw std::runtime_error("cannot read --api-key-file " + options.api_key_file);
     std::string line;
-    int found = 0;
+    int found = 0, number = 0;
     while (std::getline(in, line)) {
-      const auto begin = line.find_first_not_of(" \t\r");
-      if (begin == std::string::npos || line[begin] == '#') continue;
-      const auto end = line.find_last_not_of(" \t\r");
-      keys.push_back(line.substr(begin, end - begin + 1));
+      ++number;
+      std::istringstream words(line);
+      std::string key, right, extra;
+      words >> key >> right >> extra;
+      if (key.empty() || key[0] == '#') continue;
+      if ((!right.empty() && right != "priority") || !extra.empty())
+        throw std::runtime_error("--api-key-file " + options.api_key_file + " line " +
+                                 std::to_string(number) +
+                                 ": expected 'KEY' or 'KEY priority', got more");
+      keys.all.push_back(key);
+      if (right == "priority") keys.priority.push_back(key);
       ++found;
     }
     if (found == 0)

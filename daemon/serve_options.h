@@ -23,6 +23,7 @@ struct ServeOptions {
   std::string listen = "127.0.0.1:7860";
   std::string data_dir;  // "" = default_data_dir()
   std::vector<std::string> api_keys;
+  std::vector<std::string> priority_api_keys;  // keys that may also use priority > 0
   std::string api_key_file;
   std::vector<std::string> allowed_hosts;    // Host names besides loopback, IPs, the listen host
   std::vector<std::string> allowed_origins;  // origins besides the UI's own that may POST/DELETE
@@ -34,6 +35,7 @@ struct ServeOptions {
   int max_connections = 256;
   int keep_days = 30;
   int max_images = 0;
+  int max_images_mb = 0;  // MiB of PNGs kept; 0 = no cap
   int min_free_mb = 100;  // free space below which the data dir counts as full
   int png_compression = 1;
   int png_threads = 2;
@@ -61,8 +63,14 @@ struct ListenAddress {
 // "HOST:PORT", "[V6]:PORT", ":PORT" (loopback) or "PORT". Throws std::invalid_argument.
 ListenAddress parse_listen(const std::string& text);
 
-// API keys from --api-key and the lines of --api-key-file (blank lines and # comments skipped).
-// Throws std::runtime_error naming the file when it cannot be read or has no key.
-std::vector<std::string> collect_api_keys(const ServeOptions& options);
+struct ApiKeys {
+  std::vector<std::string> all;       // every accepted key
+  std::vector<std::string> priority;  // those that may also ask for a priority above 0
+};
+// API keys from --api-key, --priority-api-key and the lines of --api-key-file ("KEY", or
+// "KEY priority" for a key that may prioritise; blank lines and # comments skipped). Throws
+// std::runtime_error naming the file (and line) when it cannot be read, has no key or a line
+// has an unknown second word.
+ApiKeys collect_api_keys(const ServeOptions& options);
 
 }  // namespace diffusiond

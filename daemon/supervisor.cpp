@@ -47,14 +47,17 @@ void Supervisor::tick() {
     }
   }
   notify_systemd(state);
-  const bool has_policy = options_.retention.keep_days > 0 || options_.retention.max_images > 0;
-  if (has_policy && std::chrono::steady_clock::now() - last_prune_ >= options_.prune_every) {
+  const bool has_policy = options_.retention.any();
+  // Due, or sooner (every 10 s at most) while the disk is full: the caps may free space.
+  const auto since = std::chrono::steady_clock::now() - last_prune_;
+  if (has_policy && (since >= options_.prune_every ||
+                     (service_.storage_full() && since >= std::chrono::seconds(10)))) {
     last_prune_ = std::chrono::steady_clock::now();
     try {
       const auto result = store_.prune(options_.retention, unix_ms_now());
       if (result.jobs_deleted > 0)
-        spdlog::info("retention: deleted {} finished job(s) and {} image file(s)",
-                     result.jobs_deleted, result.files_deleted);
+        spdlog::info("retention: deleted {} finished job(s) and {} image file(s), {} MiB",
+                     result.jobs_deleted, result.files_deleted, result.bytes_deleted >> 20);
     } catch (const std::exception& e) {
       spdlog::error("retention: {}", e.what());
     }

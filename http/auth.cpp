@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <stdexcept>
+
+#include <openssl/evp.h>
 
 namespace diffusiond::http_api {
 
@@ -35,6 +38,25 @@ bool key_matches(std::string_view token, const std::vector<std::string>& keys) {
   bool any = false;
   for (const std::string& key : keys) any = constant_time_equal(token, key) || any;
   return any;
+}
+
+std::string sha256_hex(std::string_view bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  if (EVP_Digest(bytes.data(), bytes.size(), digest, &size, EVP_sha256(), nullptr) != 1)
+    throw std::runtime_error("SHA-256 failed (OpenSSL)");
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(size * 2);
+  for (unsigned int i = 0; i < size; ++i) {
+    out += hex[digest[i] >> 4];
+    out += hex[digest[i] & 15];
+  }
+  return out;
+}
+
+std::string key_identity(std::string_view key) {
+  return "key-" + sha256_hex(key).substr(0, 16);
 }
 
 }  // namespace diffusiond::http_api

@@ -21,4 +21,11 @@ std::string_view bearer_token(std::string_view authorization_header);
 // True if `token` matches any key (every key is compared, whatever matched).
 bool key_matches(std::string_view token, const std::vector<std::string>& keys);
 
+// A stable, non-secret name for a key: "key-" + the first 16 hex digits of its SHA-256. It
+// identifies the caller in the store (job ownership, idempotency keys) without keeping the key.
+std::string key_identity(std::string_view key);
+
+// SHA-256 of the bytes, 64 lowercase hex digits (OpenSSL's libcrypto).
+std::string sha256_hex(std::string_view bytes);
+
 }  // namespace diffusiond::http_api

@@ -1,5 +1,6 @@
 // POST /generate: validate, submit, then answer 202 + job, or (?wait=1) the finished job, or
 // (Accept: image/png, one image) the PNG itself.
+#include "http/auth.h"
 #include "http/handlers.h"
 #include "http/job_waiter.h"
 #include "http/json_views.h"
@@ -17,6 +18,20 @@ bool truthy(const std::map<std::string, std::string>& query, const char* key) {
   auto it = query.find(key);
   return it != query.end() &&
          (it->second.empty() || it->second == "1" || it->second == "true" || it->second == "yes");
+}
+
+// The Idempotency-Key header (draft-ietf-httpapi-idempotency-key-header): 1..255 printable
+// ASCII characters, optionally as a quoted structured-field string. "" when absent; nullopt
+// when malformed.
+std::optional<std::string> idempotency_key(const Request& req) {
+  auto it = req.find("Idempotency-Key");
+  if (it == req.end()) return std::string();
+  std::string_view v = it->value();
+  if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
+  if (v.empty() || v.size() > 255) return std::nullopt;
+  for (char ch : v)
+    if (ch < 0x20 || ch > 0x7e || ch == '"' || ch == '\\') return std::nullopt;
+  return std::string(v);
 }
 
 Response finished_json(const JobView& view) {
@@ -54,7 +69,21 @@ void handle_generate(ServerContext& c, Exchange& ex, const RouteParams& p) {
             std::to_string(images) + "; ask for application/json instead"));
     return;
   }
-  const JobView job = c.service.submit(request);
+  const auto key = idempotency_key(req);
+  if (!key) {
+    ex.respond(error_response(http::status::bad_request, "invalid_idempotency_key",
+                              "header 'Idempotency-Key' must be 1 to 255 printable ASCII "
+                              "characters (optionally in double quotes)",
+                              "Idempotency-Key"));
+    return;
+  }
+  SubmitContext context;
+  context.client = p.client;
+  context.may_prioritise = p.may_prioritise;
+  context.idempotency_key = *key;
+  if (!key->empty()) context.fingerprint = sha256_hex(req.body());  // "the same body"
+  const Submission submitted = c.service.submit(request, context);
+  const JobView& job = submitted.job;
   if (png) {
     answer_when_finished(c, ex, job.id,
                          [&c](const JobView& view) { return finished_png(c, view); });
@@ -66,6 +95,7 @@ void handle_generate(ServerContext& c, Exchange& ex, const RouteParams& p) {
   }
   auto res = json_response(http::status::accepted, job_json(job));
   res.set(http::field::location, job_url(job.id));
+  if (submitted.replayed) res.set("Idempotent-Replayed", "true");
   ex.respond(std::move(res));
 }
 

@@ -29,6 +29,8 @@ http::status http_status_of(ErrorCode code) {
       return http::status::conflict;
     case ErrorCode::queue_full:
       return http::status::too_many_requests;
+    case ErrorCode::forbidden:
+      return http::status::forbidden;
     case ErrorCode::unavailable:
       return http::status::service_unavailable;
     case ErrorCode::storage_full:  // RFC 4918 §11.5: the server cannot store what is needed

@@ -116,13 +116,20 @@ std::string allow_header(const Route& r) {
   return allow;
 }
 
-bool authorised(const ServerContext& c, const Request& req, const RouteParams& p) {
+// True when the request may use the route; fills p.client and p.may_prioritise from its key.
+bool authorise(const ServerContext& c, const Request& req, RouteParams& p) {
   const auto& keys = c.options.api_keys;
   if (keys.empty()) return true;
-  if (key_matches(bearer_token(req[http::field::authorization]), keys)) return true;
-  const bool safe_method = req.method() == http::verb::get || req.method() == http::verb::head;
-  auto it = p.query.find("api_key");
-  return safe_method && it != p.query.end() && key_matches(it->second, keys);
+  std::string_view token = bearer_token(req[http::field::authorization]);
+  if (!key_matches(token, keys)) {
+    const bool safe_method = req.method() == http::verb::get || req.method() == http::verb::head;
+    auto it = p.query.find("api_key");
+    if (!safe_method || it == p.query.end() || !key_matches(it->second, keys)) return false;
+    token = it->second;
+  }
+  p.client = key_identity(token);
+  p.may_prioritise = key_matches(token, c.options.priority_api_keys);
+  return true;
 }
 
 }  // namespace
@@ -184,7 +191,7 @@ void route_request(ServerContext& c, Exchange& ex) {
                               "no such resource: " + p.path.substr(0, 200)));
     return;
   }
-  if (route->needs_key && !authorised(c, req, p)) {
+  if (!authorise(c, req, p) && route->needs_key) {
     auto res = error_response(http::status::unauthorized, "unauthorized",
                               "a valid API key is required: send 'Authorization: Bearer <key>'");
     res.set(http::field::www_authenticate, "Bearer realm=\"diffusiond\"");

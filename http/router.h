@@ -16,6 +16,9 @@ struct RouteParams {
   std::map<std::string, std::string> query;  // decoded query parameters (last one wins)
   std::string job_id;                        // /jobs/{id}...
   int image = -1;                            // /jobs/{id}/images/{k}.png
+  // Who is asking (set by route_request from the API key): "" when no key is configured.
+  std::string client;
+  bool may_prioritise = false;  // the key is one of HttpOptions::priority_api_keys
 };
 
 // Splits "/a/b?x=1&y=%20" into a decoded path and query map; false if the target is malformed.

@@ -27,6 +27,9 @@ struct HttpOptions {
   // "Authorization: Bearer <key>" except /healthz and the web UI's own files (GET / and its
   // static assets), so the page can load and ask the user for a key.
   std::vector<std::string> api_keys;
+  // The subset of api_keys whose requests may use a priority above 0 (the core refuses it to
+  // everyone else, and to everyone when no key is configured).
+  std::vector<std::string> priority_api_keys;
 
   // Browser guards (http/browser_guard.h): Host names accepted besides loopback names, IP
   // literals and `host` ("*": any), and origins (scheme://host[:port]) allowed to POST/DELETE

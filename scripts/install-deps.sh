@@ -8,7 +8,7 @@ packages=(
   libtorch-dev libopenblas0-pthread
   libboost1.81-dev
   nlohmann-json3-dev libstb-dev catch2 libutf8proc-dev zlib1g-dev
-  libsqlite3-dev sqlite3 libsystemd-dev libcli11-dev libspdlog-dev libfmt-dev
+  libsqlite3-dev sqlite3 libsystemd-dev libcli11-dev libspdlog-dev libfmt-dev libssl-dev
   python3 curl procps systemd
   chromium
 )

@@ -12,6 +12,8 @@ const char* to_string(ErrorCode code) {
       return "conflict";
     case ErrorCode::queue_full:
       return "queue_full";
+    case ErrorCode::forbidden:
+      return "forbidden";
     case ErrorCode::storage_full:
       return "storage_full";
     case ErrorCode::unavailable:

@@ -14,6 +14,7 @@ enum class ErrorCode {
   invalid_request,  // the request is wrong; the message names the field
   not_found,        // no such job or image
   conflict,         // the request contradicts the state (e.g. cancelling a finished job)
+  forbidden,        // the caller may not do this (e.g. a priority above 0 without the right)
   queue_full,       // try again later: retry_after_s says when
   unavailable,      // the service cannot take work now (draining, no device, store down)
   storage_full,     // the data dir is full: nothing new is accepted until space is freed

@@ -26,6 +26,19 @@ class Subscription {
 
 enum class CancelResult { cancelled, already_finished, not_found };
 
+// Who submits, as the front end established it (never part of the job's parameters).
+struct SubmitContext {
+  std::string client;           // the caller's identity (an API key's fingerprint); "" = none
+  bool may_prioritise = false;  // the caller may ask for a priority above 0
+  std::string idempotency_key;  // "" = none; scoped to `client`
+  std::string fingerprint;      // of the request as sent: same key + same fingerprint = same job
+};
+
+struct Submission {
+  JobView job;
+  bool replayed = false;  // an earlier submission with the same idempotency key
+};
+
 class ImageService {
  public:
   virtual ~ImageService() = default;
@@ -37,7 +50,18 @@ class ImageService {
   // Normalises the request (daemon/api/request.h), persists the job (committed before
   // returning) and queues its images. Throws ServiceError: invalid_request (the field at
   // fault), queue_full (with retry_after_s), unavailable (draining, no device, store failed).
-  virtual JobView submit(const GenerateRequest& request) = 0;
+  // Queues a job (answers once it is durable). Throws ServiceError: invalid_request (the field
+  // at fault), forbidden (priority > 0 without context.may_prioritise), conflict (the
+  // idempotency key is in flight or was used with another body), queue_full, storage_full,
+  // unavailable. With an idempotency key already used by the same client and the same
+  // fingerprint it queues nothing and returns that job (replayed).
+  virtual Submission submit(const GenerateRequest& request, const SubmitContext& context) = 0;
+  // In-process callers (the CLI, tests, tools) are trusted: any priority, no idempotency key.
+  JobView submit(const GenerateRequest& request) {
+    SubmitContext trusted;
+    trusted.may_prioritise = true;
+    return submit(request, trusted).job;
+  }
   virtual std::optional<JobView> job(const std::string& id) const = 0;
   // Newest first. status filter optional; limit >= 1; before_id (a cursor: the last job of the
   // previous page) lists only jobs submitted before that one. Throws ServiceError

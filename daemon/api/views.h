@@ -22,6 +22,7 @@ struct ImageView {
   int steps = 0;
   std::string error;  // non-empty when failed
   bool has_file = false;
+  std::int64_t file_bytes = 0;   // size of the PNG once written (retention by bytes)
   std::int64_t started_ms = 0;   // unix ms, 0 if not yet
   std::int64_t finished_ms = 0;  // unix ms, 0 if not yet
 };

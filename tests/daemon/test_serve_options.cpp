@@ -91,7 +91,16 @@ TEST_CASE("API keys come from the options and the key file", "[serve]") {
   o.api_keys = {"a"};
   o.api_key_file = (dir.path() / "keys").string();
   write_text(o.api_key_file, "# keys\n\n  b  \nc\r\n");
-  CHECK(collect_api_keys(o) == std::vector<std::string>{"a", "b", "c"});
+  CHECK(collect_api_keys(o).all == std::vector<std::string>{"a", "b", "c"});
+  CHECK(collect_api_keys(o).priority.empty());
+  o.priority_api_keys = {"boss"};
+  write_text(o.api_key_file, "b priority\nc\n");
+  const ApiKeys keys = collect_api_keys(o);
+  CHECK(keys.all == std::vector<std::string>{"a", "boss", "b", "c"});
+  CHECK(keys.priority == std::vector<std::string>{"boss", "b"});
+  write_text(o.api_key_file, "b admin\n");
+  CHECK_THROWS_WITH(collect_api_keys(o), Catch::Contains("line 1"));
+  o.priority_api_keys.clear();
   write_text(o.api_key_file, "# only a comment\n");
   CHECK_THROWS_WITH(collect_api_keys(o), Catch::Contains("holds no key"));
   o.api_key_file = (dir.path() / "nope").string();

@@ -9,6 +9,7 @@
 
 #include "daemon/atomic_file.h"
 #include "daemon/job_store.h"
+#include "daemon/sqlite_db.h"
 #include "daemon/store_writer.h"
 #include "pipeline/media/posix_fs.h"
 #include "temp_dir.h"
@@ -30,14 +31,16 @@ JobRecord sample_job(const std::string& prompt = "a lighthouse", int n = 2) {
   return make_job(r, make_job_id(), unix_ms_now(), "tiny-sd1");
 }
 
-void finish_image(JobStore& store, JobRecord& job, int k, std::int64_t when_ms) {
+void finish_image(JobStore& store, JobRecord& job, int k, std::int64_t when_ms,
+                  std::size_t bytes = 3) {
   set_image_status(job, k, ImageStatus::running);
   set_image_status(job, k, ImageStatus::done);
   auto& image = job.view.images[static_cast<std::size_t>(k)];
   image.has_file = true;
   image.finished_ms = when_ms;
+  image.file_bytes = static_cast<std::int64_t>(bytes);
   store.prepare_image_dir(job.view.id);
-  write_file_atomically(store.image_file(job.view.id, k), "png");
+  write_file_atomically(store.image_file(job.view.id, k), std::string(bytes, 'p'));
   if (is_terminal(job.view.status)) job.view.finished_ms = when_ms;
   store.update(job, {k});
 }
@@ -187,6 +190,80 @@ TEST_CASE("retention by count keeps the newest images", "[store]") {
   CHECK(store->load(jobs[3].view.id));
   CHECK(store->prune({0, 5}, 2000).jobs_deleted == 0);
   CHECK(store->prune({0, 0}, 2000).jobs_deleted == 0);  // no policy: keep everything
+}
+
+TEST_CASE("retention by bytes keeps the newest images within the cap", "[store]") {
+  TempDir dir;
+  auto store = JobStore::open(dir.path());
+  std::vector<JobRecord> jobs;
+  for (int i = 0; i < 4; ++i) {
+    jobs.push_back(sample_job("p" + std::to_string(i), 2));  // 2 images of 1000 bytes each
+    store->insert(jobs.back());
+    finish_image(*store, jobs.back(), 0, 1000 + i, 1000);
+    finish_image(*store, jobs.back(), 1, 1000 + i, 1000);
+  }
+  JobRecord running = sample_job("running", 2);  // its file counts, and is never deleted
+  store->insert(running);
+  finish_image(*store, running, 0, 900, 1000);
+  // 9000 bytes on disk; keep at most 5500: the running job's 1000 + the newest two (4000).
+  const auto result = store->prune({0, 0, 5500}, 2000);
+  CHECK(result.jobs_deleted == 2);
+  CHECK(result.files_deleted == 4);
+  CHECK(result.bytes_deleted == 4000);
+  CHECK_FALSE(store->load(jobs[0].view.id));
+  CHECK_FALSE(store->load(jobs[1].view.id));
+  CHECK_FALSE(std::filesystem::exists(dir.path() / "images" / jobs[1].view.id));
+  CHECK(store->load(jobs[2].view.id));
+  CHECK(store->load(jobs[3].view.id));
+  CHECK(std::filesystem::exists(store->image_file(running.view.id, 0)));
+  CHECK(store->load(jobs[3].view.id)->view.images[1].file_bytes == 1000);
+  CHECK(store->prune({0, 0, 5500}, 2000).jobs_deleted == 0);
+}
+
+TEST_CASE("a version 1 database is migrated in place, its jobs intact", "[store]") {
+  TempDir dir;
+  {  // what diffusiond 0.1 (schema 1) wrote: no client, idempotency or size columns
+    SqliteDatabase v1(dir.path() / "diffusiond.db");
+    v1.exec(R"sql(
+      CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+      INSERT INTO meta VALUES('schema', '1');
+      CREATE TABLE jobs(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL, priority INTEGER NOT NULL, request TEXT NOT NULL,
+        model TEXT NOT NULL, created_ms INTEGER NOT NULL, started_ms INTEGER NOT NULL DEFAULT 0,
+        finished_ms INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '');
+      CREATE TABLE images(job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL, prompt TEXT NOT NULL, seed INTEGER NOT NULL, status TEXT NOT NULL,
+        device TEXT NOT NULL DEFAULT '', steps INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
+        file TEXT NOT NULL DEFAULT '', started_ms INTEGER NOT NULL DEFAULT 0,
+        finished_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(job_id, idx));
+      INSERT INTO jobs(id, status, priority, request, model, created_ms) VALUES('00000000000000aa',
+        'queued', 0, '{"prompts":["old"],"n":1,"steps":5,"seed":1,"width":64,"height":64,
+        "guidance_scale":7.5,"negative_prompt":"","scheduler":"pndm","priority":0}', 'm', 5);
+      INSERT INTO images(job_id, idx, prompt, seed, status, steps)
+        VALUES('00000000000000aa', 0, 'old', 1, 'queued', 5);
+    )sql");
+  }
+  auto store = JobStore::open(dir.path());
+  const auto old = store->load("00000000000000aa");
+  REQUIRE(old);
+  CHECK(old->view.request.prompts == std::vector<std::string>{"old"});
+  CHECK(old->client.empty());
+  CHECK(old->idempotency_key.empty());
+  JobRecord keyed = sample_job("new", 1);
+  keyed.client = "key-0123456789abcdef";
+  keyed.idempotency_key = "k1";
+  keyed.fingerprint = "f";
+  store->insert(keyed);
+  const auto found = store->find_by_idempotency_key("key-0123456789abcdef", "k1");
+  REQUIRE(found);
+  CHECK(found->view.id == keyed.view.id);
+  CHECK(found->fingerprint == "f");
+  CHECK_FALSE(store->find_by_idempotency_key("", "k1"));  // scoped per client
+  JobRecord duplicate = sample_job("dup", 1);
+  duplicate.client = keyed.client;
+  duplicate.idempotency_key = "k1";
+  CHECK_THROWS_AS(store->insert(duplicate), StoreError);  // the unique index backs the core
 }
 
 TEST_CASE("a corrupt database is a clear start-up error, never silent loss", "[store]") {

@@ -54,7 +54,16 @@ std::optional<std::string> FakeImageService::canonical_scheduler(const std::stri
   return std::nullopt;
 }
 
-JobView FakeImageService::submit(const GenerateRequest& asked) {
+SubmitContext FakeImageService::last_context() const {
+  std::lock_guard lock(mu_);
+  return last_context_;
+}
+
+Submission FakeImageService::submit(const GenerateRequest& asked, const SubmitContext& context) {
+  {
+    std::lock_guard lock(mu_);
+    last_context_ = context;
+  }
   if (int retry = queue_full_retry_.load(); retry > 0) {
     throw ServiceError(ErrorCode::queue_full, "the queue is full", "queue_full", {}, retry);
   }
@@ -91,7 +100,7 @@ JobView FakeImageService::submit(const GenerateRequest& asked) {
   e.kind = JobEvent::Kind::queued;
   e.job_id = job.id;
   emit(e);
-  return job;
+  return {job, false};
 }
 
 std::optional<JobView> FakeImageService::job(const std::string& id) const {

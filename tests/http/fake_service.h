@@ -38,7 +38,9 @@ class FakeImageService : public ImageService {
   // --- ImageService ---
   ModelInfo model_info() const override;
   std::optional<std::string> canonical_scheduler(const std::string& name) const override;
-  JobView submit(const GenerateRequest& request) override;
+  using ImageService::submit;
+  Submission submit(const GenerateRequest& request, const SubmitContext& context) override;
+  SubmitContext last_context() const;  // what the HTTP layer passed with the latest submit
   std::optional<JobView> job(const std::string& id) const override;
   std::vector<JobView> jobs(std::optional<JobStatus> status, int limit,
                             const std::string& before_id = {}) const override;
@@ -68,6 +70,7 @@ class FakeImageService : public ImageService {
   std::vector<std::string> order_;  // submission order
   std::map<std::string, JobView> jobs_;
   std::vector<JobRequest> submitted_;
+  SubmitContext last_context_;
   std::map<int, Subscriber> subs_;
   int next_sub_ = 0;
   int next_job_ = 0;

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 #include <thread>
 
+#include "http/auth.h"
 #include "server_fixture.h"
 
 using namespace diffusiond;
@@ -168,6 +169,38 @@ TEST_CASE("API keys: required everywhere but /healthz and the UI", "[http][auth-
   CHECK(f.post("/generate?api_key=s3cret", R"({"prompt":"x"})").status == 401);
   // Unknown routes stay 404 (nothing to protect); wrong methods on protected routes need a key.
   CHECK(f.get("/nope").status == 404);
+}
+
+TEST_CASE("the caller's identity, priority right and idempotency key reach the core",
+          "[http][auth-server]") {
+  HttpOptions o;
+  o.api_keys = {"s3cret", "boss"};
+  o.priority_api_keys = {"boss"};
+  ServerFixture f(o);
+  const std::string body = R"({"prompt":"x"})";
+  REQUIRE(f.post("/generate", body, {{"Authorization", "Bearer s3cret"}}).status == 202);
+  SubmitContext plain = f.service.last_context();
+  CHECK(plain.client == http_api::key_identity("s3cret"));
+  CHECK(plain.client.rfind("key-", 0) == 0);
+  CHECK(plain.client.find("s3cret") == std::string::npos);  // never the key itself
+  CHECK_FALSE(plain.may_prioritise);
+  CHECK(plain.idempotency_key.empty());
+  REQUIRE(f.post("/generate", body,
+                 {{"Authorization", "Bearer boss"}, {"Idempotency-Key", "\"abc-1\""}})
+              .status == 202);
+  SubmitContext boss = f.service.last_context();
+  CHECK(boss.client == http_api::key_identity("boss"));
+  CHECK(boss.client != plain.client);
+  CHECK(boss.may_prioritise);
+  CHECK(boss.idempotency_key == "abc-1");
+  CHECK(boss.fingerprint == http_api::sha256_hex(body));
+  // SHA-256 itself, against a published test vector (FIPS 180-2, "abc").
+  CHECK(http_api::sha256_hex("abc") ==
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  auto bad = f.post("/generate", body,
+                    {{"Authorization", "Bearer s3cret"}, {"Idempotency-Key", "tab\there"}});
+  CHECK(bad.status == 400);
+  CHECK(bad.json()["error"]["code"] == "invalid_idempotency_key");
 }
 
 TEST_CASE("connections over the cap are answered 503", "[http][limits]") {

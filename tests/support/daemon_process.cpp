@@ -80,9 +80,16 @@ DaemonProcess::DaemonProcess(const std::filesystem::path& data_dir,
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+  // With API keys, /readyz needs one: the first key given on the command line.
+  Headers auth;
+  for (std::size_t i = 0; i + 1 < extra_args.size(); ++i)
+    if (extra_args[i] == "--api-key" || extra_args[i] == "--priority-api-key") {
+      auth.push_back({"Authorization", "Bearer " + extra_args[i + 1]});
+      break;
+    }
   while (true) {
     try {
-      if (http_request(port_, "GET", "/readyz").status == 200) break;
+      if (http_request(port_, "GET", "/readyz", "", auth).status == 200) break;
     } catch (const std::exception&) {
     }
     if (std::chrono::steady_clock::now() > deadline) {
