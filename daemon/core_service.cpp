@@ -39,7 +39,8 @@ CoreService::CoreService(JobStore& store, ModelBackend& backend, std::vector<Dev
       options_(std::move(options)),
       encoder_(std::move(encoder)),
       model_info_(backend.model_info()),
-      dispatcher_(static_cast<int>(devices_.size()), options_.dispatch, options_.unhealthy_after),
+      dispatcher_(static_cast<int>(devices_.size()), options_.dispatch,
+                  DeviceHealthOptions{options_.unhealthy_after, options_.probe_interval}),
       png_pool_(std::make_unique<ThreadPool>(options_.png_threads, "png encoder")) {
   writer_ = std::make_unique<StoreWriter>(store_, static_cast<StoreWriter::Listener&>(*this));
   for (std::size_t i = 0; i < devices_.size(); ++i)
@@ -161,9 +162,8 @@ JobView CoreService::submit(const GenerateRequest& asked) {
     if (store_failed_)
       throw ServiceError(ErrorCode::unavailable, "the job store cannot be written: " + store_error_,
                          "store_error");
-    if (dispatcher_.healthy_count() == 0)
-      throw ServiceError(ErrorCode::unavailable, "no healthy device is left to run images",
-                         "no_device");
+    if (!dispatcher_.any_enabled())  // while devices are only unhealthy, jobs wait for a probe
+      throw ServiceError(ErrorCode::unavailable, "no device can run images", "no_device");
     const std::size_t depth = dispatcher_.queued() + static_cast<std::size_t>(pending_images_);
     if (depth > 0 &&
         depth + static_cast<std::size_t>(count) > static_cast<std::size_t>(options_.max_queue))
@@ -267,7 +267,16 @@ std::vector<DeviceView> CoreService::devices() const {
     d.memory_total_bytes = s.memory.total_bytes;
     d.memory_used_bytes = s.memory.used_bytes;
     d.loaded = s.loaded;
-    d.healthy = dispatcher_.healthy(worker->index());
+    const auto health = dispatcher_.health(worker->index());
+    d.healthy = health.health == DeviceHealth::healthy;
+    d.health = health.health;
+    d.consecutive_failures = health.consecutive_failures;
+    if (health.health == DeviceHealth::unhealthy)
+      d.next_probe_ms = unix_ms_now() + health.probe_in.count();
+    d.images_failed = s.images_failed;
+    d.images_out_of_memory = s.images_out_of_memory;
+    d.last_error = s.last_error;
+    d.last_error_ms = s.last_error_ms;
     d.busy = s.busy;
     d.current_job = s.current_job;
     d.images_done = s.images_done;
@@ -280,7 +289,7 @@ std::vector<DeviceView> CoreService::devices() const {
 }
 
 bool CoreService::ready() const {
-  if (draining_ || store_failed_) return false;
+  if (draining_ || store_failed_ || dispatcher_.healthy_count() == 0) return false;
   std::lock_guard lock(load_mu_);
   return loads_finished_ == static_cast<int>(workers_.size()) && loads_ok_ > 0;
 }
@@ -293,7 +302,7 @@ void CoreService::replica_loaded(int worker, const std::string& error) {
     spdlog::info("{}: model replica loaded", name);
   } else {
     spdlog::error("{}: cannot load the model: {}; this device gets no work", name, error);
-    strand_orphans(dispatcher_.mark_unhealthy(worker));
+    strand_orphans(dispatcher_.mark_disabled(worker));
   }
   {
     std::lock_guard lock(load_mu_);
@@ -354,7 +363,6 @@ bool CoreService::task_progress(int, const TaskRef& task, int step, int steps) {
 }
 
 void CoreService::task_succeeded(int worker, const TaskRef& task, RgbImage image) {
-  dispatcher_.report_success(worker);
   const std::string device = devices_[static_cast<std::size_t>(worker)].name;
   PngGenerationInfo info;
   {
@@ -450,12 +458,7 @@ void CoreService::task_failed(int worker, const TaskRef& task, const std::string
   spdlog::error("job {} image {} failed on {}: {}", task.job_id, task.image, name, error);
   std::vector<std::string> to_flush;
   {
-    std::lock_guard lock(mu_);
-    std::vector<TaskRef> orphans;
-    if (dispatcher_.report_failure(worker, &orphans))
-      spdlog::error("{}: {} failures in a row; marked unhealthy, its queue moves to the others",
-                    name, options_.unhealthy_after);
-    strand_orphans(orphans);
+    std::lock_guard lock(mu_);  // the worker already reported the failure to the dispatcher
     ActiveJob* job = find_locked(task.job_id);
     if (job && job->record.view.images[static_cast<std::size_t>(task.image)].status !=
                    ImageStatus::running)
@@ -552,8 +555,8 @@ void CoreService::fail_image_locked(ActiveJob& job, int k, const std::string& er
 void CoreService::strand_orphans(const std::vector<TaskRef>& orphans) {
   if (orphans.empty()) return;
   spdlog::critical(
-      "no healthy device is left: {} queued image(s) stay queued in the store and run after a "
-      "restart (the systemd watchdog restarts the daemon)",
+      "no device can run images (every model replica failed to load): {} queued image(s) stay "
+      "queued in the store and run after a restart (the systemd watchdog restarts the daemon)",
       orphans.size());
 }
 

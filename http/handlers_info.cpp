@@ -10,14 +10,17 @@ void handle_healthz(ServerContext&, Exchange& ex, const RouteParams&) {
 
 void handle_readyz(ServerContext& c, Exchange& ex, const RouteParams&) {
   if (c.service.ready()) return ex.respond(json_response(http::status::ok, {{"status", "ready"}}));
-  int loaded = 0, total = 0;
+  int loaded = 0, healthy = 0, total = 0;
   for (const DeviceView& d : c.service.devices()) {
     ++total;
     if (d.loaded) ++loaded;
+    if (d.loaded && d.healthy) ++healthy;
   }
-  ex.respond(error_response(http::status::service_unavailable, "not_ready",
-                            "the model is loaded on " + std::to_string(loaded) + " of " +
-                                std::to_string(total) + " device(s)"));
+  std::string why = "the model is loaded on " + std::to_string(loaded) + " of " +
+                    std::to_string(total) + " device(s)";
+  if (loaded > 0 && healthy == 0)
+    why += ", and no healthy device is left (each is probed again later; see /devices)";
+  ex.respond(error_response(http::status::service_unavailable, "not_ready", why));
 }
 
 void handle_metrics(ServerContext& c, Exchange& ex, const RouteParams&) {
