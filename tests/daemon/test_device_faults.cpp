@@ -43,7 +43,7 @@ void wait_probe_due(CoreService& service, int device) {
 }
 }  // namespace
 
-TEST_CASE("fault rules parse; bad ones are named", "[faults]") {
+TEST_CASE("fault rules parse, bad ones are named", "[faults]") {
   const std::vector<std::string> devices{"cpu:0", "cpu:1", "cuda:0"};
   const auto rules = parse_fault_rules("cpu:1=error, cuda:0=oom:after=2:times=3", devices);
   REQUIRE(rules.size() == 2);
@@ -86,7 +86,7 @@ TEST_CASE("an injector lets `after` generations pass, fails `times`, then passes
   CHECK(oom.next("a") == InjectedFault::out_of_memory);
 }
 
-TEST_CASE("an image failing on one device runs again on another; the others are unaffected",
+TEST_CASE("an image failing on one device runs again on another, the others are unaffected",
           "[faults]") {
   Harness h;
   h.backend.faults = faults("cpu:1=error", "cpu*2");
@@ -198,7 +198,7 @@ TEST_CASE("with no healthy device left: not ready, jobs are kept and run after t
   CHECK(h.service->devices()[0].healthy);
 }
 
-TEST_CASE("out of memory is named; at a size the device never made it is not held against it",
+TEST_CASE("out of memory is named, and not held against a device at a size it never made",
           "[faults]") {
   Harness h;
   h.options.unhealthy_after = 1;
@@ -218,7 +218,7 @@ TEST_CASE("out of memory is named; at a size the device never made it is not hel
   CHECK(h.wait_finished(h.service->submit(request({"fine"}, 2)).id).status == JobStatus::done);
 }
 
-TEST_CASE("out of memory at a size the device has made counts; its image moves elsewhere",
+TEST_CASE("out of memory at a size the device has made counts, its image moves elsewhere",
           "[faults]") {
   Harness h;
   h.backend.faults = faults("cpu:1=oom:after=1", "cpu*2");
@@ -247,7 +247,7 @@ TEST_CASE("retries count as attempts: an image failing everywhere runs max_attem
   CHECK_THAT(ended.images[0].error, Catch::Contains("fake failure"));
 }
 
-TEST_CASE("serve: the health options and their defaults; --inject-faults is left out of --help",
+TEST_CASE("serve: the health options, their defaults, a fault switch hidden from the help",
           "[faults]") {
   auto parse = [](std::vector<std::string> args) {
     CLI::App app;

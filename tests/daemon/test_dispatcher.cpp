@@ -218,7 +218,7 @@ TEST_CASE("a probe with nothing new placed takes the first task queued elsewhere
   CHECK(d.queued_for(0) == 1);
 }
 
-TEST_CASE("a failed probe doubles the interval up to the cap; a success resets it",
+TEST_CASE("a failed probe doubles the interval up to the cap, a success resets it",
           "[dispatcher]") {
   TestClock clock;
   Dispatcher d(1, DispatchPolicy::round_robin,
