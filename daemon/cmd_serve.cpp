@@ -26,6 +26,7 @@
 #include "daemon/core_service.h"
 #include "daemon/device_spec.h"
 #include "daemon/dtype.h"
+#include "daemon/fault_injection.h"
 #include "daemon/job_store.h"
 #include "daemon/sd_notify.h"
 #include "daemon/serve_logging.h"
@@ -135,6 +136,14 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   backend_options.is_test_model = model.is_test_model;
   backend_options.notice = model.notice;
   backend_options.default_steps = options.default_steps;
+  if (!options.inject_faults.empty()) {
+    std::vector<std::string> names;
+    for (const auto& d : devices) names.push_back(d.name);
+    const auto rules = parse_fault_rules(options.inject_faults, names);
+    for (const auto& rule : rules)
+      spdlog::warn("--inject-faults (a test facility): generations on {}", describe(rule));
+    backend_options.faults = std::make_shared<FaultInjector>(rules);
+  }
   auto backend = make_torch_backend(model.folder, backend_options);
 
   CoreOptions core;
@@ -145,6 +154,8 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   core.limits.max_steps = options.max_steps;
   core.limits.max_n = options.max_n;
   core.min_free_bytes = std::uint64_t(options.min_free_mb) << 20;
+  core.unhealthy_after = options.device_failure_threshold;
+  core.probe_interval = std::chrono::seconds(options.device_probe_interval_s);
   core.dtype = resolve_dtype(options.dtype, devices.front().kind == DeviceSpec::Kind::cuda);
   const int compression = options.png_compression;
   CoreService service(*store, *backend, devices, core,

@@ -36,6 +36,13 @@ std::string CoreService::status_line() const {
                      " devices=" + std::to_string(dispatcher_.healthy_count()) + "/" +
                      std::to_string(workers_.size());
   if (loaded < static_cast<int>(workers_.size()) && !draining_) line += " loading";
+  std::string unhealthy;
+  for (const auto& worker : workers_) {
+    const auto health = dispatcher_.health(worker->index()).health;
+    if (health == DeviceHealth::unhealthy || health == DeviceHealth::probing)
+      unhealthy += (unhealthy.empty() ? "" : ",") + worker->spec().name;
+  }
+  if (!unhealthy.empty()) line += " unhealthy=" + unhealthy;
   if (draining_) line += " draining";
   if (store_failed_) line += " store=failed";
   if (storage_->full()) line += " storage=full";
@@ -44,7 +51,8 @@ std::string CoreService::status_line() const {
 
 std::string CoreService::metrics_text() const {
   PrometheusWriter w;
-  w.header("diffusiond_ready", "gauge", "1 when the daemon takes work (see /readyz)");
+  w.header("diffusiond_ready", "gauge",
+           "1 when ready (/readyz): replicas loaded, a healthy device, the store writable, space");
   w.sample("diffusiond_ready", {}, ready() ? 1 : 0);
 
   w.header("diffusiond_storage_full", "gauge",
@@ -88,9 +96,25 @@ std::string CoreService::metrics_text() const {
   w.header("diffusiond_device_busy", "gauge", "1 while the device runs an image");
   for (const auto& d : views)
     w.sample("diffusiond_device_busy", {{"device", d.name}}, d.busy ? 1 : 0);
-  w.header("diffusiond_device_healthy", "gauge", "0 once a device is marked unhealthy");
+  w.header("diffusiond_device_healthy", "gauge",
+           "1 while the device takes new work; 0 when unhealthy, probing or disabled");
   for (const auto& d : views)
     w.sample("diffusiond_device_healthy", {{"device", d.name}}, d.healthy ? 1 : 0);
+  w.header("diffusiond_device_consecutive_failures", "gauge",
+           "Failures in a row that count against the device (unhealthy at the threshold)");
+  for (const auto& d : views)
+    w.sample("diffusiond_device_consecutive_failures", {{"device", d.name}},
+             d.consecutive_failures);
+  w.header("diffusiond_device_failures_total", "counter",
+           "Generations that failed on the device (each attempt)");
+  for (const auto& d : views)
+    w.sample("diffusiond_device_failures_total", {{"device", d.name}},
+             static_cast<double>(d.images_failed));
+  w.header("diffusiond_device_out_of_memory_total", "counter",
+           "Generations that ran out of device memory");
+  for (const auto& d : views)
+    w.sample("diffusiond_device_out_of_memory_total", {{"device", d.name}},
+             static_cast<double>(d.images_out_of_memory));
   w.header("diffusiond_device_memory_used_bytes", "gauge", "Device memory in use (0: unknown)");
   for (const auto& d : views)
     w.sample("diffusiond_device_memory_used_bytes", {{"device", d.name}},

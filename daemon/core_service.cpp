@@ -39,7 +39,8 @@ CoreService::CoreService(JobStore& store, ModelBackend& backend, std::vector<Dev
       options_(std::move(options)),
       encoder_(std::move(encoder)),
       model_info_(backend.model_info()),
-      dispatcher_(static_cast<int>(devices_.size()), options_.dispatch, options_.unhealthy_after),
+      dispatcher_(static_cast<int>(devices_.size()), options_.dispatch,
+                  DeviceHealthOptions{options_.unhealthy_after, options_.probe_interval}),
       png_pool_(std::make_unique<ThreadPool>(options_.png_threads, "png encoder")) {
   writer_ = std::make_unique<StoreWriter>(store_, static_cast<StoreWriter::Listener&>(*this),
                                           options_.storage_check_every);
@@ -322,7 +323,16 @@ std::vector<DeviceView> CoreService::devices() const {
     d.memory_total_bytes = s.memory.total_bytes;
     d.memory_used_bytes = s.memory.used_bytes;
     d.loaded = s.loaded;
-    d.healthy = dispatcher_.healthy(worker->index());
+    const auto health = dispatcher_.health(worker->index());
+    d.healthy = health.health == DeviceHealth::healthy;
+    d.health = health.health;
+    d.consecutive_failures = health.consecutive_failures;
+    if (health.health == DeviceHealth::unhealthy)
+      d.next_probe_ms = unix_ms_now() + health.probe_in.count();
+    d.images_failed = s.images_failed;
+    d.images_out_of_memory = s.images_out_of_memory;
+    d.last_error = s.last_error;
+    d.last_error_ms = s.last_error_ms;
     d.busy = s.busy;
     d.current_job = s.current_job;
     d.images_done = s.images_done;
@@ -345,9 +355,8 @@ std::optional<ServiceError> CoreService::refusal_locked() const {
         ErrorCode::storage_full,
         "the data dir is full (" + storage_->reason() + "); retry once space is freed",
         "storage_full", {}, 30);
-  if (dispatcher_.healthy_count() == 0)
-    return ServiceError(ErrorCode::unavailable, "no healthy device is left to run images",
-                        "no_device");
+  if (!dispatcher_.any_enabled())  // while devices are only unhealthy, jobs wait for a probe
+    return ServiceError(ErrorCode::unavailable, "no device can run images", "no_device");
   return std::nullopt;
 }
 
@@ -356,6 +365,10 @@ std::optional<ServiceError> CoreService::not_ready() const {
     std::lock_guard lock(mu_);
     if (auto refused = refusal_locked()) return refused;
   }
+  if (dispatcher_.healthy_count() == 0)
+    return ServiceError(ErrorCode::unavailable,
+                        "no healthy device is left; jobs wait until a probe succeeds", "no_device",
+                        {}, 30);
   std::lock_guard lock(load_mu_);
   const int total = static_cast<int>(workers_.size());
   if (loads_finished_ == total && loads_ok_ > 0) return std::nullopt;
@@ -373,7 +386,7 @@ void CoreService::replica_loaded(int worker, const std::string& error) {
     spdlog::info("{}: model replica loaded", name);
   } else {
     spdlog::error("{}: cannot load the model: {}; this device gets no work", name, error);
-    strand_orphans(dispatcher_.mark_unhealthy(worker));
+    strand_orphans(dispatcher_.mark_disabled(worker));
   }
   {
     std::lock_guard lock(load_mu_);
@@ -434,7 +447,6 @@ bool CoreService::task_progress(int, const TaskRef& task, int step, int steps) {
 }
 
 void CoreService::task_succeeded(int worker, const TaskRef& task, RgbImage image) {
-  dispatcher_.report_success(worker);
   const std::string device = devices_[static_cast<std::size_t>(worker)].name;
   PngGenerationInfo info;
   {
@@ -553,12 +565,7 @@ void CoreService::task_failed(int worker, const TaskRef& task, const std::string
   spdlog::error("job {} image {} failed on {}: {}", task.job_id, task.image, name, error);
   std::vector<std::string> to_flush;
   {
-    std::lock_guard lock(mu_);
-    std::vector<TaskRef> orphans;
-    if (dispatcher_.report_failure(worker, &orphans))
-      spdlog::error("{}: {} failures in a row; marked unhealthy, its queue moves to the others",
-                    name, options_.unhealthy_after);
-    strand_orphans(orphans);
+    std::lock_guard lock(mu_);  // the worker already reported the failure to the dispatcher
     ActiveJob* job = find_locked(task.job_id);
     if (job && job->record.view.images[static_cast<std::size_t>(task.image)].status !=
                    ImageStatus::running)
@@ -655,8 +662,8 @@ void CoreService::fail_image_locked(ActiveJob& job, int k, const std::string& er
 void CoreService::strand_orphans(const std::vector<TaskRef>& orphans) {
   if (orphans.empty()) return;
   spdlog::critical(
-      "no healthy device is left: {} queued image(s) stay queued in the store and run after a "
-      "restart (the systemd watchdog restarts the daemon)",
+      "no device can run images (every model replica failed to load): {} queued image(s) stay "
+      "queued in the store and run after a restart (the systemd watchdog restarts the daemon)",
       orphans.size());
 }
 

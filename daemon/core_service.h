@@ -62,6 +62,7 @@ struct CoreOptions {
   int png_threads = 2;      // PNG encoder pool
   int max_attempts = 2;     // an image runs at most twice: one retry, on another device
   int unhealthy_after = 3;  // consecutive failures that mark a device unhealthy
+  std::chrono::milliseconds probe_interval{std::chrono::seconds(60)};  // then it is probed
   std::chrono::seconds stall_limit{600};  // a busy worker without a step for this long is dead
   std::string dtype = "fp32";             // written into the PNG metadata
   std::uint64_t min_free_bytes = 100ull << 20;          // below: storage full (StorageGuard)
@@ -152,7 +153,8 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
                      std::vector<std::string>& flush);
   void fail_image_locked(ActiveJob& job, int k, const std::string& error,
                          std::vector<std::string>& flush);
-  // Tasks no healthy device can take stay queued in the store (they run after a restart).
+  // Tasks no device can ever take (every one disabled) stay queued in the store (they run after
+  // a restart).
   void strand_orphans(const std::vector<TaskRef>& orphans);
   void flush(const std::vector<std::string>& job_ids);
   // The store failed: every image of the job that has not ended fails with `error`.

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <exception>
 
 namespace diffusiond {
@@ -100,12 +101,16 @@ void DeviceWorker::run_task(const TaskRef& task) {
 
   enum class Outcome { done, stopped, failed } outcome = Outcome::failed;
   std::string error;
+  bool out_of_memory = false;
   RgbImage image;
   try {
     image = generator_->generate_one(*spec, progress);
     outcome = Outcome::done;
   } catch (const GenerationStopped&) {
     outcome = Outcome::stopped;
+  } catch (const DeviceOutOfMemory& e) {
+    error = std::string(DeviceOutOfMemory::reason) + ": " + e.what();
+    out_of_memory = true;
   } catch (const std::exception& e) {
     error = e.what();
   } catch (...) {
@@ -121,7 +126,14 @@ void DeviceWorker::run_task(const TaskRef& task) {
       ++stats_.images_done;
       blend(stats_.seconds_per_image, seconds(end - begin));
     }
-    if (outcome == Outcome::failed) ++stats_.images_failed;
+    if (outcome == Outcome::failed) {
+      ++stats_.images_failed;
+      if (out_of_memory) ++stats_.images_out_of_memory;
+      stats_.last_error = error;
+      stats_.last_error_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count();
+    }
   }
   try {
     const DeviceMemory memory = generator_->memory();
@@ -129,6 +141,9 @@ void DeviceWorker::run_task(const TaskRef& task) {
     stats_.memory = memory;
   } catch (...) {
   }
+  if (outcome != Outcome::stopped)
+    report_health(outcome == Outcome::done, out_of_memory,
+                  static_cast<std::int64_t>(spec->width) * spec->height);
   try {
     switch (outcome) {
       case Outcome::done:
@@ -144,6 +159,38 @@ void DeviceWorker::run_task(const TaskRef& task) {
   } catch (const std::exception& e) {
     spdlog::error("{}: cannot record the end of {}/{}: {}", spec_.name, task.job_id, task.image,
                   e.what());
+  }
+}
+
+void DeviceWorker::report_health(bool done, bool out_of_memory, std::int64_t pixels) {
+  try {
+    if (done) {
+      largest_done_pixels_ = std::max(largest_done_pixels_, pixels);
+      if (dispatcher_.report_success(index_))
+        spdlog::warn("{}: its probe succeeded; healthy again, it takes work", spec_.name);
+      return;
+    }
+    if (out_of_memory && pixels > largest_done_pixels_) {
+      spdlog::warn(
+          "{}: out of memory at {} pixels, more than it has generated: the request's "
+          "size, not counted against the device",
+          spec_.name, pixels);
+      return;
+    }
+    const bool was_healthy = dispatcher_.healthy(index_);
+    if (const auto next_probe = dispatcher_.report_failure(index_)) {
+      const auto seconds = std::chrono::duration<double>(*next_probe).count();
+      if (was_healthy)
+        spdlog::error(
+            "{}: {} failures in a row; unhealthy: no new work, its queue moves to the "
+            "other devices; probed again in {:g} s",
+            spec_.name, dispatcher_.health(index_).consecutive_failures, seconds);
+      else
+        spdlog::error("{}: its probe failed; still unhealthy, probed again in {:g} s", spec_.name,
+                      seconds);
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("{}: cannot report its health: {}", spec_.name, e.what());
   }
 }
 

@@ -2,6 +2,11 @@
 // of all devices load in parallel), then takes image tasks from the dispatcher and runs them.
 // It never touches HTTP, the store or job state: it reports to a TaskHost (the CoreService).
 // A failure inside generation (exception, out of memory) is reported, never propagated.
+// Device health: it gives the dispatcher the verdict of every generation before telling the
+// host (so a retry already avoids a device this failure made unhealthy): a success, or a
+// failure that counts against the device. Every failure counts but one: running out of memory
+// at a size (width x height) larger than any this device has generated; that is the request's
+// size, not the device's health (one huge request must not take every device out).
 // Owner: CoreService. Thread-safety: start/join from the control thread; stats()/alive() from
 // any thread.
 #pragma once
@@ -46,7 +51,10 @@ struct WorkerStats {
   bool busy = false;
   std::string current_job;
   std::int64_t images_done = 0;
-  std::int64_t images_failed = 0;
+  std::int64_t images_failed = 0;         // generations that failed (each attempt)
+  std::int64_t images_out_of_memory = 0;  // of which ran out of device memory
+  std::string last_error;                 // the latest failure, "" if none
+  std::int64_t last_error_ms = 0;         // unix ms
   std::int64_t steps_done = 0;
   double busy_seconds = 0;
   double uptime_seconds = 0;
@@ -75,6 +83,8 @@ class DeviceWorker {
  private:
   void run();
   void run_task(const TaskRef& task);
+  // Gives the dispatcher the verdict of one generation (and logs a change of health).
+  void report_health(bool done, bool out_of_memory, std::int64_t pixels);
 
   using Clock = std::chrono::steady_clock;
   const int index_;
@@ -83,6 +93,7 @@ class DeviceWorker {
   Dispatcher& dispatcher_;
   TaskHost& host_;
   std::unique_ptr<ImageGenerator> generator_;  // touched only by the worker thread
+  std::int64_t largest_done_pixels_ = 0;       // worker thread: width x height it generated
   std::thread thread_;
   std::atomic<bool> running_{false};
   Histogram step_seconds_{Histogram::step_seconds_buckets()};

@@ -22,25 +22,48 @@ bool TaskOrder::operator()(const TaskRef& a, const TaskRef& b) const {
   return a.image < b.image;
 }
 
-Dispatcher::Dispatcher(int num_devices, DispatchPolicy policy, int unhealthy_after)
-    : policy_(policy), unhealthy_after_(std::max(1, unhealthy_after)) {
+Dispatcher::Dispatcher(int num_devices, DispatchPolicy policy, DeviceHealthOptions health)
+    : policy_(policy), options_(std::move(health)) {
   if (num_devices < 1) throw std::invalid_argument("dispatcher needs at least one device");
-  healthy_.assign(static_cast<std::size_t>(num_devices), true);
-  consecutive_failures_.assign(static_cast<std::size_t>(num_devices), 0);
-  per_device_.resize(static_cast<std::size_t>(num_devices));
+  if (options_.unhealthy_after < 1)
+    throw std::invalid_argument("the device failure threshold must be at least 1");
+  if (options_.probe_interval <= std::chrono::milliseconds(0) || options_.probe_backoff_max < 1)
+    throw std::invalid_argument("the device probe interval must be positive");
+  devices_.resize(static_cast<std::size_t>(num_devices));
+}
+
+Dispatcher::Clock::time_point Dispatcher::now() const {
+  return options_.clock ? options_.clock() : Clock::now();
 }
 
 void Dispatcher::check_device(int device) const {
-  if (device < 0 || device >= static_cast<int>(healthy_.size()))
+  if (device < 0 || device >= num_devices())
     throw std::out_of_range("no device " + std::to_string(device) + " in the dispatcher");
 }
 
+void Dispatcher::refresh_locked() {
+  const auto t = now();
+  for (auto& dev : devices_) {
+    if (dev.health != DeviceHealth::unhealthy || t < dev.probe_at) continue;
+    dev.health = DeviceHealth::probing;
+    dev.probe_running = false;
+    cv_.notify_all();
+  }
+}
+
 int Dispatcher::pick_device_locked(int avoid) {
-  const int n = static_cast<int>(healthy_.size());
+  const int n = num_devices();
+  int probe_fallback = -1;  // a probing device waiting for its task: it gets the next one
+  for (int d = 0; d < n; ++d) {
+    const auto& dev = devices_[static_cast<std::size_t>(d)];
+    if (dev.health != DeviceHealth::probing || dev.probe_running || !dev.queue.empty()) continue;
+    if (d != avoid) return d;
+    probe_fallback = d;
+  }
   int fallback = -1;
   for (int i = 0; i < n; ++i) {
     const int d = (next_device_ + i) % n;
-    if (!healthy_[static_cast<std::size_t>(d)]) continue;
+    if (devices_[static_cast<std::size_t>(d)].health != DeviceHealth::healthy) continue;
     if (d == avoid) {
       fallback = d;
       continue;
@@ -48,21 +71,27 @@ int Dispatcher::pick_device_locked(int avoid) {
     next_device_ = (d + 1) % n;
     return d;
   }
-  if (fallback >= 0) next_device_ = (fallback + 1) % n;
-  return fallback;
+  if (fallback >= 0) {
+    next_device_ = (fallback + 1) % n;
+    return fallback;
+  }
+  return probe_fallback;
 }
 
 bool Dispatcher::place_locked(TaskRef task, int avoid) {
   task.avoid_device = avoid;
-  if (policy_ == DispatchPolicy::least_loaded) {
-    if (healthy_count_locked() == 0) return false;
-    shared_.insert(std::move(task));
-    cv_.notify_all();
-    return true;
+  refresh_locked();
+  if (!any_enabled_locked()) return false;
+  if (policy_ == DispatchPolicy::round_robin) {
+    const int device = pick_device_locked(avoid);
+    if (device >= 0) {
+      devices_[static_cast<std::size_t>(device)].queue.insert(std::move(task));
+      cv_.notify_all();
+      return true;
+    }
   }
-  const int device = pick_device_locked(avoid);
-  if (device < 0) return false;
-  per_device_[static_cast<std::size_t>(device)].insert(std::move(task));
+  // least_loaded: the queue; round_robin: no device can take it now, it waits for one.
+  shared_.insert(std::move(task));
   cv_.notify_all();
   return true;
 }
@@ -77,32 +106,72 @@ bool Dispatcher::requeue(TaskRef task, int failed_device) {
   return place_locked(std::move(task), failed_device);
 }
 
+bool Dispatcher::others_healthy_locked(int device) const {
+  for (int d = 0; d < num_devices(); ++d)
+    if (d != device && devices_[static_cast<std::size_t>(d)].health == DeviceHealth::healthy)
+      return true;
+  return false;
+}
+
+std::optional<TaskRef> Dispatcher::steal_locked(int device) {
+  const bool others = others_healthy_locked(device);
+  Queue* from = nullptr;
+  Queue::iterator best;
+  for (int d = 0; d < num_devices(); ++d) {
+    if (d == device) continue;
+    auto& queue = devices_[static_cast<std::size_t>(d)].queue;
+    for (auto it = queue.begin(); it != queue.end(); ++it) {
+      if (it->avoid_device == device && others) continue;
+      if (!from || TaskOrder{}(*it, *best)) {
+        from = &queue;
+        best = it;
+      }
+      break;  // the queue is in run order: its first eligible task is its best
+    }
+  }
+  if (!from) return std::nullopt;
+  TaskRef task = *best;
+  from->erase(best);
+  return task;
+}
+
 std::optional<TaskRef> Dispatcher::pop_locked(int device) {
-  if (policy_ == DispatchPolicy::round_robin) {
-    auto& queue = per_device_[static_cast<std::size_t>(device)];
-    if (queue.empty()) return std::nullopt;
-    TaskRef task = *queue.begin();
-    queue.erase(queue.begin());
-    return task;
+  auto& dev = devices_[static_cast<std::size_t>(device)];
+  std::optional<TaskRef> task;
+  if (!dev.queue.empty()) {
+    task = *dev.queue.begin();
+    dev.queue.erase(dev.queue.begin());
   }
-  // least_loaded: the first task in order that does not avoid this device, unless this is the
-  // only healthy device.
-  const bool alone = healthy_count_locked() == 1;
-  for (auto it = shared_.begin(); it != shared_.end(); ++it) {
-    if (it->avoid_device == device && !alone) continue;
-    TaskRef task = *it;
-    shared_.erase(it);
-    return task;
+  if (!task) {
+    // The first task in order that does not avoid this device, unless no other healthy device
+    // may take it.
+    const bool others = others_healthy_locked(device);
+    for (auto it = shared_.begin(); it != shared_.end(); ++it) {
+      if (it->avoid_device == device && others) continue;
+      task = *it;
+      shared_.erase(it);
+      break;
+    }
   }
-  return std::nullopt;
+  if (!task && dev.health == DeviceHealth::probing && policy_ == DispatchPolicy::round_robin)
+    task = steal_locked(device);
+  if (task && dev.health == DeviceHealth::probing) dev.probe_running = true;
+  return task;
 }
 
 std::optional<TaskRef> Dispatcher::take(int device) {
   std::unique_lock lock(mu_);
   check_device(device);
+  auto& dev = devices_[static_cast<std::size_t>(device)];
+  dev.probe_running = false;  // asking again: its previous task ended without a verdict
   for (;;) {
-    if (stopped_ || !healthy_[static_cast<std::size_t>(device)]) return std::nullopt;
-    if (!paused_)
+    if (stopped_ || dev.health == DeviceHealth::disabled) return std::nullopt;
+    refresh_locked();
+    if (dev.health == DeviceHealth::unhealthy) {  // no work until its probe is due
+      cv_.wait_for(lock, dev.probe_at - now());
+      continue;
+    }
+    if (!paused_)  // storage full: nothing is handed out
       if (auto task = pop_locked(device)) return task;
     cv_.wait(lock);
   }
@@ -111,7 +180,12 @@ std::optional<TaskRef> Dispatcher::take(int device) {
 std::optional<TaskRef> Dispatcher::try_take(int device) {
   std::lock_guard lock(mu_);
   check_device(device);
-  if (stopped_ || paused_ || !healthy_[static_cast<std::size_t>(device)]) return std::nullopt;
+  auto& dev = devices_[static_cast<std::size_t>(device)];
+  if (stopped_ || paused_) return std::nullopt;
+  refresh_locked();
+  if (dev.health != DeviceHealth::healthy && dev.health != DeviceHealth::probing)
+    return std::nullopt;
+  dev.probe_running = false;
   return pop_locked(device);
 }
 
@@ -140,50 +214,73 @@ std::vector<TaskRef> Dispatcher::cancel_job(const std::string& job_id) {
     }
   };
   sweep(shared_);
-  for (auto& queue : per_device_) sweep(queue);
+  for (auto& dev : devices_) sweep(dev.queue);
   std::sort(removed.begin(), removed.end(), TaskOrder{});
   return removed;
 }
 
-bool Dispatcher::report_failure(int device, std::vector<TaskRef>* orphans) {
+void Dispatcher::make_unhealthy_locked(Device& dev, std::chrono::milliseconds backoff) {
+  dev.health = DeviceHealth::unhealthy;
+  dev.backoff = backoff;
+  dev.probe_at = now() + backoff;
+  dev.probe_running = false;
+  cv_.notify_all();
+}
+
+std::optional<std::chrono::milliseconds> Dispatcher::report_failure(int device) {
   std::lock_guard lock(mu_);
   check_device(device);
-  const auto d = static_cast<std::size_t>(device);
-  if (!healthy_[d]) return false;
-  if (++consecutive_failures_[d] < unhealthy_after_) return false;
-  auto left = mark_unhealthy_locked(device);
-  if (orphans) *orphans = std::move(left);
+  auto& dev = devices_[static_cast<std::size_t>(device)];
+  if (dev.health == DeviceHealth::disabled) return std::nullopt;
+  ++dev.consecutive_failures;
+  if (dev.health == DeviceHealth::probing) {  // the probe failed: wait twice as long
+    const auto longest = options_.probe_interval * options_.probe_backoff_max;
+    make_unhealthy_locked(dev, std::min(dev.backoff * 2, longest));
+  } else if (dev.health == DeviceHealth::healthy &&
+             dev.consecutive_failures >= options_.unhealthy_after) {
+    make_unhealthy_locked(dev, options_.probe_interval);
+  } else {
+    return std::nullopt;
+  }
+  move_queue_locked(device);  // nothing is orphaned: this device is still enabled
+  return dev.backoff;
+}
+
+bool Dispatcher::report_success(int device) {
+  std::lock_guard lock(mu_);
+  check_device(device);
+  auto& dev = devices_[static_cast<std::size_t>(device)];
+  dev.consecutive_failures = 0;
+  if (dev.health != DeviceHealth::probing && dev.health != DeviceHealth::unhealthy) return false;
+  dev.health = DeviceHealth::healthy;
+  dev.backoff = std::chrono::milliseconds(0);
+  dev.probe_running = false;
+  if (policy_ == DispatchPolicy::round_robin) {  // tasks that waited for a device: rotate them
+    Queue waiting;
+    waiting.swap(shared_);
+    for (const auto& task : waiting) place_locked(task, task.avoid_device);
+  }
+  cv_.notify_all();
   return true;
 }
 
-void Dispatcher::report_success(int device) {
+std::vector<TaskRef> Dispatcher::mark_disabled(int device) {
   std::lock_guard lock(mu_);
   check_device(device);
-  consecutive_failures_[static_cast<std::size_t>(device)] = 0;
-}
-
-std::vector<TaskRef> Dispatcher::mark_unhealthy(int device) {
-  std::lock_guard lock(mu_);
-  check_device(device);
-  return mark_unhealthy_locked(device);
-}
-
-std::vector<TaskRef> Dispatcher::mark_unhealthy_locked(int device) {
-  const auto d = static_cast<std::size_t>(device);
-  healthy_[d] = false;
+  devices_[static_cast<std::size_t>(device)].health = DeviceHealth::disabled;
   cv_.notify_all();  // its take() returns nullopt
-  std::vector<TaskRef> orphans;
-  if (policy_ == DispatchPolicy::least_loaded) {
-    if (healthy_count_locked() == 0) {
-      orphans.assign(shared_.begin(), shared_.end());
-      shared_.clear();
-    }
-    return orphans;
-  }
+  return move_queue_locked(device);
+}
+
+std::vector<TaskRef> Dispatcher::move_queue_locked(int device) {
   Queue moved;
-  moved.swap(per_device_[d]);
-  for (const auto& task : moved) {
+  moved.swap(devices_[static_cast<std::size_t>(device)].queue);
+  std::vector<TaskRef> orphans;
+  for (const auto& task : moved)
     if (!place_locked(task, task.avoid_device)) orphans.push_back(task);
+  if (!any_enabled_locked()) {  // every device disabled: nothing will ever take them
+    orphans.insert(orphans.end(), shared_.begin(), shared_.end());
+    shared_.clear();
   }
   return orphans;
 }
@@ -191,11 +288,26 @@ std::vector<TaskRef> Dispatcher::mark_unhealthy_locked(int device) {
 bool Dispatcher::healthy(int device) const {
   std::lock_guard lock(mu_);
   check_device(device);
-  return healthy_[static_cast<std::size_t>(device)];
+  return devices_[static_cast<std::size_t>(device)].health == DeviceHealth::healthy;
+}
+
+DeviceHealthState Dispatcher::health(int device) const {
+  std::lock_guard lock(mu_);
+  check_device(device);
+  const auto& dev = devices_[static_cast<std::size_t>(device)];
+  DeviceHealthState state;
+  state.health = dev.health;
+  state.consecutive_failures = dev.consecutive_failures;
+  if (dev.health == DeviceHealth::unhealthy)
+    state.probe_in = std::max(std::chrono::milliseconds(0),
+                              std::chrono::ceil<std::chrono::milliseconds>(dev.probe_at - now()));
+  return state;
 }
 
 int Dispatcher::healthy_count_locked() const {
-  return static_cast<int>(std::count(healthy_.begin(), healthy_.end(), true));
+  return static_cast<int>(std::count_if(devices_.begin(), devices_.end(), [](const Device& d) {
+    return d.health == DeviceHealth::healthy;
+  }));
 }
 
 int Dispatcher::healthy_count() const {
@@ -203,10 +315,20 @@ int Dispatcher::healthy_count() const {
   return healthy_count_locked();
 }
 
+bool Dispatcher::any_enabled_locked() const {
+  return std::any_of(devices_.begin(), devices_.end(),
+                     [](const Device& d) { return d.health != DeviceHealth::disabled; });
+}
+
+bool Dispatcher::any_enabled() const {
+  std::lock_guard lock(mu_);
+  return any_enabled_locked();
+}
+
 std::size_t Dispatcher::queued() const {
   std::lock_guard lock(mu_);
   std::size_t total = shared_.size();
-  for (const auto& queue : per_device_) total += queue.size();
+  for (const auto& dev : devices_) total += dev.queue.size();
   return total;
 }
 
@@ -214,7 +336,7 @@ std::size_t Dispatcher::queued_for(int device) const {
   std::lock_guard lock(mu_);
   check_device(device);
   if (policy_ == DispatchPolicy::least_loaded) return shared_.size();
-  return per_device_[static_cast<std::size_t>(device)].size();
+  return devices_[static_cast<std::size_t>(device)].queue.size();
 }
 
 void Dispatcher::stop() {

@@ -1,5 +1,6 @@
-// The dispatcher: which device runs which image task, and in what order. It never sees tensors,
-// requests or the store: a task is (job id, image index, priority, submission order).
+// The dispatcher: which device runs which image task, and in what order, and each device's
+// health. It never sees tensors, requests or the store: a task is (job id, image index,
+// priority, submission order).
 //
 // Order: higher priority first; FIFO by job submission (seq) within a priority; image index
 // within a job.
@@ -9,22 +10,33 @@
 //    on device k % 2 when the rotation starts at 0). Not work-conserving.
 //  - least_loaded: one shared queue; whichever device is idle takes the next task
 //    (work-conserving).
-// Health: report_failure() counts consecutive failures per device; at `unhealthy_after` the
-// device is marked unhealthy: it gets no more work (take() returns nullopt for it) and its queued
-// tasks move to the healthy devices. A retried task avoids the device it failed on when another
-// healthy device exists.
+// Health (the states are daemon/api/status.h's DeviceHealth):
+//  - report_failure() counts consecutive failures per device, report_success() resets the
+//    count. At `unhealthy_after` the device turns unhealthy: it gets no new work and its queued
+//    tasks move to the other devices. While no device is healthy, tasks wait in the shared
+//    queue for one (enqueue() still accepts them).
+//  - `probe_interval` later it is probing: it takes one task at a time (the next task placed
+//    goes to it, else it takes the first queued one). A success makes it healthy again; a
+//    failure makes it unhealthy again with the interval doubled, up to probe_backoff_max times
+//    the first one.
+//  - mark_disabled() (its model replica failed to load): never given work, never probed.
+//  A retried task avoids the device it failed on while another device can take it.
 //
 // Owner: CoreService. Thread-safety: every method may be called from any thread; take() blocks.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
+
+#include "daemon/api/status.h"
 
 namespace diffusiond {
 
@@ -47,20 +59,34 @@ struct TaskOrder {
   bool operator()(const TaskRef& a, const TaskRef& b) const;
 };
 
+struct DeviceHealthOptions {
+  using Clock = std::chrono::steady_clock;
+  int unhealthy_after = 3;  // consecutive failures (--device-failure-threshold)
+  std::chrono::milliseconds probe_interval{std::chrono::seconds(60)};  // --device-probe-interval
+  int probe_backoff_max = 16;  // the interval doubles per failed probe, up to this many times it
+  std::function<Clock::time_point()> clock;  // empty: steady_clock::now (tests inject one)
+};
+
+struct DeviceHealthState {
+  DeviceHealth health = DeviceHealth::healthy;
+  int consecutive_failures = 0;
+  std::chrono::milliseconds probe_in{0};  // unhealthy: time left until it is probed (0: due)
+};
+
 class Dispatcher {
  public:
-  Dispatcher(int num_devices, DispatchPolicy policy, int unhealthy_after = 3);
+  Dispatcher(int num_devices, DispatchPolicy policy, DeviceHealthOptions health = {});
 
   DispatchPolicy policy() const { return policy_; }
-  int num_devices() const { return static_cast<int>(healthy_.size()); }
+  int num_devices() const { return static_cast<int>(devices_.size()); }
 
-  // Queues a task. Returns false (and queues nothing) when no healthy device is left.
+  // Queues a task. Returns false (and queues nothing) only when every device is disabled.
   bool enqueue(TaskRef task);
   // Queues a task again after it failed on `failed_device` (preferring another device).
   bool requeue(TaskRef task, int failed_device);
 
-  // The next task for `device`; blocks while there is none. nullopt once stop() was called or
-  // the device is unhealthy.
+  // The next task for `device`; blocks while there is none, and while the device is unhealthy
+  // until its probe is due. nullopt once stop() was called or the device is disabled.
   std::optional<TaskRef> take(int device);
   // Non-blocking take().
   std::optional<TaskRef> try_take(int device);
@@ -68,14 +94,19 @@ class Dispatcher {
   // Removes the queued tasks of a job and returns them (tasks already taken are not affected).
   std::vector<TaskRef> cancel_job(const std::string& job_id);
 
-  // Consecutive-failure accounting. report_failure returns true when this failure made the
-  // device unhealthy; then `orphans` receives the tasks no healthy device could take.
-  bool report_failure(int device, std::vector<TaskRef>* orphans = nullptr);
-  void report_success(int device);
-  // Marks the device unhealthy now (e.g. its model failed to load); returns orphaned tasks.
-  std::vector<TaskRef> mark_unhealthy(int device);
+  // The verdict of a task the device ran. report_failure returns, when the device is unhealthy
+  // after this failure (it just crossed the threshold, or its probe failed), the time until its
+  // next probe. report_success returns true when it made the device healthy again.
+  std::optional<std::chrono::milliseconds> report_failure(int device);
+  bool report_success(int device);
+  // The device never gets work again (its model failed to load); returns the tasks that no
+  // device can ever take (every device disabled).
+  std::vector<TaskRef> mark_disabled(int device);
+
   bool healthy(int device) const;
+  DeviceHealthState health(int device) const;
   int healthy_count() const;
+  bool any_enabled() const;  // a device that is not disabled (it may run work now or later)
 
   std::size_t queued() const;                // tasks waiting, all devices
   std::size_t queued_for(int device) const;  // round_robin: that device's queue; else all
@@ -88,25 +119,42 @@ class Dispatcher {
 
  private:
   using Queue = std::set<TaskRef, TaskOrder>;
-  // Next healthy device in rotation, skipping `avoid` when another healthy one exists; -1 if none.
+  using Clock = DeviceHealthOptions::Clock;
+  struct Device {
+    DeviceHealth health = DeviceHealth::healthy;
+    int consecutive_failures = 0;
+    Clock::time_point probe_at{};
+    std::chrono::milliseconds backoff{0};  // unhealthy: the current probe interval
+    bool probe_running = false;            // probing: it holds a task with no verdict yet
+    Queue queue;                           // round_robin: its own queue
+  };
+
+  Clock::time_point now() const;
+  void refresh_locked();  // unhealthy devices whose probe is due become probing
+  // round_robin: the device the next task goes to: a probing device waiting for its task, else
+  // the next healthy device in rotation, skipping `avoid` when another one exists; -1 if none.
   int pick_device_locked(int avoid);
   bool place_locked(TaskRef task, int avoid);
   std::optional<TaskRef> pop_locked(int device);
+  std::optional<TaskRef> steal_locked(int device);  // round_robin probe: from the others
   void check_device(int device) const;
   int healthy_count_locked() const;
-  std::vector<TaskRef> mark_unhealthy_locked(int device);
+  bool others_healthy_locked(int device) const;  // a healthy device besides `device`
+  bool any_enabled_locked() const;
+  // Moves the device's queued tasks to the others; returns the ones nothing can take.
+  std::vector<TaskRef> move_queue_locked(int device);
+  void make_unhealthy_locked(Device& device, std::chrono::milliseconds backoff);
 
   const DispatchPolicy policy_;
-  const int unhealthy_after_;
+  const DeviceHealthOptions options_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stopped_ = false;
   bool paused_ = false;
-  std::vector<bool> healthy_;
-  std::vector<int> consecutive_failures_;
-  std::vector<Queue> per_device_;  // round_robin
-  Queue shared_;                   // least_loaded
-  int next_device_ = 0;            // round_robin rotation
+  std::vector<Device> devices_;
+  // least_loaded: the queue; round_robin: tasks waiting while no device can take them.
+  Queue shared_;
+  int next_device_ = 0;  // round_robin rotation
 };
 
 }  // namespace diffusiond

@@ -28,6 +28,15 @@ class GenerationStopped : public std::runtime_error {
   GenerationStopped() : std::runtime_error("generation stopped") {}
 };
 
+// A generation ran out of device memory (CUDA's caching allocator, the CPU allocator). The
+// torch backend turns LibTorch's out-of-memory errors into this one; the device worker reports
+// it as `device_out_of_memory` (see device_worker.h for how it counts against the device).
+class DeviceOutOfMemory : public std::runtime_error {
+ public:
+  static constexpr const char* reason = "device_out_of_memory";
+  using std::runtime_error::runtime_error;
+};
+
 struct DeviceMemory {
   std::int64_t total_bytes = 0;  // 0 = unknown
   std::int64_t used_bytes = 0;
@@ -38,7 +47,8 @@ struct DeviceMemory {
 class ImageGenerator {
  public:
   virtual ~ImageGenerator() = default;
-  // Throws GenerationStopped when `progress` returned false, anything else on failure.
+  // Throws GenerationStopped when `progress` returned false, DeviceOutOfMemory when the device
+  // ran out of memory, anything else on another failure.
   virtual RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) = 0;
   virtual std::string description() const = 0;  // "NVIDIA H100 80GB HBM3", "CPU (4 threads)"
   virtual DeviceMemory memory() const { return {}; }

@@ -110,6 +110,20 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
   cmd.add_option("--default-steps", o.default_steps, "Steps when a request gives none")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
+  cmd.add_option("--device-failure-threshold", o.device_failure_threshold,
+                 "Failures in a row after which a device is unhealthy: it takes no new work "
+                 "and its queue moves to the other devices")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cmd.add_option("--device-probe-interval", o.device_probe_interval_s,
+                 "Seconds before an unhealthy device is given one task again (its probe); "
+                 "doubles after each failed probe, up to 16 times")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 86400));
+  // A test facility, left out of --help: see daemon/fault_injection.h and daemon/README.md.
+  cmd.add_option("--inject-faults", o.inject_faults,
+                 "TESTS ONLY: make generations fail, e.g. cpu:1=error or cuda:0=oom:after=2")
+      ->group("");
   cmd.add_option("--log-level", o.log_level, "trace, debug, info, warn, error")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));

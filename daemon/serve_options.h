@@ -43,6 +43,9 @@ struct ServeOptions {
   int io_threads = 2;
   int drain_timeout_s = 30;
   int default_steps = 50;
+  int device_failure_threshold = 3;  // consecutive failures that make a device unhealthy
+  int device_probe_interval_s = 60;  // then it is probed; doubles per failed probe (16x at most)
+  std::string inject_faults;         // hidden, a test facility (daemon/fault_injection.h)
   std::string log_level = "info";
 };
 

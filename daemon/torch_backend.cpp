@@ -5,8 +5,11 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <fstream>
 
 #include "daemon/cuda_driver.h"
@@ -16,7 +19,58 @@
 #include "pipeline/schedulers/scheduler.h"
 #include "pipeline/txt2img.h"
 
+// c10::OutOfMemoryError (what CUDA's caching allocator throws) came with LibTorch 1.13.
+#if TORCH_VERSION_MAJOR > 1 || (TORCH_VERSION_MAJOR == 1 && TORCH_VERSION_MINOR >= 13)
+#define DIFFUSIOND_HAVE_C10_OOM 1
+#else
+#define DIFFUSIOND_HAVE_C10_OOM 0
+#endif
+
 namespace diffusiond {
+
+namespace {
+// An allocation failure that LibTorch reports as a plain c10::Error: the CPU allocator
+// ("DefaultCPUAllocator: not enough memory", "can't allocate memory"), cuBLAS/cuDNN
+// (*_STATUS_ALLOC_FAILED), the CUDA runtime ("out of memory"), LibTorch before 1.13.
+bool names_an_allocation_failure(std::string message) {
+  std::transform(message.begin(), message.end(), message.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (const char* marker :
+       {"out of memory", "not enough memory", "can't allocate memory", "alloc_failed"})
+    if (message.find(marker) != std::string::npos) return true;
+  return false;
+}
+
+// An injected fault (--inject-faults), thrown from inside the pipeline as LibTorch would.
+[[noreturn]] void throw_injected(InjectedFault fault, const std::string& device) {
+  if (fault == InjectedFault::out_of_memory) {
+#if DIFFUSIOND_HAVE_C10_OOM
+    TORCH_CHECK_WITH(OutOfMemoryError, false, "out of memory on ", device,
+                     " (injected by --inject-faults)");
+#else
+    TORCH_CHECK(false, "out of memory on ", device, " (injected by --inject-faults)");
+#endif
+  }
+  TORCH_CHECK(false, "generation failed on ", device, " (injected by --inject-faults)");
+  throw std::logic_error("unreachable");
+}
+}  // namespace
+
+void rethrow_generation_error(std::exception_ptr error) {
+  try {
+    std::rethrow_exception(error);
+#if DIFFUSIOND_HAVE_C10_OOM
+  } catch (const c10::OutOfMemoryError& e) {
+    throw DeviceOutOfMemory(e.what_without_backtrace());
+#endif
+  } catch (const c10::Error& e) {
+    const std::string message = e.what_without_backtrace();
+    if (names_an_allocation_failure(message)) throw DeviceOutOfMemory(message);
+    throw std::runtime_error(message);
+  } catch (const std::bad_alloc&) {
+    throw DeviceOutOfMemory("host memory exhausted (std::bad_alloc)");
+  }
+}
 
 int cuda_device_count() {
   return static_cast<int>(torch::cuda::device_count());
@@ -37,24 +91,32 @@ DeviceMemory host_memory() {
 class TorchGenerator final : public ImageGenerator {
  public:
   TorchGenerator(DeviceSpec device, std::unique_ptr<c10::StreamGuard> stream_guard,
-                 std::unique_ptr<StableDiffusion> model, std::string description)
+                 std::unique_ptr<StableDiffusion> model, std::string description,
+                 std::shared_ptr<FaultInjector> faults)
       : device_(std::move(device)),
         stream_guard_(std::move(stream_guard)),
         model_(std::move(model)),
-        description_(std::move(description)) {}
+        description_(std::move(description)),
+        faults_(std::move(faults)) {}
 
   RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) override {
     const Txt2ImgParams params = txt2img_params(image);
+    const auto fault = faults_ ? faults_->next(device_.name) : std::nullopt;
+    std::vector<RgbImage> images;
     try {
-      auto images =
-          model_->generate(params, [&](int, int step, int steps) { return progress(step, steps); });
-      if (images.size() != 1)
-        throw std::runtime_error("the pipeline returned " + std::to_string(images.size()) +
-                                 " images for one");
-      return std::move(images.front());
+      images = model_->generate(params, [&](int, int step, int steps) {
+        if (fault) throw_injected(*fault, device_.name);  // in the first step, as a real one
+        return progress(step, steps);
+      });
     } catch (const GenerationCancelled&) {
       throw GenerationStopped();
+    } catch (...) {
+      rethrow_generation_error(std::current_exception());
     }
+    if (images.size() != 1)
+      throw std::runtime_error("the pipeline returned " + std::to_string(images.size()) +
+                               " images for one");
+    return std::move(images.front());
   }
 
   std::string description() const override { return description_; }
@@ -70,6 +132,7 @@ class TorchGenerator final : public ImageGenerator {
   std::unique_ptr<c10::StreamGuard> stream_guard_;  // destroyed last: restores the old stream
   std::unique_ptr<StableDiffusion> model_;
   std::string description_;
+  std::shared_ptr<FaultInjector> faults_;  // --inject-faults; null = none
 };
 
 class TorchBackend final : public ModelBackend {
@@ -102,7 +165,8 @@ class TorchBackend final : public ModelBackend {
     }
     auto sd = StableDiffusion::load(model_, device, scalar_type(dtype));
     spdlog::info("{}: loaded {} as {}", spec.name, model_.name, description);
-    return std::make_unique<TorchGenerator>(spec, std::move(guard), std::move(sd), description);
+    return std::make_unique<TorchGenerator>(spec, std::move(guard), std::move(sd), description,
+                                            options_.faults);
   }
 
  private:

@@ -8,9 +8,11 @@
 // Thread-safety: see ModelBackend.
 #pragma once
 
+#include <exception>
 #include <memory>
 #include <string>
 
+#include "daemon/fault_injection.h"
 #include "daemon/image_generator.h"
 #include "pipeline/model_folder.h"
 
@@ -22,7 +24,16 @@ struct TorchBackendOptions {
   bool is_test_model = false;  // the bundled random-weight model
   std::string notice;          // shown by /devices and the UI when is_test_model
   int default_steps = 50;
+  // A test facility (--inject-faults): the chosen generations fail inside the pipeline with
+  // LibTorch's own errors (c10::Error, c10::OutOfMemoryError), as real ones do. null = none.
+  std::shared_ptr<FaultInjector> faults;
 };
+
+// What a replica throws when the pipeline failed: DeviceOutOfMemory for c10::OutOfMemoryError
+// (CUDA's caching allocator; LibTorch >= 1.13), for a c10::Error naming an allocation failure
+// (the CPU allocator, cuBLAS/cuDNN, older LibTorch) and for std::bad_alloc; std::runtime_error
+// with the message (no C++ backtrace) for any other c10::Error; anything else unchanged.
+[[noreturn]] void rethrow_generation_error(std::exception_ptr error);
 
 std::unique_ptr<ModelBackend> make_torch_backend(const ModelFolder& model,
                                                  TorchBackendOptions options);

@@ -84,8 +84,15 @@ json device_json(const DeviceView& d) {
           {"memory_used_bytes", d.memory_used_bytes},
           {"loaded", d.loaded},
           {"healthy", d.healthy},
+          {"health", to_string(d.health)},
+          {"consecutive_failures", d.consecutive_failures},
+          {"images_failed", d.images_failed},
+          {"images_out_of_memory", d.images_out_of_memory},
+          {"last_error", text_or_null(d.last_error)},
+          {"last_error_ms", ms_or_null(d.last_error_ms)},
+          {"next_probe_ms", ms_or_null(d.next_probe_ms)},
           {"busy", d.busy},
-          {"state", !d.healthy  ? "unhealthy"
+          {"state", !d.healthy  ? to_string(d.health)
                     : !d.loaded ? "loading"
                     : d.busy    ? "busy"
                                 : "idle"},

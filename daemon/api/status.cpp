@@ -46,4 +46,18 @@ bool is_legal_image_transition(ImageStatus from, ImageStatus to) {
   return is_legal_job_transition(from, to);
 }
 
+const char* to_string(DeviceHealth h) {
+  switch (h) {
+    case DeviceHealth::healthy:
+      return "healthy";
+    case DeviceHealth::unhealthy:
+      return "unhealthy";
+    case DeviceHealth::probing:
+      return "probing";
+    case DeviceHealth::disabled:
+      return "disabled";
+  }
+  return "unknown";
+}
+
 }  // namespace diffusiond

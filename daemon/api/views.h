@@ -57,7 +57,14 @@ struct DeviceView {
   std::int64_t memory_total_bytes = 0;  // 0 when unknown
   std::int64_t memory_used_bytes = 0;
   bool loaded = false;  // model replica loaded
-  bool healthy = true;  // false after repeated failures
+  bool healthy = true;  // health == healthy: it takes new work
+  DeviceHealth health = DeviceHealth::healthy;
+  int consecutive_failures = 0;           // that count against it (reset by a success)
+  std::int64_t images_failed = 0;         // generations that failed on it (each attempt)
+  std::int64_t images_out_of_memory = 0;  // of which ran out of device memory
+  std::string last_error;                 // the latest failure on it, "" if none
+  std::int64_t last_error_ms = 0;         // unix ms, 0 if none
+  std::int64_t next_probe_ms = 0;         // unhealthy: when it is given a task again (unix ms)
   bool busy = false;
   std::string current_job;  // empty when idle
   std::int64_t images_done = 0;

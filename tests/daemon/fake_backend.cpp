@@ -24,8 +24,15 @@ class FakeGenerator : public ImageGenerator {
   RgbImage generate_one(const ImageSpec& task, const StepProgress& progress) override {
     backend_.record({device_.name, task.prompt, task.seed});
     if (failing_) throw std::runtime_error("fake device failure on " + device_.name);
+    if (const auto fault = backend_.faults ? backend_.faults->next(device_.name) : std::nullopt) {
+      if (*fault == InjectedFault::out_of_memory)
+        throw DeviceOutOfMemory("injected out of memory on " + device_.name);
+      throw std::runtime_error("injected failure on " + device_.name);
+    }
     if (task.prompt.find("FAIL") != std::string::npos)
       throw std::runtime_error("fake failure for prompt '" + task.prompt + "'");
+    if (task.prompt.find("OOM") != std::string::npos)
+      throw DeviceOutOfMemory("fake out of memory for prompt '" + task.prompt + "'");
     for (int step = 1; step <= task.steps; ++step) {
       if (step == 2 && task.prompt.find("BLOCK") != std::string::npos)
         backend_.block_until_released();

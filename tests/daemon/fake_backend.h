@@ -1,15 +1,18 @@
 // A torch-free stand-in for the model, for the daemon core's unit tests: images are a pure
 // function of (prompt, seed, size) so results can be checked independently; prompts steer
-// behaviour: "FAIL" always throws, "BLOCK" waits at step 1 until release() is called.
-// Devices listed in failing_devices throw on every image.
+// behaviour: "FAIL" always throws, "OOM" runs out of device memory (DeviceOutOfMemory), "BLOCK"
+// waits at step 1 until release() is called. Devices listed in failing_devices throw on every
+// image; `faults` (daemon/fault_injection.h, as --inject-faults) fails chosen generations.
 #pragma once
 
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "daemon/fault_injection.h"
 #include "daemon/image_generator.h"
 
 namespace diffusiond::test {
@@ -27,6 +30,7 @@ class FakeBackend : public ModelBackend {
  public:
   std::set<std::string> failing_devices;  // set before start
   std::set<std::string> failing_loads;    // load_replica throws for these
+  std::shared_ptr<FaultInjector> faults;  // set before start; null = none
 
   ModelInfo model_info() const override;
   std::optional<std::string> canonical_scheduler(const std::string& name) const override;

@@ -84,6 +84,81 @@ TEST_CASE("the stream code builds everywhere - CPU replicas keep working", "[gpu
   CHECK(image.pixels.size() == 64u * 64 * 3);
 }
 
+TEST_CASE("LibTorch's out-of-memory errors become DeviceOutOfMemory, others lose the backtrace",
+          "[gpu]") {
+  auto captured = [](auto&& thrower) {
+    try {
+      thrower();
+    } catch (...) {
+      return std::current_exception();
+    }
+    return std::exception_ptr();
+  };
+  auto oom_message = [](std::exception_ptr error) -> std::string {
+    try {
+      rethrow_generation_error(error);
+    } catch (const DeviceOutOfMemory& e) {
+      return e.what();
+    } catch (...) {
+    }
+    return "not DeviceOutOfMemory";
+  };
+  // What CUDA's caching allocator throws (c10::OutOfMemoryError since LibTorch 1.13).
+  CHECK_THAT(oom_message(captured([] {
+               TORCH_CHECK_WITH(OutOfMemoryError, false,
+                                "CUDA out of memory. Tried to allocate 2.00 GiB");
+             })),
+             Catch::StartsWith("CUDA out of memory. Tried to allocate 2.00 GiB"));
+  // A real allocation failure of the CPU allocator (4 PiB: refused without touching memory).
+  CHECK_THAT(
+      oom_message(captured([] { (void)torch::empty({std::int64_t{1} << 50}, torch::kFloat); })),
+      Catch::Contains("allocate"));
+  CHECK(oom_message(captured([] { throw std::bad_alloc(); })) ==
+        "host memory exhausted (std::bad_alloc)");
+  // Any other c10::Error: its message, without "Exception raised from ... frame #0 ...".
+  const auto shape_error = captured([] {
+    (void)torch::matmul(torch::ones({2, 3}), torch::ones({2, 3}));
+  });
+  CHECK(oom_message(shape_error) == "not DeviceOutOfMemory");
+  try {
+    rethrow_generation_error(shape_error);
+  } catch (const std::runtime_error& e) {
+    CHECK_THAT(e.what(), Catch::Contains("cannot be multiplied"));
+    CHECK_THAT(e.what(), !Catch::Contains("frame #"));
+  }
+  // Anything else passes unchanged.
+  CHECK_THROWS_AS(rethrow_generation_error(captured([] { throw std::invalid_argument("x"); })),
+                  std::invalid_argument);
+}
+
+TEST_CASE("an injected fault on a CPU replica fails inside the pipeline, classified as a real one",
+          "[gpu]") {
+  TorchBackendOptions options;
+  options.faults = std::make_shared<FaultInjector>(
+      parse_fault_rules("cpu=oom:times=1,cpu:1=error:after=1", {"cpu", "cpu:1"}));
+  auto backend = make_torch_backend(resolve_model(kModel), options);
+  auto replica = backend->load_replica({DeviceSpec::Kind::cpu, 0, "cpu"});
+  int steps_seen = 0;
+  auto progress = [&](int, int) {
+    ++steps_seen;
+    return true;
+  };
+  CHECK_THROWS_MATCHES(replica->generate_one(task(1), progress), DeviceOutOfMemory,
+                       Catch::Message("out of memory on cpu (injected by --inject-faults)"));
+  CHECK(steps_seen == 0);                                       // it struck in the first step
+  CHECK(replica->generate_one(task(1), progress).width == 64);  // times=1: then it works
+  auto other = backend->load_replica({DeviceSpec::Kind::cpu, 1, "cpu:1"});
+  CHECK(other->generate_one(task(2), progress).width == 64);  // after=1
+  try {
+    other->generate_one(task(2), progress);
+    FAIL("no injected error");
+  } catch (const DeviceOutOfMemory&) {
+    FAIL("an error, not out of memory");
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()) == "generation failed on cpu:1 (injected by --inject-faults)");
+  }
+}
+
 TEST_CASE("each CUDA replica runs on its own non-default stream", "[gpu]") {
   require_cuda();
   auto backend = make_torch_backend(resolve_model(kModel), {});
@@ -164,6 +239,93 @@ TEST_CASE("the daemon core runs a job on cuda:0 in fp16", "[gpu]") {
   }
   CHECK_THAT(service.devices()[0].description, Catch::Contains("fp16"));
   CHECK(service.devices()[0].memory_total_bytes > 0);
+}
+
+namespace {
+// The fused attention kernels (flash, memory-efficient, cuDNN) of LibTorch 2.x never hold the
+// [B, heads, N, N] scores, so a huge image could run for hours before it runs out of memory; the
+// math kernel allocates them in the first step. Restores the settings it found. The setters are
+// found by overload resolution, so this compiles on every LibTorch (1.13 has only the math one).
+template <class C>
+auto set_fused_sdp(C& c, bool on, int)
+    -> decltype(c.setSDPUseFlash(on), c.setSDPUseMemEfficient(on), c.userEnabledFlashSDP(),
+                c.userEnabledMemEfficientSDP(), bool()) {
+  const bool before = c.userEnabledFlashSDP() || c.userEnabledMemEfficientSDP();
+  c.setSDPUseFlash(on);
+  c.setSDPUseMemEfficient(on);
+  return before;
+}
+template <class C>
+bool set_fused_sdp(C&, bool, long) {
+  return false;
+}
+template <class C>
+auto set_cudnn_sdp(C& c, bool on, int)
+    -> decltype(c.setSDPUseCuDNN(on), c.userEnabledCuDNNSDP(), bool()) {
+  const bool before = c.userEnabledCuDNNSDP();
+  c.setSDPUseCuDNN(on);
+  return before;
+}
+template <class C>
+bool set_cudnn_sdp(C&, bool, long) {
+  return false;
+}
+struct MathAttentionOnly {
+  MathAttentionOnly()
+      : fused(set_fused_sdp(at::globalContext(), false, 0)),
+        cudnn(set_cudnn_sdp(at::globalContext(), false, 0)) {}
+  ~MathAttentionOnly() {
+    if (fused) set_fused_sdp(at::globalContext(), true, 0);
+    if (cudnn) set_cudnn_sdp(at::globalContext(), true, 0);
+  }
+  bool fused, cudnn;
+};
+}  // namespace
+
+// A real CUDA out-of-memory: a 4096x4096 image's first self-attention asks for the scores of
+// 262144 tokens ([2, 8, N, N] in fp16: about 2 TiB). That image fails as device_out_of_memory;
+// the device stays healthy (it never made an image that large) and runs the next job.
+TEST_CASE("a real CUDA out-of-memory at a huge size fails that image only", "[gpu]") {
+  require_cuda();
+  const MathAttentionOnly math_attention;
+  test::TempDir dir;
+  auto store = JobStore::open(dir.path());
+  auto backend = make_torch_backend(resolve_model(kModel), {});  // fp16 on CUDA
+  CoreOptions options;
+  options.dtype = "fp16";
+  options.unhealthy_after = 1;  // were the failure counted, the device would be unhealthy
+  options.limits.max_pixels = 4096 * 4096;
+  CoreService service(*store, *backend, parse_devices("cuda:0", cuda_device_count()), options,
+                      [](const RgbImage& image, const PngGenerationInfo& info) {
+                        return encode_png_with_metadata(image, info);
+                      });
+  service.start();
+  REQUIRE(service.wait_loaded(std::chrono::minutes(5)));
+  auto run = [&](int side) {
+    GenerateRequest request;
+    request.prompts = {"a very large lighthouse"};
+    request.steps = 2;
+    request.width = request.height = side;
+    request.scheduler = "euler";
+    const auto job = service.submit(request);
+    for (int i = 0; i < 60000 && !is_terminal(service.job(job.id)->status); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return *service.job(job.id);
+  };
+  const auto huge = run(4096);
+  REQUIRE(huge.status == JobStatus::failed);
+  INFO(huge.images[0].error);
+  CHECK_THAT(huge.images[0].error, Catch::StartsWith("device_out_of_memory: CUDA out of memory"));
+  CHECK_THAT(huge.images[0].error, Catch::EndsWith("(on cuda:0)"));
+  auto devices = service.devices();
+  CHECK(devices[0].healthy);
+  CHECK(devices[0].images_out_of_memory == 2);  // the first run and its retry on cuda:0
+  CHECK(devices[0].consecutive_failures == 0);
+  const auto small = run(64);
+  CHECK(small.status == JobStatus::done);
+  CHECK(small.images[0].device == "cuda:0");
+  CHECK(service.devices()[0].healthy);
+  CHECK(service.ready());
 }
 
 // The golden VAE output and image of diffusers (fp32, CPU) against cuda:0. fp32 convolutions on the

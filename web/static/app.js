@@ -249,7 +249,7 @@ function gib(bytes) { return (bytes / 2 ** 30).toFixed(1); }
 
 function deviceState(d) {
   if (d.loaded === false) return ['loading', 'Loading model'];
-  if (d.healthy === false) return ['unhealthy', 'Unhealthy'];
+  if (d.healthy === false) return ['unhealthy', d.health === 'probing' ? 'Probing' : 'Unhealthy'];
   if (d.busy) return ['busy', 'Busy'];
   return ['idle', 'Idle'];
 }
@@ -288,6 +288,7 @@ function renderDevices(list) {
       fact('Memory', `${gib(d.memory_used_bytes || 0)} / ${gib(d.memory_total_bytes)} GiB`);
     }
     if (d.busy && d.current_job) fact('Job', d.current_job);
+    if (d.healthy === false && d.last_error) fact('Last error', d.last_error);
     li.append(head, desc, facts);
     ul.append(li);
   }
