@@ -121,14 +121,20 @@ class FuzzExchange : public Exchange {
   bool stream_ended_ = false;
 };
 
+// Where the fake service writes its PNGs: one folder per process, removed at exit (never
+// destroyed before that: the exit handler still reads it).
 const std::filesystem::path& image_dir() {
-  static const std::filesystem::path dir = [] {
-    auto d = std::filesystem::temp_directory_path() /
-             ("diffusiond-fuzz-http-" + std::to_string(::getpid()));
-    std::filesystem::create_directories(d);
+  static const std::filesystem::path* dir = [] {
+    auto* d = new std::filesystem::path(std::filesystem::temp_directory_path() /
+                                        ("diffusiond-fuzz-http-" + std::to_string(::getpid())));
+    std::filesystem::create_directories(*d);
+    std::atexit([] {
+      std::error_code ignored;
+      std::filesystem::remove_all(image_dir(), ignored);
+    });
     return d;
   }();
-  return dir;
+  return *dir;
 }
 
 // The request's answer once every job submitted so far has run; false: stop reading.
