@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <mutex>
 #include <thread>
@@ -341,6 +342,15 @@ TEST_CASE("a store writer failure is reported, final, and names the database", "
   const std::string error = writer.wait(writer.enqueue({second, {}, true}));
   CHECK_THAT(error, Catch::Contains("diffusiond.db") && Catch::Contains("gone"));
   CHECK(writer.failed());
+  // The listener hears of the failure on the writer thread after wait() returned (seen under
+  // AddressSanitizer's slower timing): wait for it, up to 10 s.
+  for (int i = 0; i < 1000; ++i) {
+    {
+      std::lock_guard lock(listener.mu);
+      if (!listener.failed_ids.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   {
     std::lock_guard lock(listener.mu);
     CHECK(listener.failed_ids == std::vector<std::string>{second.view.id});
