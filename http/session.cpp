@@ -8,6 +8,7 @@
 
 #include <boost/asio/post.hpp>
 
+#include "http/request_framing.h"
 #include "http/router.h"
 #include "http/sse.h"
 
@@ -153,8 +154,7 @@ void Session::read_header() {
   if (state_ == State::closed) return;  // close() ran before start()'s first read
   if (!enter(State::reading_header)) return;
   parser_.emplace();
-  parser_->header_limit(static_cast<std::uint32_t>(context_.options.max_header_bytes));
-  parser_->body_limit(context_.options.max_body_bytes);
+  apply_limits(*parser_, context_.options);
   stream_.expires_after(context_.options.header_timeout);
   http::async_read_header(
       stream_, buffer_, *parser_,
@@ -166,19 +166,10 @@ void Session::on_header(beast::error_code ec) {
   request_start_ = std::chrono::steady_clock::now();
   if (ec) {
     request_ = Request{};
-    if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
-        ec == asio::error::operation_aborted || ec == asio::error::connection_reset ||
-        ec == asio::error::eof) {
-      close_now();
-    } else if (ec == http::error::body_limit) {  // Content-Length over the limit
-      reject(http::status::payload_too_large, "body_too_large",
-             "request body exceeds " + std::to_string(context_.options.max_body_bytes) + " bytes");
-    } else if (ec == http::error::header_limit) {
-      reject(
-          http::status::request_header_fields_too_large, "headers_too_large",
-          "request headers exceed " + std::to_string(context_.options.max_header_bytes) + " bytes");
+    if (auto refusal = header_read_failed(ec, context_.options)) {
+      reject(refusal->status, refusal->code, refusal->message);
     } else {
-      reject(http::status::bad_request, "bad_request", "malformed HTTP request: " + ec.message());
+      close_now();
     }
     return;
   }
@@ -191,18 +182,8 @@ void Session::on_header(beast::error_code ec) {
                " connections open; try again shortly");
     return;
   }
-  if (!plain_framing(header)) {
-    // RFC 9112 6.1: a body this server cannot frame is refused and the connection closed;
-    // reading it as bodiless would serve its bytes as a second request (smuggling).
-    reject(http::status::bad_request, "bad_transfer_encoding",
-           "Transfer-Encoding must be exactly 'chunked' (and without Content-Length)");
-    return;
-  }
-  if (auto length = parser_->content_length();
-      length && *length > context_.options.max_body_bytes) {
-    reject(http::status::payload_too_large, "body_too_large",
-           "request body is " + std::to_string(*length) + " bytes; at most " +
-               std::to_string(context_.options.max_body_bytes));
+  if (auto refusal = check_request_header(*parser_, context_.options)) {
+    reject(refusal->status, refusal->code, refusal->message);
     return;
   }
   if (beast::iequals(header[http::field::expect], "100-continue")) {
@@ -220,17 +201,6 @@ void Session::on_header(beast::error_code ec) {
   read_body();
 }
 
-bool Session::plain_framing(const http::request_parser<http::string_body>::value_type& header) {
-  const auto encodings = header.equal_range(http::field::transfer_encoding);
-  if (encodings.first == encodings.second) return true;
-  if (std::next(encodings.first) != encodings.second) return false;  // several TE lines
-  if (header.count(http::field::content_length) > 0) return false;
-  std::string_view value = encodings.first->value();
-  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
-  while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
-  return beast::iequals(value, "chunked");
-}
-
 void Session::read_body() {
   if (!enter(State::reading_body)) return;
   stream_.expires_after(context_.options.body_timeout);
@@ -241,17 +211,11 @@ void Session::read_body() {
 
 void Session::on_body(beast::error_code ec) {
   if (!still_in(State::reading_body, "body read")) return;
-  if (ec == http::error::body_limit) {
-    reject(http::status::payload_too_large, "body_too_large",
-           "request body exceeds " + std::to_string(context_.options.max_body_bytes) + " bytes");
-    return;
-  }
-  if (ec && ec.category() == http::make_error_code(http::error::bad_chunk).category() &&
-      ec != http::error::end_of_stream && ec != http::error::partial_message) {
-    reject(http::status::bad_request, "bad_request", "malformed request body: " + ec.message());
-    return;
-  }
   if (ec) {
+    if (auto refusal = body_read_failed(ec, context_.options)) {
+      reject(refusal->status, refusal->code, refusal->message);
+      return;
+    }
     if (ec == beast::error::timeout) {
       spdlog::info("http: {} request body not received within {}s; closing", peer_,
                    context_.options.body_timeout.count());

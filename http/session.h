@@ -115,9 +115,6 @@ class Session : public Exchange, public std::enable_shared_from_this<Session> {
   void read_header();
   void on_header(boost::beast::error_code ec);
   void read_body();
-  // True when the body's framing is one this server reads: Content-Length, none, or
-  // Transfer-Encoding exactly "chunked" (RFC 9112 6.1).
-  static bool plain_framing(const http::request_parser<http::string_body>::value_type& header);
   void on_body(boost::beast::error_code ec);
   void dispatch();
   void reject(http::status status, std::string_view code, std::string_view message);

@@ -10,6 +10,7 @@ packages=(
   nlohmann-json3-dev libstb-dev catch2 libutf8proc-dev zlib1g-dev
   libsqlite3-dev sqlite3 libsystemd-dev libcli11-dev libspdlog-dev libfmt-dev libssl-dev
   python3 curl procps systemd
+  clang libclang-rt-14-dev  # scripts/fuzz.sh: clang 14 and libFuzzer (libclang_rt.fuzzer)
   chromium
 )
 # Node.js + npm drive the browser test (playwright-core). Machines of this kind ship Node 20

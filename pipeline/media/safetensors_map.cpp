@@ -139,30 +139,12 @@ bool parse_dtype(std::string_view s, StDType& out) {
   return false;
 }
 
-std::shared_ptr<const SafetensorsMap> SafetensorsMap::open(const std::filesystem::path& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    fail(path, std::string("cannot stat: ") + std::strerror(errno));
-  }
-  const auto file_size = static_cast<std::uint64_t>(st.st_size);
+SafetensorsHeader parse_safetensors_header(const std::filesystem::path& path,
+                                           const std::uint8_t* bytes, std::uint64_t file_size) {
   if (file_size < 8) {
-    ::close(fd);
     fail(path, "file too short (" + std::to_string(file_size) +
                    " bytes) to hold the 8-byte header length");
   }
-  void* map = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map == MAP_FAILED) fail(path, std::string("cannot mmap: ") + std::strerror(errno));
-
-  std::shared_ptr<SafetensorsMap> file(new SafetensorsMap());
-  file->path_ = path;
-  file->map_ = map;
-  file->map_size_ = file_size;
-  const auto* bytes = static_cast<const std::uint8_t*>(map);
-
   std::uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];
   if (header_len > file_size - 8) {
@@ -179,23 +161,24 @@ std::shared_ptr<const SafetensorsMap> SafetensorsMap::open(const std::filesystem
   }
   if (!header.is_object()) fail(path, "header is not a JSON object");
 
+  SafetensorsHeader out;
+  out.data_offset = 8 + header_len;
   const std::uint64_t data_size = file_size - 8 - header_len;
-  file->data_ = static_cast<std::uint8_t*>(map) + 8 + header_len;
   for (const auto& [key, value] : header.items()) {
     if (key == "__metadata__") {
       if (!value.is_object()) fail(path, "__metadata__ is not an object");
       for (const auto& [mk, mv] : value.items()) {
         if (!mv.is_string()) fail(path, "__metadata__ value for '" + mk + "' is not a string");
-        file->metadata_[mk] = mv.get<std::string>();
+        out.metadata[mk] = mv.get<std::string>();
       }
       continue;
     }
-    file->tensors_.push_back(parse_entry(path, key, value, data_size));
+    out.tensors.push_back(parse_entry(path, key, value, data_size));
   }
 
   // Overlap check over the byte ranges (zero-sized tensors cannot overlap anything).
   std::vector<const StTensorInfo*> by_offset;
-  for (const auto& t : file->tensors_) {
+  for (const auto& t : out.tensors) {
     if (t.end > t.begin) by_offset.push_back(&t);
   }
   std::sort(by_offset.begin(), by_offset.end(),
@@ -206,8 +189,37 @@ std::shared_ptr<const SafetensorsMap> SafetensorsMap::open(const std::filesystem
                      "' have overlapping data_offsets");
     }
   }
-  std::sort(file->tensors_.begin(), file->tensors_.end(),
+  std::sort(out.tensors.begin(), out.tensors.end(),
             [](const auto& a, const auto& b) { return a.name < b.name; });
+  return out;
+}
+
+std::shared_ptr<const SafetensorsMap> SafetensorsMap::open(const std::filesystem::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    fail(path, std::string("cannot stat: ") + std::strerror(errno));
+  }
+  const auto file_size = static_cast<std::uint64_t>(st.st_size);
+  std::shared_ptr<SafetensorsMap> file(new SafetensorsMap());
+  file->path_ = path;
+  if (file_size > 0) {  // an empty file cannot be mapped; parse_safetensors_header refuses it
+    void* map = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) {
+      ::close(fd);
+      fail(path, std::string("cannot mmap: ") + std::strerror(errno));
+    }
+    file->map_ = map;
+    file->map_size_ = file_size;
+  }
+  ::close(fd);
+  auto* bytes = static_cast<std::uint8_t*>(file->map_);
+  SafetensorsHeader header = parse_safetensors_header(path, bytes, file_size);
+  file->data_ = bytes + header.data_offset;
+  file->tensors_ = std::move(header.tensors);
+  file->metadata_ = std::move(header.metadata);
   return file;
 }
 

@@ -38,9 +38,21 @@ const char* to_string(StDType dtype);  // "F32", ...
 // The dtype a header names ("F32", ...); false for a name the format does not define.
 bool parse_dtype(std::string_view name, StDType& out);
 
+// The validated header of a safetensors file held in memory (`bytes`: the whole file, `size`
+// bytes): everything SafetensorsMap::open() checks, without a file (the fuzz target calls it).
+// `path` only names the file in error messages. Throws SafetensorsError.
+struct SafetensorsHeader {
+  std::uint64_t data_offset = 0;      // where the byte buffer starts: 8 + the JSON's length
+  std::vector<StTensorInfo> tensors;  // sorted by name
+  std::map<std::string, std::string> metadata;
+};
+SafetensorsHeader parse_safetensors_header(const std::filesystem::path& path,
+                                           const std::uint8_t* bytes, std::uint64_t size);
+
 class SafetensorsMap {
  public:
-  // Maps the file and validates the whole header. Throws SafetensorsError.
+  // Maps the file and validates the whole header (parse_safetensors_header). Throws
+  // SafetensorsError.
   static std::shared_ptr<const SafetensorsMap> open(const std::filesystem::path& path);
   ~SafetensorsMap();
   SafetensorsMap(const SafetensorsMap&) = delete;
