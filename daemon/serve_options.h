@@ -39,7 +39,7 @@ struct ServeOptions {
   int threads = 0;  // total intra-op CPU threads for CPU workers; 0 = all cores
   int io_threads = 2;
   int drain_timeout_s = 30;
-  int default_steps = 50;
+  int default_steps = 0;  // 0: the model family's default (SD 50, SDXL 30, Turbo 1)
   std::string log_level = "info";
 };
 
