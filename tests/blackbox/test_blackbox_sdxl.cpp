@@ -103,10 +103,10 @@ TEST_CASE("the daemon serves SDXL images equal to diffusers'", "[blackbox][sdxl]
   body["target_size"] = g["target_size"];
   const std::string micro = generate_png(d.port(), body);
   CHECK(max_abs_diff(decode_png(micro), golden_png("pipeline_microcond")) <= 1);
-  json job;
-  for (const json& j : get_json(d.port(), "/jobs?limit=100")["jobs"])
-    if (j["request"]["seed"] == g["seed"]) job = j;
-  REQUIRE(job.is_object());
+  // The PNG's JSON chunk names its job.
+  const json micro_meta = json::parse(read_png_chunks(micro).text["diffusiond"]);
+  REQUIRE(micro_meta["request"].contains("job_id"));
+  json job = get_json(d.port(), "/jobs/" + micro_meta["request"]["job_id"].get<std::string>());
   CHECK(job["request"]["negative_prompt"] == "");
   CHECK(job["request"]["original_size"] == json::array({128, 96}));
   CHECK(job["request"]["crops_coords_top_left"] == json::array({16, 8}));
