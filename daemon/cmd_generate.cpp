@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <random>
 
 #include <unistd.h>
@@ -29,11 +30,12 @@ namespace fs = std::filesystem;
 struct GenerateOptions {
   std::string model;
   std::vector<std::string> prompts;
-  std::string negative_prompt;
-  std::int64_t seed = -1;  // -1: random
-  int steps = 50;
-  double guidance = 7.5;
-  int width = 0, height = 0;  // 0: the model's default
+  std::optional<std::string> negative_prompt;  // unset: absent (SDXL: zeros); "" is given
+  std::int64_t seed = -1;                      // -1: random
+  std::optional<int> steps;                    // unset: the model family's
+  std::optional<double> guidance;              // unset: the model family's
+  std::vector<int> original_size, crops_coords_top_left, target_size;  // SDXL, "H W" each
+  int width = 0, height = 0;                                           // 0: the model's default
   std::string scheduler;
   int n = 1;
   std::string device = "cpu";
@@ -88,24 +90,25 @@ void run_generate(const GenerateOptions& o) {
   asked.prompts = o.prompts;
   asked.negative_prompt = o.negative_prompt;
   asked.n = o.n;
-  asked.steps = o.steps;
+  if (o.steps) asked.steps = *o.steps;
   asked.guidance_scale = o.guidance;
+  auto pair = [](const std::vector<int>& v) -> std::optional<SizePair> {
+    if (v.empty()) return std::nullopt;
+    return SizePair{v.at(0), v.at(1)};
+  };
+  asked.original_size = pair(o.original_size);
+  asked.crops_coords_top_left = pair(o.crops_coords_top_left);
+  asked.target_size = pair(o.target_size);
   if (o.seed >= 0) asked.seed = static_cast<std::uint64_t>(o.seed);
   if (o.width > 0) asked.width = o.width;
   if (o.height > 0) asked.height = o.height;
   if (!o.scheduler.empty()) asked.scheduler = o.scheduler;
-  RequestDefaults defaults;
-  defaults.width = pipe->default_width();
-  defaults.height = pipe->default_height();
-  defaults.scheduler = pipe->default_scheduler();
-  std::vector<SchedulerName> schedulers;
-  for (const auto& entry : scheduler_registry()) schedulers.push_back({entry.name, entry.aliases});
-  std::string known;
-  for (const auto& s : schedulers) known += (known.empty() ? "" : ", ") + s.name;
+  const ModelInfo model = model_info(folder);
+  const std::vector<SchedulerName>& schedulers = model.schedulers;
   JobRequest request;
   try {
-    request = normalise(asked, defaults, canonical_scheduler_name, cli_limits(),
-                        std::random_device{}(), known);
+    request = normalise(asked, request_defaults(model), canonical_scheduler_name, cli_limits(),
+                        std::random_device{}(), scheduler_names(model));
   } catch (const ServiceError& e) {
     throw std::invalid_argument(e.what());
   }
@@ -156,16 +159,27 @@ void add_generate_command(CLI::App& app) {
                   "Model folder or Hugging Face repo id (offline cache)")
       ->required();
   cmd->add_option("--prompt,-p", options->prompts, "Prompt (repeat for several)")->required();
-  cmd->add_option("--negative-prompt", options->negative_prompt, "Negative prompt");
+  cmd->add_option("--negative-prompt", options->negative_prompt,
+                  "Negative prompt. Left out, SDXL models condition on zeros; "
+                  "--negative-prompt \"\" encodes the empty text");
   cmd->add_option("--seed,-s", options->seed,
                   "Seed of image 0; image k uses seed + k (default: random)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--steps", options->steps, "Denoising steps")
-      ->check(CLI::Range(1, 1000))
-      ->capture_default_str();
+  cmd->add_option("--steps", options->steps,
+                  "Denoising steps (default: the model family's: SD 50, SDXL 30, Turbo 1)")
+      ->check(CLI::Range(1, 1000));
   cmd->add_option("--guidance,--cfg", options->guidance,
-                  "Classifier-free guidance scale (<= 1 disables)")
-      ->capture_default_str();
+                  "Classifier-free guidance scale, <= 1 disables (default: the model family's: "
+                  "SD 7.5, SDXL 5.0, Turbo 0)");
+  cmd->add_option("--original-size", options->original_size,
+                  "SDXL micro-conditioning: HEIGHT WIDTH (default: the output size)")
+      ->expected(2);
+  cmd->add_option("--crops-coords-top-left", options->crops_coords_top_left,
+                  "SDXL micro-conditioning: TOP LEFT (default: 0 0)")
+      ->expected(2);
+  cmd->add_option("--target-size", options->target_size,
+                  "SDXL micro-conditioning: HEIGHT WIDTH (default: the output size)")
+      ->expected(2);
   cmd->add_option("--width,-W", options->width, "Width in pixels (default: the model's)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--height,-H", options->height, "Height in pixels (default: the model's)")

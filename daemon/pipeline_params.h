@@ -5,12 +5,21 @@
 #pragma once
 
 #include "daemon/api/request.h"
+#include "daemon/api/views.h"
+#include "pipeline/model_folder.h"
 #include "pipeline/txt2img.h"
 
 namespace diffusiond {
 
 Txt2ImgParams txt2img_params(const ImageSpec& image);  // one image, seeded with its own seed
 Txt2ImgParams txt2img_params(const JobRequest& request);
+
+// What a model folder implies for requests and UIs, for `serve` (GET /model) and `generate`
+// alike: name, path, native size (unet sample_size x the VAE's factor), steps and guidance from
+// its family (pipeline/model_family.h; steps_override > 0, serve --default-steps, replaces the
+// family's steps), the scheduler its folder ships, every known scheduler, micro-conditioning
+// (SDXL) and the size presets. Reads the configs (disk): call at start-up, not per request.
+ModelInfo model_info(const ModelFolder& model, int steps_override = 0);
 
 // The LibTorch type of a canonical dtype name (daemon/dtype.h): fp32, fp16 or bf16.
 torch::ScalarType scalar_type(const std::string& dtype);

@@ -21,6 +21,9 @@ PngGenerationInfo make_png_info(const ImageSpec& image, const JobRequest& reques
   info.dtype = context.dtype;
   info.image_index = image.index;
   info.request = request_to_json(request);
+  info.original_size = image.original_size;
+  info.crops_coords_top_left = image.crops_coords_top_left;
+  info.target_size = image.target_size;
   if (!context.job_id.empty()) info.request["job_id"] = context.job_id;
   return info;
 }

@@ -107,9 +107,11 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                  "kept queued for the next start")
       ->capture_default_str()
       ->check(CLI::Range(0, 3600));
-  cmd.add_option("--default-steps", o.default_steps, "Steps when a request gives none")
+  cmd.add_option("--default-steps", o.default_steps,
+                 "Steps when a request gives none; 0: the model family's (SD 1.x/2.x 50, SDXL 30, "
+                 "SD-Turbo/SDXL-Turbo 1)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1000));
+      ->check(CLI::Range(0, 1000));
   cmd.add_option("--device-failure-threshold", o.device_failure_threshold,
                  "Failures in a row after which a device is unhealthy: it takes no new work "
                  "and its queue moves to the other devices")

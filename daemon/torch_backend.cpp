@@ -171,25 +171,9 @@ class TorchBackend final : public ModelBackend {
 
  private:
   ModelInfo read_model_info() const {
-    ModelInfo info;
-    info.name = model_.name;
-    info.path = model_.root.string();
+    ModelInfo info = diffusiond::model_info(model_, options_.default_steps);
     info.is_test_model = options_.is_test_model;
     info.notice = options_.notice;
-    const auto unet_file = model_.config_path("unet");
-    const auto vae_file = model_.config_path("vae");
-    const auto unet = read_json_file(unet_file);
-    const auto vae = read_json_file(vae_file);
-    const int sample_size = require_key<int>(unet, "sample_size", unet_file.string());
-    const auto blocks = require_key<std::vector<int>>(vae, "block_out_channels", vae_file.string());
-    const int scale = 1 << (blocks.empty() ? 0 : static_cast<int>(blocks.size()) - 1);
-    info.default_width = info.default_height = sample_size * scale;
-    info.default_steps = options_.default_steps;
-    info.default_guidance_scale = 7.5;
-    info.default_scheduler =
-        default_scheduler_name(read_json_file(model_.config_path("scheduler")));
-    for (const auto& entry : scheduler_registry())
-      info.schedulers.push_back({entry.name, entry.aliases});
     return info;
   }
 

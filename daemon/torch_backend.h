@@ -23,7 +23,7 @@ struct TorchBackendOptions {
   int threads_per_worker = 0;  // intra-op threads for CPU workers; 0 = LibTorch's default
   bool is_test_model = false;  // the bundled random-weight model
   std::string notice;          // shown by /devices and the UI when is_test_model
-  int default_steps = 50;
+  int default_steps = 0;       // 0: the model family's (pipeline/model_family.h)
   // A test facility (--inject-faults): the chosen generations fail inside the pipeline with
   // LibTorch's own errors (c10::Error, c10::OutOfMemoryError), as real ones do. null = none.
   std::shared_ptr<FaultInjector> faults;

@@ -104,10 +104,15 @@ json device_json(const DeviceView& d) {
 }
 
 json model_json(const ModelInfo& m) {
+  json presets = json::array();
+  for (const auto& wh : m.size_presets) presets.push_back({wh[0], wh[1]});
   return {{"name", m.name},
           {"path", m.path},
+          {"family", m.family},
           {"is_test_model", m.is_test_model},
           {"notice", text_or_null(m.notice)},
+          {"micro_conditioning", m.micro_conditioning},
+          {"size_presets", std::move(presets)},
           {"defaults",
            {{"width", m.default_width},
             {"height", m.default_height},

@@ -10,9 +10,20 @@ namespace {
 using nlohmann::json;
 
 const std::set<std::string>& known_fields() {
-  static const std::set<std::string> fields = {
-      "prompt", "prompts", "negative_prompt", "n",         "steps",   "guidance_scale",
-      "seed",   "width",   "height",          "scheduler", "priority"};
+  static const std::set<std::string> fields = {"prompt",
+                                               "prompts",
+                                               "negative_prompt",
+                                               "n",
+                                               "steps",
+                                               "guidance_scale",
+                                               "seed",
+                                               "width",
+                                               "height",
+                                               "scheduler",
+                                               "priority",
+                                               "original_size",
+                                               "crops_coords_top_left",
+                                               "target_size"};
   return fields;
 }
 
@@ -84,7 +95,8 @@ void reject_unknown_fields(const json& body) {
     fail("unknown_field", first,
          "unknown field(s) " + unknown +
              "; accepted fields: prompt, prompts, negative_prompt, n, "
-             "steps, guidance_scale, seed, width, height, scheduler, priority");
+             "steps, guidance_scale, seed, width, height, scheduler, priority, original_size, "
+             "crops_coords_top_left, target_size");
 }
 
 std::vector<std::string> read_prompts(const json& body) {
@@ -105,6 +117,25 @@ std::vector<std::string> read_prompts(const json& body) {
   for (std::size_t i = 0; i < many->size(); ++i)
     prompts.push_back(text((*many)[i], "prompts[" + std::to_string(i) + "]"));
   return prompts;
+}
+
+// SDXL micro-conditioning: [a, b], two integers (the core checks the ranges and the model).
+std::optional<SizePair> integer_pair(const json& body, const char* name) {
+  const json* v = optional_field(body, name);
+  if (v == nullptr) return std::nullopt;
+  const std::string what = std::string("field '") + name + "' must be an array of two integers";
+  if (!v->is_array() || v->size() != 2)
+    fail("invalid_field", name, what + ", got " + v->dump().substr(0, 100));
+  SizePair out{};
+  for (std::size_t i = 0; i < 2; ++i) {
+    const json& e = (*v)[i];
+    if (!e.is_number_integer() ||
+        (e.is_number_unsigned() &&
+         e.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<int64_t>::max())))
+      fail("invalid_field", name, what + ", got " + v->dump().substr(0, 100));
+    out[i] = e.get<std::int64_t>();
+  }
+  return out;
 }
 
 std::optional<std::uint64_t> read_seed(const json& body) {
@@ -138,6 +169,9 @@ GenerateRequest build(const json& body) {
   r.height = integer(body, "height");
   if (const json* v = optional_field(body, "scheduler")) r.scheduler = text(*v, "scheduler");
   r.priority = integer(body, "priority").value_or(0);
+  r.original_size = integer_pair(body, "original_size");
+  r.crops_coords_top_left = integer_pair(body, "crops_coords_top_left");
+  r.target_size = integer_pair(body, "target_size");
   return r;
 }
 

@@ -17,6 +17,8 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& j, const std::str
   c.vocab_size = key_or<int>(j, "vocab_size", 49408, file);
   c.layer_norm_eps = key_or<double>(j, "layer_norm_eps", 1e-5, file);
   c.hidden_act = key_or<std::string>(j, "hidden_act", "quick_gelu", file);
+  c.projection_dim = key_or<int>(j, "projection_dim", 512, file);
+  c.eos_token_id = key_or<int64_t>(j, "eos_token_id", 49407, file);
   if (c.hidden_act != "quick_gelu" && c.hidden_act != "gelu" && c.hidden_act != "gelu_new" &&
       c.hidden_act != "gelu_pytorch_tanh") {
     throw ConfigError(file + ": unsupported hidden_act '" + c.hidden_act +
@@ -29,10 +31,10 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& j, const std::str
                       std::to_string(c.num_attention_heads) + ")");
   }
   if (c.intermediate_size <= 0 || c.num_hidden_layers <= 0 || c.max_position_embeddings <= 0 ||
-      c.vocab_size <= 0) {
+      c.vocab_size <= 0 || c.projection_dim <= 0) {
     throw ConfigError(file +
-                      ": intermediate_size, num_hidden_layers, max_position_embeddings "
-                      "and vocab_size must be positive");
+                      ": intermediate_size, num_hidden_layers, max_position_embeddings, "
+                      "vocab_size and projection_dim must be positive");
   }
   return c;
 }
@@ -58,7 +60,7 @@ nlohmann::json ClipTextConfig::to_json() const {
           {"num_attention_heads", num_attention_heads},
           {"num_hidden_layers", num_hidden_layers},
           {"pad_token_id", 1},
-          {"projection_dim", hidden_size},
+          {"projection_dim", projection_dim},
           {"torch_dtype", "float32"},
           {"vocab_size", vocab_size}};
 }
@@ -118,7 +120,8 @@ torch::Tensor ClipEncoderLayerImpl::forward(const torch::Tensor& hidden_states) 
   return x + mlp(layer_norm2(x));
 }
 
-ClipTextModelImpl::ClipTextModelImpl(const ClipTextConfig& config) : config_(config) {
+ClipTextModelImpl::ClipTextModelImpl(const ClipTextConfig& config, bool with_projection)
+    : config_(config) {
   text_model_ = register_module("text_model", std::make_shared<torch::nn::Module>());
   embeddings_ = text_model_->register_module("embeddings", std::make_shared<torch::nn::Module>());
   token_embedding = embeddings_->register_module(
@@ -136,6 +139,27 @@ ClipTextModelImpl::ClipTextModelImpl(const ClipTextConfig& config) : config_(con
       "final_layer_norm",
       torch::nn::LayerNorm(
           torch::nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
+  if (with_projection) {
+    text_projection = register_module(
+        "text_projection",
+        torch::nn::Linear(
+            torch::nn::LinearOptions(config.hidden_size, config.projection_dim).bias(false)));
+  }
+}
+
+ClipTextOutput ClipTextModelImpl::encode(const torch::Tensor& input_ids) {
+  ClipTextOutput out;
+  // hidden_states: the embedding output, then each layer's (transformers' order).
+  out.last_hidden_state = run(input_ids, &out.hidden_states, /*with_embeddings=*/true);
+  auto ids = input_ids.to(token_embedding->weight.device(), torch::kInt64);
+  // Ref: CLIPTextTransformer.forward's pooling (legacy argmax when eos_token_id == 2).
+  torch::Tensor eos = config_.eos_token_id == 2
+                          ? ids.to(torch::kInt32).argmax(-1)
+                          : (ids == config_.eos_token_id).to(torch::kInt32).argmax(-1);  // [B]
+  auto rows = torch::arange(ids.size(0), ids.options());
+  out.pooler_output = out.last_hidden_state.index({rows, eos.to(torch::kInt64)});  // [B, hidden]
+  if (text_projection) out.text_embeds = text_projection(out.pooler_output);
+  return out;
 }
 
 torch::Tensor ClipTextModelImpl::forward(const torch::Tensor& input_ids) {
@@ -144,6 +168,11 @@ torch::Tensor ClipTextModelImpl::forward(const torch::Tensor& input_ids) {
 
 torch::Tensor ClipTextModelImpl::forward_with_layers(const torch::Tensor& input_ids,
                                                      std::vector<torch::Tensor>* layer_outputs) {
+  return run(input_ids, layer_outputs, /*with_embeddings=*/false);
+}
+
+torch::Tensor ClipTextModelImpl::run(const torch::Tensor& input_ids,
+                                     std::vector<torch::Tensor>* states, bool with_embeddings) {
   TORCH_CHECK(input_ids.dim() == 2, "CLIP text model: input_ids must be [B, L], got ",
               input_ids.sizes());
   const auto length = input_ids.size(1);
@@ -152,17 +181,18 @@ torch::Tensor ClipTextModelImpl::forward_with_layers(const torch::Tensor& input_
   auto ids = input_ids.to(token_embedding->weight.device(), torch::kInt64);
   auto positions = torch::arange(length, ids.options()).unsqueeze(0);  // [1, L]
   auto hidden = token_embedding(ids) + position_embedding(positions);  // [B, L, hidden]
+  if (states && with_embeddings) states->push_back(hidden);
   for (auto& layer : layer_list_) {
     hidden = layer(hidden);
-    if (layer_outputs) layer_outputs->push_back(hidden);
+    if (states) states->push_back(hidden);
   }
   return final_layer_norm(hidden);
 }
 
 ClipTextModel load_clip_text_model(const std::filesystem::path& config_json,
                                    const std::filesystem::path& weights, torch::Device device,
-                                   torch::ScalarType dtype) {
-  ClipTextModel model(ClipTextConfig::from_file(config_json));
+                                   torch::ScalarType dtype, bool with_projection) {
+  ClipTextModel model(ClipTextConfig::from_file(config_json), with_projection);
   model->eval();
   auto file = SafetensorsFile::open(weights);
   load_weights(*model, *file, device, dtype,

@@ -113,6 +113,22 @@ json scheduler_config(const char* class_name, const char* prediction_type) {
           {"trained_betas", nullptr}};
 }
 
+// stabilityai/stable-diffusion-xl-base-1.0's model_index.json.
+json sdxl_model_index() {
+  return {{"_class_name", "StableDiffusionXLPipeline"},
+          {"_diffusers_version", "0.27.2"},
+          {"feature_extractor", {nullptr, nullptr}},
+          {"force_zeros_for_empty_prompt", true},
+          {"image_encoder", {nullptr, nullptr}},
+          {"scheduler", {"diffusers", "EulerDiscreteScheduler"}},
+          {"text_encoder", {"transformers", "CLIPTextModel"}},
+          {"text_encoder_2", {"transformers", "CLIPTextModelWithProjection"}},
+          {"tokenizer", {"transformers", "CLIPTokenizer"}},
+          {"tokenizer_2", {"transformers", "CLIPTokenizer"}},
+          {"unet", {"diffusers", "UNet2DConditionModel"}},
+          {"vae", {"diffusers", "AutoencoderKL"}}};
+}
+
 const std::vector<std::string> kSdDown = {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
                                           "CrossAttnDownBlock2D", "DownBlock2D"};
 const std::vector<std::string> kSdUp = {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
@@ -169,7 +185,7 @@ void copy_tokenizer(const fs::path& from, const fs::path& to, const std::string&
 }  // namespace
 
 const std::vector<std::string>& random_model_archs() {
-  static const std::vector<std::string> archs = {"sd15", "sd21", "tiny-sd2"};
+  static const std::vector<std::string> archs = {"sd15", "sd21", "tiny-sd2", "sdxl"};
   return archs;
 }
 
@@ -199,6 +215,26 @@ RandomModelConfigs random_model_configs(const std::string& arch) {
     c.vae = vae_config({8, 16, 16, 16}, 64, 4);
     c.scheduler = scheduler_config("DDIMScheduler", "v_prediction");
     c.pad_token = "!";
+  } else if (arch == "sdxl") {  // stabilityai/stable-diffusion-xl-base-1.0
+    c.model_index = sdxl_model_index();
+    c.text_encoder = text_encoder_config(768, 3072, 12, 12, "quick_gelu", 768);
+    c.text_encoder_2 = text_encoder_config(1280, 5120, 20, 32, "gelu", 1280);
+    c.text_encoder_2["architectures"] = {"CLIPTextModelWithProjection"};
+    c.unet = unet_config({320, 640, 1280}, {5, 10, 20}, 2048, 128, true, false,
+                         {"DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"},
+                         {"CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"}, 32);
+    c.unet["transformer_layers_per_block"] = {1, 2, 10};
+    c.unet["addition_embed_type"] = "text_time";
+    c.unet["addition_embed_type_num_heads"] = 64;
+    c.unet["addition_time_embed_dim"] = 256;
+    c.unet["projection_class_embeddings_input_dim"] = 2816;  // 1280 pooled + 6 x 256
+    c.vae = vae_config({128, 256, 512, 512}, 1024, 32);
+    c.vae["scaling_factor"] = 0.13025;
+    c.scheduler = scheduler_config("EulerDiscreteScheduler", "epsilon");
+    c.scheduler["interpolation_type"] = "linear";
+    c.scheduler["use_karras_sigmas"] = false;
+    c.pad_token = "<|endoftext|>";
+    c.pad_token_2 = "!";
   } else {
     std::string known;
     for (const auto& a : random_model_archs()) known += (known.empty() ? "" : ", ") + a;
@@ -225,6 +261,15 @@ void write_random_model(const std::string& arch, const fs::path& out, const fs::
     ClipTextModel model(ClipTextConfig::from_json(c.text_encoder, "text_encoder/config.json"));
     init_random(*model, seed);
     save_module(*model, out / "text_encoder" / "model.safetensors");
+  }
+  if (!c.text_encoder_2.is_null()) {
+    say("text_encoder_2");
+    copy_tokenizer(tokenizer_dir, out / "tokenizer_2", c.pad_token_2);
+    write_json(out / "text_encoder_2" / "config.json", c.text_encoder_2);
+    ClipTextModel model(ClipTextConfig::from_json(c.text_encoder_2, "text_encoder_2/config.json"),
+                        /*with_projection=*/true);
+    init_random(*model, seed + 3);
+    save_module(*model, out / "text_encoder_2" / "model.safetensors");
   }
   say("unet");
   write_json(out / "unet" / "config.json", c.unet);

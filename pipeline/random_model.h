@@ -15,17 +15,22 @@ namespace diffusiond {
 
 // "sd15" (runwayml/stable-diffusion-v1-5), "sd21" (stabilityai/stable-diffusion-2-1),
 // "tiny-sd2" (a few-MB model with every SD 2.x switch: v_prediction, linear projection,
-// per-block heads, gelu text encoder, upcast_attention, pad token "!").
+// per-block heads, gelu text encoder, upcast_attention, pad token "!"), "sdxl"
+// (stabilityai/stable-diffusion-xl-base-1.0: a 2.6 B-parameter UNet, two text encoders).
 const std::vector<std::string>& random_model_archs();
 
 struct RandomModelConfigs {
   nlohmann::json model_index, text_encoder, unet, vae, scheduler;
   std::string pad_token;  // tokenizer pad token the architecture ships
+  // SDXL: text_encoder_2 (CLIPTextModelWithProjection) and tokenizer_2's pad token; null/"" else.
+  nlohmann::json text_encoder_2;
+  std::string pad_token_2;
 };
 // Throws std::invalid_argument listing the known archs.
 RandomModelConfigs random_model_configs(const std::string& arch);
 
-// Writes a complete diffusers folder to `out`: model_index.json, text_encoder/, unet/, vae/
+// Writes a complete diffusers folder to `out`: model_index.json, text_encoder/ (and for SDXL
+// text_encoder_2/, tokenizer_2/), unet/, vae/
 // (config.json + model.safetensors / diffusion_pytorch_model.safetensors, float32),
 // scheduler/scheduler_config.json, and tokenizer/ copied from `tokenizer_dir` (vocab.json,
 // merges.txt, tokenizer_config.json, special_tokens_map.json) with the arch's pad token.

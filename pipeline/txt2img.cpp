@@ -1,20 +1,21 @@
 // Ref: diffusers v0.27.2 pipelines/stable_diffusion/pipeline_stable_diffusion.py
-// (StableDiffusionPipeline.__call__, encode_prompt, prepare_latents) and
-// image_processor.VaeImageProcessor.postprocess. See golden/pipeline.json "procedure".
+// (StableDiffusionPipeline.__call__, encode_prompt, prepare_latents),
+// pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py
+// (StableDiffusionXLPipeline.__call__, _get_add_time_ids) and
+// image_processor.VaeImageProcessor.postprocess. See the fixtures' golden/pipeline*.json
+// "procedure".
 #include "pipeline/txt2img.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/version.h>
 
 #include <chrono>
-#include <list>
 #include <stdexcept>
-#include <unordered_map>
 
-#include "pipeline/clip_text_model.h"
 #include "pipeline/media/config_util.h"
+#include "pipeline/model_family.h"
+#include "pipeline/prompt_encoder.h"
 #include "pipeline/schedulers/scheduler.h"
-#include "pipeline/text/clip_tokenizer.h"
 #include "pipeline/unet.h"
 #include "pipeline/vae.h"
 
@@ -32,56 +33,32 @@ std::string two_digits(int i) {
   return s.size() < 2 ? "0" + s : s;
 }
 
-// Prompt text -> [1, 77, hidden] embedding on the device, least recently used evicted first.
-// Owner: one StableDiffusionPipeline; used only from its worker thread.
-class PromptEmbeddingCache {
- public:
-  explicit PromptEmbeddingCache(std::size_t capacity) : capacity_(capacity) {}
-
-  const torch::Tensor* find(const std::string& prompt) {
-    auto it = index_.find(prompt);
-    if (it == index_.end()) return nullptr;
-    entries_.splice(entries_.begin(), entries_, it->second);  // most recently used first
-    return &it->second->second;
-  }
-
-  void insert(const std::string& prompt, torch::Tensor embedding) {
-    if (capacity_ == 0) return;
-    if (auto it = index_.find(prompt); it != index_.end()) {
-      entries_.erase(it->second);
-      index_.erase(it);
-    }
-    entries_.emplace_front(prompt, std::move(embedding));
-    index_[prompt] = entries_.begin();
-    while (entries_.size() > capacity_) {
-      index_.erase(entries_.back().first);
-      entries_.pop_back();
-    }
-  }
-
- private:
-  std::size_t capacity_;
-  std::list<std::pair<std::string, torch::Tensor>> entries_;
-  std::unordered_map<std::string, std::list<std::pair<std::string, torch::Tensor>>::iterator>
-      index_;
-};
-
-// Ref: StableDiffusionPipeline. Owner: one device worker; generate() from its thread only.
+// Ref: StableDiffusionPipeline, StableDiffusionXLPipeline (is_xl). Owner: one device worker;
+// generate() from its thread only.
 class StableDiffusionPipeline final : public StableDiffusion {
  public:
   StableDiffusionPipeline(const ModelFolder& model, torch::Device device, torch::ScalarType dtype)
       : device_(device),
         dtype_(dtype),
-        tokenizer_(ClipTokenizer::load(model.root / "tokenizer")),
-        text_encoder_(load_clip_text_model(model.config_path("text_encoder"),
-                                           model.weights_path("text_encoder"), device, dtype)),
+        xl_(is_sdxl(model)),
+        force_zeros_for_empty_prompt_(xl_ && force_zeros_for_empty_prompt(model)),
+        prompts_(model, xl_, device, dtype),
         unet_(load_unet(model, device, dtype)),
-        vae_(load_vae(model, device, vae_dtype_for(model, dtype))),
+        vae_(load_vae(model, device, dtype)),
         scheduler_config_(read_json_file(model.config_path("scheduler"))),
-        default_scheduler_(default_scheduler_name(scheduler_config_)),
-        cache_(64) {
+        default_scheduler_(default_scheduler_name(scheduler_config_)) {
+    // diffusers loads the VAE in the model dtype and, for float16 with force_upcast, runs it in
+    // float32 (upcast_vae): the weights are rounded to float16 first, as here.
+    if (dtype == torch::kFloat16 && vae_->config().force_upcast) vae_->to(torch::kFloat32);
     vae_dtype_ = vae_->parameters().empty() ? dtype : vae_->parameters().front().scalar_type();
-    text_encoder_->eval();
+    const bool added = unet_->config().addition_embed_type == "text_time";
+    if (added != xl_) {
+      throw ConfigError(model.config_path("unet").string() +
+                        (xl_ ? ": an SDXL pipeline needs a UNet with addition_embed_type "
+                               "'text_time'"
+                             : ": addition_embed_type 'text_time' needs an SDXL pipeline "
+                               "(model_index.json StableDiffusionXLPipeline)"));
+    }
     unet_->eval();
     vae_->eval();
   }
@@ -92,34 +69,30 @@ class StableDiffusionPipeline final : public StableDiffusion {
   int default_width() const override { return default_size(); }
   int default_height() const override { return default_size(); }
   std::string default_scheduler() const override { return default_scheduler_; }
+  bool is_xl() const override { return xl_; }
   torch::Device device() const override { return device_; }
   GenerationTimings last_timings() const override { return timings_; }
   void set_profiling(bool on) override { profiling_ = on; }
 
  private:
-  // diffusers runs the VAE in float32 when it is float16 and its config sets force_upcast.
-  static torch::ScalarType vae_dtype_for(const ModelFolder& model, torch::ScalarType dtype) {
-    auto path = model.config_path("vae");
-    auto config = VaeConfig::from_json(read_json_file(path), path.string());
-    return dtype == torch::kFloat16 && config.force_upcast ? torch::kFloat32 : dtype;
-  }
   int default_size() const { return unet_->config().sample_size * vae_->config().scale_factor(); }
   void sync() const {
     if (profiling_ && device_.is_cuda()) torch::cuda::synchronize(device_.index());
   }
   void validate(const Txt2ImgParams& params) const;
-  torch::Tensor prompt_embedding(const std::string& prompt);  // [1, 77, hidden]
+  // SDXL's add_time_ids [1, 6] in the model dtype: original_size + crops + target_size.
+  torch::Tensor add_time_ids(const Txt2ImgParams& params) const;
 
   torch::Device device_;
   torch::ScalarType dtype_;
-  ClipTokenizer tokenizer_;
-  ClipTextModel text_encoder_;
+  bool xl_;
+  bool force_zeros_for_empty_prompt_;
+  PromptEncoder prompts_;
   UNet2DConditionModel unet_;
   AutoencoderKL vae_;
   torch::ScalarType vae_dtype_ = torch::kFloat32;
   nlohmann::json scheduler_config_;
   std::string default_scheduler_;
-  PromptEmbeddingCache cache_;
   GenerationTimings timings_;
   bool profiling_ = false;
 };
@@ -135,6 +108,17 @@ void StableDiffusionPipeline::validate(const Txt2ImgParams& params) const {
     fail("width and height must be positive multiples of " + std::to_string(multiple) + " (got " +
          std::to_string(params.width) + "x" + std::to_string(params.height) + ")");
   }
+  if (!xl_ && (params.original_size || params.crops_coords_top_left || params.target_size)) {
+    fail("original_size, crops_coords_top_left and target_size apply to SDXL models only");
+  }
+  for (const auto* size : {&params.original_size, &params.target_size}) {
+    if (*size && ((**size)[0] < 1 || (**size)[1] < 1))
+      fail("original_size and target_size must be positive");
+  }
+  if (params.crops_coords_top_left &&
+      ((*params.crops_coords_top_left)[0] < 0 || (*params.crops_coords_top_left)[1] < 0)) {
+    fail("crops_coords_top_left must not be negative");
+  }
   if (!params.scheduler.empty() && !canonical_scheduler_name(params.scheduler)) {
     std::string names;
     for (const auto& entry : scheduler_registry())
@@ -143,13 +127,14 @@ void StableDiffusionPipeline::validate(const Txt2ImgParams& params) const {
   }
 }
 
-torch::Tensor StableDiffusionPipeline::prompt_embedding(const std::string& prompt) {
-  if (const torch::Tensor* cached = cache_.find(prompt)) return *cached;
-  const std::vector<std::int64_t> ids = tokenizer_.encode(prompt);
-  auto input = torch::tensor(ids, torch::kInt64).unsqueeze(0).to(device_);
-  auto embedding = text_encoder_->forward(input).to(dtype_);  // [1, 77, hidden]
-  cache_.insert(prompt, embedding);
-  return embedding;
+torch::Tensor StableDiffusionPipeline::add_time_ids(const Txt2ImgParams& p) const {
+  const std::array<int, 2> output = {p.height, p.width};
+  const auto original = p.original_size.value_or(output);
+  const auto crops = p.crops_coords_top_left.value_or(std::array<int, 2>{0, 0});
+  const auto target = p.target_size.value_or(output);
+  std::vector<float> ids = {float(original[0]), float(original[1]), float(crops[0]),
+                            float(crops[1]),    float(target[0]),   float(target[1])};
+  return torch::tensor(ids, torch::kFloat32).unsqueeze(0).to(dtype_);  // [1, 6]
 }
 
 std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& params,
@@ -166,18 +151,31 @@ std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& par
     if (dump) dump(name, value.detach().to(torch::kCPU));
   };
 
-  // Prompt embeddings, image order prompt-major; uncond rows first when guiding.
-  std::vector<torch::Tensor> rows;
+  // Prompt embeddings, image order prompt-major; uncond rows first when guiding. SD 1.x/2.x
+  // encode an absent negative prompt as ""; SDXL with force_zeros_for_empty_prompt uses zeros.
+  std::vector<torch::Tensor> rows, pooled_rows;
+  auto add_rows = [&](const PromptEmbedding& e, int copies) {
+    for (int k = 0; k < copies; ++k) {
+      rows.push_back(e.embeds);
+      if (xl_) pooled_rows.push_back(e.pooled);
+    }
+  };
   if (guidance) {
-    auto uncond = prompt_embedding(params.negative_prompt);
-    for (int k = 0; k < batch; ++k) rows.push_back(uncond);
+    add_rows(!params.negative_prompt && force_zeros_for_empty_prompt_
+                 ? prompts_.zeros()
+                 : prompts_.encode(params.negative_prompt.value_or("")),
+             batch);
   }
-  for (const auto& prompt : params.prompts) {
-    auto cond = prompt_embedding(prompt);
-    for (int k = 0; k < per_prompt; ++k) rows.push_back(cond);
-  }
+  for (const auto& prompt : params.prompts) add_rows(prompts_.encode(prompt), per_prompt);
   const torch::Tensor prompt_embeds = torch::cat(rows, 0);  // [(2)B, 77, hidden]
   emit("prompt_embeds", prompt_embeds);
+  UNetAddedConditions added;
+  if (xl_) {
+    added.text_embeds = torch::cat(pooled_rows, 0);  // [(2)B, P]
+    added.time_ids = add_time_ids(params).to(device_).repeat({prompt_embeds.size(0), 1});
+    emit("add_text_embeds", added.text_embeds);
+    emit("add_time_ids", added.time_ids);
+  }
   sync();
   timings_.text_encode_s = seconds_since(start);
 
@@ -217,9 +215,11 @@ std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& par
     const double t = timesteps[static_cast<std::size_t>(i)];
     torch::Tensor model_input = guidance ? torch::cat({latents, latents}, 0) : latents;
     model_input = scheduler->scale_model_input(model_input, i);
-    torch::Tensor noise_pred = unet_->forward(model_input, t, prompt_embeds);
+    torch::Tensor noise_pred = unet_->forward(model_input, t, prompt_embeds, added);
     if (guidance) {
       auto halves = noise_pred.chunk(2, 0);
+      emit("noise_pred_uncond." + two_digits(i), halves[0]);
+      emit("noise_pred_text." + two_digits(i), halves[1]);
       noise_pred = halves[0] + params.guidance_scale * (halves[1] - halves[0]);
     }
     emit("noise_pred." + two_digits(i), noise_pred);
@@ -234,6 +234,7 @@ std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& par
     }
   }
 
+  emit("latents", latents);
   const auto decode_start = Clock::now();
   torch::Tensor decoded =
       vae_->decode((latents / vae_->config().scaling_factor).to(vae_dtype_));  // [B,3,H,W]

@@ -1,12 +1,15 @@
-// The text-to-image pipeline: one replica of a Stable Diffusion model on one device.
-// Ref: diffusers StableDiffusionPipeline.__call__.
+// The text-to-image pipeline: one replica of a Stable Diffusion model (SD 1.x/2.x or SDXL) on
+// one device. Ref: diffusers v0.27.2 StableDiffusionPipeline.__call__ and
+// StableDiffusionXLPipeline.__call__.
 // Owner: a device worker owns one StableDiffusion; only that worker's thread may call it
 // (load() may run on any thread). Nothing here knows about jobs, HTTP or the store.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,7 +22,10 @@ namespace diffusiond {
 
 struct Txt2ImgParams {
   std::vector<std::string> prompts;  // image order is prompt-major: prompts x num_images
-  std::string negative_prompt;       // "" when absent
+  // nullopt = absent. SD 1.x/2.x encode an absent one as "". SDXL with
+  // force_zeros_for_empty_prompt (model_index.json) uses zeros for an absent one and encodes a
+  // given "" as text.
+  std::optional<std::string> negative_prompt;
   int num_images_per_prompt = 1;
   int steps = 50;
   double guidance_scale = 7.5;  // <= 1 disables classifier-free guidance
@@ -27,6 +33,12 @@ struct Txt2ImgParams {
   int width = 512;
   int height = 512;
   std::string scheduler;  // name or alias; "" = the model's own scheduler
+  // SDXL micro-conditioning, each (height, width) / (top, left) as diffusers; nullopt = the
+  // default: original_size and target_size (height, width), crops_coords_top_left (0, 0).
+  // SD 1.x/2.x models refuse them (std::invalid_argument).
+  std::optional<std::array<int, 2>> original_size;
+  std::optional<std::array<int, 2>> crops_coords_top_left;
+  std::optional<std::array<int, 2>> target_size;
   // Optional initial noise [prompts x num_images, C, H/8, W/8] (diffusers' `latents=`): used
   // instead of the generators' draw, cast to the model's dtype and device, then scaled by the
   // scheduler's init_noise_sigma. The generators still draw the samplers' step noise.
@@ -69,6 +81,7 @@ class StableDiffusion {
   virtual int default_width() const = 0;  // unet sample_size * vae scale factor
   virtual int default_height() const = 0;
   virtual std::string default_scheduler() const = 0;  // canonical name from scheduler_config
+  virtual bool is_xl() const { return false; }        // SDXL (added text/time conditioning)
   virtual torch::Device device() const = 0;
 
   // Timings of the last generate(). With set_profiling(true) each stage boundary waits for the

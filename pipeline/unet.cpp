@@ -19,6 +19,13 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config)
   // time_proj (sinusoidal, ch0 features) has no weights: see forward().
   time_embedding =
       register_module("time_embedding", TimestepEmbedding(ch0, c.time_embedding_dim, act_));
+  // add_time_proj (sinusoidal, addition_time_embed_dim per id) has no weights either;
+  // add_embedding is diffusers' TimestepEmbedding default, SiLU whatever act_fn says.
+  if (c.addition_embed_type == "text_time") {
+    add_embedding = register_module("add_embedding",
+                                    TimestepEmbedding(c.projection_class_embeddings_input_dim,
+                                                      c.time_embedding_dim, Activation::kSiLU));
+  }
 
   auto common = [&] {
     UNetBlockOptions o;
@@ -101,8 +108,58 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, double tim
   return forward(std::move(sample), t, std::move(encoder_hidden_states));
 }
 
+torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, double timestep,
+                                                torch::Tensor encoder_hidden_states,
+                                                const UNetAddedConditions& added) {
+  auto t = torch::full({}, timestep, torch::dtype(torch::kFloat32).device(sample.device()));
+  return forward(std::move(sample), t, std::move(encoder_hidden_states), added);
+}
+
 torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, torch::Tensor timesteps,
                                                 torch::Tensor encoder_hidden_states,
+                                                const TensorTap& tap) {
+  return forward(std::move(sample), std::move(timesteps), std::move(encoder_hidden_states),
+                 UNetAddedConditions{}, tap);
+}
+
+torch::Tensor UNet2DConditionModelImpl::added_embedding(const UNetAddedConditions& added,
+                                                        int64_t batch, torch::ScalarType dtype,
+                                                        const TensorTap& tap) {
+  const auto& c = config_;
+  TORCH_CHECK(added.text_embeds.defined() && added.time_ids.defined(),
+              "UNet: addition_embed_type 'text_time' needs text_embeds and time_ids");
+  TORCH_CHECK(added.text_embeds.dim() == 2 && added.text_embeds.size(0) == batch &&
+                  added.time_ids.dim() == 2 && added.time_ids.size(0) == batch,
+              "UNet: text_embeds [B,P] and time_ids [B,N] must have the sample's batch ", batch,
+              ", got ", added.text_embeds.sizes(), " and ", added.time_ids.sizes());
+  TORCH_CHECK(added.text_embeds.size(1) + added.time_ids.size(1) * c.addition_time_embed_dim ==
+                  c.projection_class_embeddings_input_dim,
+              "UNet: text_embeds ", added.text_embeds.sizes(), " and time_ids ",
+              added.time_ids.sizes(), " do not add up to projection_class_embeddings_input_dim ",
+              c.projection_class_embeddings_input_dim);
+  auto emit = [&](const char* name, const torch::Tensor& value) {
+    if (tap) tap(name, value);
+  };
+  const auto device = add_embedding->parameters().front().device();
+  // add_time_proj(time_ids.flatten()) [B*N, dim] (float32) -> [B, N*dim].
+  torch::Tensor time_embeds =
+      timestep_embedding(added.time_ids.to(device).flatten(), c.addition_time_embed_dim,
+                         c.flip_sin_to_cos, c.freq_shift);
+  emit("add_time_proj", time_embeds);
+  time_embeds = time_embeds.reshape({batch, -1});
+  torch::Tensor input =
+      torch::cat({added.text_embeds.to(device), time_embeds.to(added.text_embeds.scalar_type())},
+                 -1)
+          .to(dtype);  // [B, projection input]
+  emit("add_embedding.input", input);
+  torch::Tensor out = add_embedding(input);  // [B, temb]
+  emit("add_embedding", out);
+  return out;
+}
+
+torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, torch::Tensor timesteps,
+                                                torch::Tensor encoder_hidden_states,
+                                                const UNetAddedConditions& added,
                                                 const TensorTap& tap) {
   const auto& c = config_;
   TORCH_CHECK(sample.dim() == 4 && sample.size(1) == c.in_channels, "UNet: sample must be [B,",
@@ -132,6 +189,12 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, torch::Ten
   emit("time_proj", t_emb);
   torch::Tensor emb = time_embedding(t_emb);  // [B,time_embed_dim]
   emit("time_embedding", emb);
+  if (add_embedding) {
+    emb = emb + added_embedding(added, batch, emb.scalar_type(), tap);
+  } else {
+    TORCH_CHECK(!added.text_embeds.defined() && !added.time_ids.defined(),
+                "UNet: this model takes no added conditions (no addition_embed_type)");
+  }
 
   // 2. pre-process
   torch::Tensor h = conv_in(sample);  // [B,ch0,h,w]

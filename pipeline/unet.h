@@ -1,4 +1,4 @@
-// The denoising UNet of Stable Diffusion 1.x / 2.x, built entirely from unet/config.json.
+// The denoising UNet of Stable Diffusion 1.x / 2.x and SDXL, built entirely from unet/config.json.
 // Ref: diffusers v0.27.2 models/unets/unet_2d_condition.py (UNet2DConditionModel).
 // Owner: one device worker owns one replica; forward() must not run concurrently on the same
 // replica (LibTorch modules are not re-entrant). Loading may happen on any thread.
@@ -19,12 +19,21 @@
 
 namespace diffusiond {
 
-// Receives named intermediates ("time_proj", "time_embedding", "conv_in", "down_blocks.N",
-// "mid_block", "up_blocks.N", "conv_norm_out", "conv_out") for debugging parity.
+// Receives named intermediates ("time_proj", "time_embedding", "add_time_proj",
+// "add_embedding.input", "add_embedding", "conv_in", "down_blocks.N", "mid_block", "up_blocks.N",
+// "conv_norm_out", "conv_out") for debugging parity.
 using TensorTap = std::function<void(const std::string& name, const torch::Tensor& value)>;
 
-// Ref: UNet2DConditionModel. Keys: conv_in, time_embedding.linear_{1,2}, down_blocks.N,
-// mid_block, up_blocks.N, conv_norm_out, conv_out.
+// diffusers' added_cond_kwargs for addition_embed_type "text_time" (SDXL); both undefined for a
+// UNet without added conditioning.
+struct UNetAddedConditions {
+  torch::Tensor text_embeds;  // [B, pooled dim]: text_encoder_2's projected pooled output
+  torch::Tensor time_ids;     // [B, 6]: original_size + crops_coords_top_left + target_size
+};
+
+// Ref: UNet2DConditionModel. Keys: conv_in, time_embedding.linear_{1,2},
+// add_embedding.linear_{1,2} (text_time only), down_blocks.N, mid_block, up_blocks.N,
+// conv_norm_out, conv_out.
 class UNet2DConditionModelImpl : public torch::nn::Module {
  public:
   explicit UNet2DConditionModelImpl(const UNetConfig& config);
@@ -37,13 +46,25 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   // timesteps: a 0-d tensor (broadcast) or one per batch element [B]; any numeric dtype.
   torch::Tensor forward(torch::Tensor sample, torch::Tensor timesteps,
                         torch::Tensor encoder_hidden_states, const TensorTap& tap = {});
+  // With added conditioning: required (and only accepted) when the config has
+  // addition_embed_type "text_time". Throws c10::Error on a missing or misshapen condition.
+  torch::Tensor forward(torch::Tensor sample, torch::Tensor timesteps,
+                        torch::Tensor encoder_hidden_states, const UNetAddedConditions& added,
+                        const TensorTap& tap = {});
+  torch::Tensor forward(torch::Tensor sample, double timestep, torch::Tensor encoder_hidden_states,
+                        const UNetAddedConditions& added);
 
  private:
+  // get_aug_embed for text_time: add_embedding(cat(text_embeds, add_time_proj(time_ids))).
+  torch::Tensor added_embedding(const UNetAddedConditions& added, int64_t batch,
+                                torch::ScalarType dtype, const TensorTap& tap);
+
   UNetConfig config_;
   Activation act_;
   int num_upsamplers_ = 0;
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
   TimestepEmbedding time_embedding{nullptr};
+  TimestepEmbedding add_embedding{nullptr};  // text_time: [B, projection input] -> [B, temb]
   std::vector<std::shared_ptr<UNetDownBlock>> down_blocks_;
   UNetMidBlock2DCrossAttn mid_block{nullptr};
   std::vector<std::shared_ptr<UNetUpBlock>> up_blocks_;

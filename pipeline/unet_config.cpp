@@ -183,14 +183,30 @@ UNetConfig UNetConfig::from_json(const json& j, const std::string& file) {
   if (attention_type != "default") {
     fail(file, "key 'attention_type' = '" + attention_type + "' is not supported (default)");
   }
-  // Features of other UNet families (out of scope: diffusiond serves SD 1.x/2.x text-to-image);
+  // Features of other UNet families (out of scope: diffusiond serves SD 1.x/2.x and SDXL);
   // refused by name so such a model fails at load instead of giving wrong images.
   const std::string class_cond =
       "class-conditioned UNets such as the x4 upscaler are not SD 1.x/2.x";
   require_null(j, "class_embed_type", file, class_cond);
   require_null(j, "num_class_embeds", file, class_cond);
-  require_null(j, "addition_embed_type", file,
-               "SDXL's added text/time embeddings are not SD 1.x/2.x");
+  // addition_embed_type: only SDXL's "text_time"; text / text_image / image / image_hint belong
+  // to Kandinsky and IP-adapter style UNets.
+  if (present(j, "addition_embed_type")) {
+    c.addition_embed_type = key_or<std::string>(j, "addition_embed_type", "", file);
+    if (c.addition_embed_type != "text_time") {
+      fail(file, "key 'addition_embed_type' = '" + c.addition_embed_type +
+                     "' is not supported (text_time, as SDXL, or null)");
+    }
+    c.addition_time_embed_dim = require_key<int>(j, "addition_time_embed_dim", file);
+    c.projection_class_embeddings_input_dim =
+        require_key<int>(j, "projection_class_embeddings_input_dim", file);
+    if (c.addition_time_embed_dim <= 0 ||
+        c.projection_class_embeddings_input_dim <= c.addition_time_embed_dim) {
+      fail(file,
+           "'addition_time_embed_dim' and 'projection_class_embeddings_input_dim' must be "
+           "positive, the second larger (it holds the pooled text embedding and the time ids)");
+    }
+  }
   const std::string hid_proj = "an encoder_hid_proj (Kandinsky, DeepFloyd IF) is not SD 1.x/2.x";
   require_null(j, "encoder_hid_dim", file, hid_proj);
   require_null(j, "encoder_hid_dim_type", file, hid_proj);

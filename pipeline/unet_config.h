@@ -1,6 +1,7 @@
 // UNet2DConditionModel configuration (unet/config.json), parsed and validated into per-block
 // values exactly as diffusers' UNet2DConditionModel.__init__ derives them.
-// Ref: diffusers v0.27.2 models/unets/unet_2d_condition.py (UNet2DConditionModel.__init__).
+// Ref: diffusers v0.27.2 models/unets/unet_2d_condition.py (UNet2DConditionModel.__init__,
+// _set_add_embedding).
 // Owner: whoever loads the model; a plain value type, safe to copy and read from any thread.
 // No LibTorch here on purpose.
 #pragma once
@@ -52,6 +53,14 @@ struct UNetConfig {
   int time_embedding_dim = 0;                       // resolved: config value or 4 * channels[0]
   int conv_in_kernel = 3;
   int conv_out_kernel = 3;
+
+  // SDXL's added conditioning (addition_embed_type "text_time"; "" = none): the pooled text
+  // embedding and the micro-conditioning ids, each id embedded sinusoidally in
+  // addition_time_embed_dim features, concatenated (projection_class_embeddings_input_dim in all)
+  // and projected to the time embedding by add_embedding.
+  std::string addition_embed_type;
+  int addition_time_embed_dim = 0;
+  int projection_class_embeddings_input_dim = 0;
 
   // Derived helpers.
   std::size_t num_blocks() const { return block_out_channels.size(); }

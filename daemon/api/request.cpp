@@ -49,6 +49,41 @@ int side(const std::optional<std::int64_t>& given, int fallback, const char* fie
   return x;
 }
 
+// SDXL's original_size / crops_coords_top_left / target_size: bounded like the image sides
+// (crops from 0), defaults as diffusers (the output size, (0, 0)); refused for other models.
+void micro_conditioning(const GenerateRequest& in, const RequestDefaults& defaults,
+                        const RequestLimits& limits, JobRequest& r) {
+  struct Field {
+    const std::optional<SizePair>& given;
+    std::optional<std::array<int, 2>>& out;
+    const char* name;
+    std::int64_t lo;
+    std::array<int, 2> fallback;
+  };
+  const Field fields[] = {
+      {in.original_size, r.original_size, "original_size", 1, {r.height, r.width}},
+      {in.crops_coords_top_left, r.crops_coords_top_left, "crops_coords_top_left", 0, {0, 0}},
+      {in.target_size, r.target_size, "target_size", 1, {r.height, r.width}}};
+  for (const Field& f : fields) {
+    if (f.given && !defaults.micro_conditioning)
+      invalid(f.name, std::string("field '") + f.name +
+                          "' applies to SDXL models only; this model does not take it");
+    if (!defaults.micro_conditioning) continue;
+    if (!f.given) {
+      f.out = f.fallback;
+      continue;
+    }
+    for (const std::int64_t x : *f.given) {
+      if (x < f.lo || x > limits.max_side)
+        invalid(f.name, std::string("field '") + f.name + "' must hold two numbers between " +
+                            std::to_string(f.lo) + " and " + std::to_string(limits.max_side) +
+                            ", got [" + std::to_string((*f.given)[0]) + ", " +
+                            std::to_string((*f.given)[1]) + "]");
+    }
+    f.out = std::array<int, 2>{static_cast<int>((*f.given)[0]), static_cast<int>((*f.given)[1])};
+  }
+}
+
 }  // namespace
 
 std::size_t utf8_length(const std::string& text) {
@@ -72,7 +107,8 @@ JobRequest normalise(const GenerateRequest& in, const RequestDefaults& defaults,
                in.prompts.size() == 1 ? "prompt" : "prompts[" + std::to_string(i) + "]",
                limits.max_prompt_chars);
   r.prompts = in.prompts;
-  check_text(in.negative_prompt, "negative_prompt", limits.max_prompt_chars);
+  if (in.negative_prompt)
+    check_text(*in.negative_prompt, "negative_prompt", limits.max_prompt_chars);
   r.negative_prompt = in.negative_prompt;
 
   r.n = bounded(in.n, "n", 1, limits.max_n);
@@ -118,6 +154,7 @@ JobRequest normalise(const GenerateRequest& in, const RequestDefaults& defaults,
   }
 
   r.priority = bounded(in.priority, "priority", -limits.max_priority, limits.max_priority);
+  micro_conditioning(in, defaults, limits, r);
   return r;
 }
 
@@ -138,6 +175,9 @@ ImageSpec image_spec(const JobRequest& r, int k) {
   s.width = r.width;
   s.height = r.height;
   s.scheduler = r.scheduler;
+  s.original_size = r.original_size;
+  s.crops_coords_top_left = r.crops_coords_top_left;
+  s.target_size = r.target_size;
   return s;
 }
 

@@ -11,6 +11,7 @@
 //                    PNG metadata are both built from it.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -19,9 +20,14 @@
 
 namespace diffusiond {
 
+// (height, width) or (top, left), as diffusers' SDXL micro-conditioning arguments.
+using SizePair = std::array<std::int64_t, 2>;
+
 struct GenerateRequest {
   std::vector<std::string> prompts;  // at least one
-  std::string negative_prompt;
+  // Unset = absent: SDXL models (force_zeros_for_empty_prompt) then condition on zeros, while a
+  // given "" is encoded as text. SD 1.x/2.x treat absent as "".
+  std::optional<std::string> negative_prompt;
   std::int64_t n = 1;  // images per prompt
   std::optional<std::int64_t> steps;
   std::optional<double> guidance_scale;
@@ -30,12 +36,17 @@ struct GenerateRequest {
   std::optional<std::int64_t> height;
   std::optional<std::string> scheduler;  // canonical name or alias, any case
   std::int64_t priority = 0;
+  // SDXL micro-conditioning (refused for other models). Unset: original_size and target_size
+  // default to (height, width), crops_coords_top_left to (0, 0).
+  std::optional<SizePair> original_size;
+  std::optional<SizePair> crops_coords_top_left;
+  std::optional<SizePair> target_size;
 };
 
 // Images are numbered prompt-major: image k = prompts[k / n] with seed + k.
 struct JobRequest {
   std::vector<std::string> prompts;
-  std::string negative_prompt;
+  std::optional<std::string> negative_prompt;  // unset = absent (see GenerateRequest)
   int n = 1;
   int steps = 0;
   double guidance_scale = 7.5;
@@ -44,6 +55,10 @@ struct JobRequest {
   int height = 0;
   std::string scheduler;  // canonical scheduler name
   int priority = 0;       // higher runs first; FIFO within a priority
+  // SDXL models: always set (the defaults filled in); other models: unset.
+  std::optional<std::array<int, 2>> original_size;
+  std::optional<std::array<int, 2>> crops_coords_top_left;
+  std::optional<std::array<int, 2>> target_size;
 };
 
 // Every bound on a request. Defaults are the documented safe defaults (`serve --help`).
@@ -67,7 +82,8 @@ struct RequestDefaults {
   int height = 512;
   int steps = 50;
   double guidance_scale = 7.5;
-  std::string scheduler;  // canonical
+  std::string scheduler;            // canonical
+  bool micro_conditioning = false;  // SDXL: takes original_size / crops / target_size
 };
 
 // Canonical scheduler name for a canonical name or alias (case-insensitive); nullopt if unknown.
@@ -88,13 +104,14 @@ int image_count(const JobRequest& request);
 struct ImageSpec {
   int index = 0;
   std::string prompt;
-  std::string negative_prompt;
+  std::optional<std::string> negative_prompt;
   int steps = 0;
   double guidance_scale = 7.5;
   std::uint64_t seed = 0;
   int width = 0;
   int height = 0;
   std::string scheduler;  // canonical
+  std::optional<std::array<int, 2>> original_size, crops_coords_top_left, target_size;
 };
 ImageSpec image_spec(const JobRequest& request, int k);  // throws std::out_of_range
 

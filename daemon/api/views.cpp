@@ -23,8 +23,8 @@ const char* to_string(JobEvent::Kind k) {
 }
 
 RequestDefaults request_defaults(const ModelInfo& m) {
-  return {m.default_width, m.default_height, m.default_steps, m.default_guidance_scale,
-          m.default_scheduler};
+  return {m.default_width,          m.default_height,    m.default_steps,
+          m.default_guidance_scale, m.default_scheduler, m.micro_conditioning};
 }
 
 std::string scheduler_names(const ModelInfo& m) {

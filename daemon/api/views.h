@@ -3,6 +3,7 @@
 // Value types; any thread.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -89,6 +90,9 @@ struct ModelInfo {
   double default_guidance_scale = 7.5;
   std::string default_scheduler;
   std::vector<SchedulerName> schedulers;
+  std::string family = "sd";        // sd, sd-turbo, sdxl, sdxl-turbo
+  bool micro_conditioning = false;  // SDXL: original_size, crops_coords_top_left, target_size
+  std::vector<std::array<int, 2>> size_presets;  // (width, height) a UI offers, first = native
 };
 
 // The request defaults a model implies (for normalise()).

@@ -266,12 +266,21 @@ RgbImage decode_png(std::string_view png_bytes) {
 
 std::string a1111_parameters(const PngGenerationInfo& info) {
   std::string text = info.prompt;
-  if (!info.negative_prompt.empty()) text += "\nNegative prompt: " + info.negative_prompt;
+  if (info.negative_prompt && !info.negative_prompt->empty())
+    text += "\nNegative prompt: " + *info.negative_prompt;
   text += "\nSteps: " + std::to_string(info.steps);
   text += ", Sampler: " + info.sampler;
   text += ", CFG scale: " + format_float(info.guidance_scale);
   text += ", Seed: " + std::to_string(info.seed);
   text += ", Size: " + std::to_string(info.width) + "x" + std::to_string(info.height);
+  auto w_x_h = [](const std::array<int, 2>& hw) {
+    return std::to_string(hw[1]) + "x" + std::to_string(hw[0]);
+  };
+  if (info.original_size) text += ", Original size: " + w_x_h(*info.original_size);
+  if (info.crops_coords_top_left)
+    text += ", Crop top left: " + std::to_string((*info.crops_coords_top_left)[0]) + "," +
+            std::to_string((*info.crops_coords_top_left)[1]);
+  if (info.target_size) text += ", Target size: " + w_x_h(*info.target_size);
   if (!info.model_hash.empty()) text += ", Model hash: " + info.model_hash;
   if (!info.model_name.empty()) text += ", Model: " + info.model_name;
   text += ", Version: diffusiond " DIFFUSIOND_VERSION;
@@ -282,21 +291,27 @@ nlohmann::json diffusiond_metadata(const PngGenerationInfo& info) {
   nlohmann::json model = {{"name", info.model_name}};
   model["hash"] =
       info.model_hash.empty() ? nlohmann::json(nullptr) : nlohmann::json(info.model_hash);
-  return {{"request", info.request},
-          {"prompt", info.prompt},
-          {"negative_prompt", info.negative_prompt},
-          {"model", model},
-          {"scheduler", info.scheduler},
-          {"sampler", info.sampler},
-          {"seed", info.seed},
-          {"steps", info.steps},
-          {"guidance_scale", info.guidance_scale},
-          {"width", info.width},
-          {"height", info.height},
-          {"device", info.device},
-          {"dtype", info.dtype},
-          {"image_index", info.image_index},
-          {"version", DIFFUSIOND_VERSION}};
+  nlohmann::json meta = {
+      {"request", info.request},
+      {"prompt", info.prompt},
+      {"negative_prompt",
+       info.negative_prompt ? nlohmann::json(*info.negative_prompt) : nlohmann::json(nullptr)},
+      {"model", model},
+      {"scheduler", info.scheduler},
+      {"sampler", info.sampler},
+      {"seed", info.seed},
+      {"steps", info.steps},
+      {"guidance_scale", info.guidance_scale},
+      {"width", info.width},
+      {"height", info.height},
+      {"device", info.device},
+      {"dtype", info.dtype},
+      {"image_index", info.image_index},
+      {"version", DIFFUSIOND_VERSION}};
+  if (info.original_size) meta["original_size"] = *info.original_size;
+  if (info.crops_coords_top_left) meta["crops_coords_top_left"] = *info.crops_coords_top_left;
+  if (info.target_size) meta["target_size"] = *info.target_size;
+  return meta;
 }
 
 std::string encode_png_with_metadata(const RgbImage& image, const PngGenerationInfo& info,

@@ -5,7 +5,9 @@
 // Thread-safety: every function is reentrant and may be called from any thread at once.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -49,7 +51,7 @@ RgbImage decode_png(std::string_view png_bytes);
 // What the metadata chunks describe. `request` is the full request as the caller received it.
 struct PngGenerationInfo {
   std::string prompt;
-  std::string negative_prompt;
+  std::optional<std::string> negative_prompt;  // unset = absent (SDXL: zeros)
   int steps = 0;
   std::string sampler;    // AUTOMATIC1111 display name, e.g. "Euler a", "PNDM"
   std::string scheduler;  // canonical diffusiond name, e.g. "euler_a"
@@ -63,15 +65,19 @@ struct PngGenerationInfo {
   std::string dtype;       // "fp32", "fp16", "bf16"
   int image_index = 0;     // position of this image in its request
   nlohmann::json request = nlohmann::json::object();
+  // SDXL micro-conditioning, (height, width) / (top, left) as diffusers; unset for other models.
+  std::optional<std::array<int, 2>> original_size, crops_coords_top_left, target_size;
 };
 
 // "PROMPT\nNegative prompt: NEG\nSteps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 42,
 // Size: 512x512, Model hash: H, Model: NAME, Version: diffusiond X" (the negative prompt line
-// and model hash omitted when empty, as AUTOMATIC1111 does).
+// and model hash omitted when empty, as AUTOMATIC1111 does). SDXL images add, after Size,
+// "Original size: WxH, Crop top left: TOP,LEFT, Target size: WxH".
 std::string a1111_parameters(const PngGenerationInfo& info);
 // The "diffusiond" iTXt payload: {"request", "model": {name, hash}, "scheduler", "sampler",
 // "seed", "steps", "guidance_scale", "width", "height", "device", "dtype", "image_index",
-// "version"}.
+// "version"}, plus "original_size", "crops_coords_top_left", "target_size" ([a, b] in diffusers'
+// order) for SDXL images; "negative_prompt" is null when it was absent.
 nlohmann::json diffusiond_metadata(const PngGenerationInfo& info);
 // encode_png with "parameters" (tEXt, or iTXt when not Latin-1) and "diffusiond" (iTXt).
 std::string encode_png_with_metadata(const RgbImage& image, const PngGenerationInfo& info,

@@ -28,13 +28,14 @@ function freePort() {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // Returns { url, stop(), log() }. Resolves once GET /readyz answers 200.
-export async function startDaemon({ apiKey = '', extraArgs = [], readyTimeoutMs = 180000 } = {}) {
+export async function startDaemon({ apiKey = '', extraArgs = [], readyTimeoutMs = 180000,
+                                    model = path.join(sourceDir, 'tests', 'fixtures', 'tiny-sd1') } = {}) {
   const bin = daemonBinary();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'diffusiond-e2e-data-'));
   const port = await freePort();
   // One intra-op thread: ctest runs tests in parallel, and OpenMP threads on an oversubscribed
   // CPU make every step many times slower.
-  const args = ['serve', '--model', path.join(sourceDir, 'tests', 'fixtures', 'tiny-sd1'),
+  const args = ['serve', '--model', model,
                 '--devices', 'cpu', '--threads', '1', '--data-dir', dataDir,
                 '--listen', `127.0.0.1:${port}`, ...extraArgs];
   if (apiKey) args.push('--api-key', apiKey);

@@ -119,9 +119,14 @@ async function testUi(daemon) {
     const samplers = await page.locator('#sampler option').count();
     assert.ok(samplers >= 1, 'the sampler list is empty');
     const sizes = await page.locator('#size-preset option').allTextContents();
-    for (const s of ['512 × 512', '768 × 768', '512 × 768', '768 × 512', 'Custom']) {
-      assert.ok(sizes.some((t) => t.startsWith(s)), `size preset ${s} missing: ${sizes}`);
+    assert.ok(model.size_presets.length >= 3, `GET /model size_presets: ${model.size_presets}`);
+    for (const [w, h] of model.size_presets) {
+      assert.ok(sizes.some((t) => t.includes(`${w} × ${h}`)), `size preset ${w}x${h} missing: ${sizes}`);
     }
+    assert.ok(sizes.includes('Custom'), `no Custom size: ${sizes}`);
+    // SD 1.x: no micro-conditioning, no absent/empty negative prompt choice.
+    assert.equal(await page.locator('#advanced').isVisible(), false);
+    assert.equal(await page.locator('#negative-empty-row').isVisible(), false);
 
     check('every form control has a label');
     const unlabelled = await page.evaluate(() => [...document.querySelectorAll('input, select, textarea')]
@@ -266,6 +271,51 @@ async function testApiKey(daemon, key) {
   }
 }
 
+async function testSdxl(daemon) {
+  const { context, pageErrors, close } = await launch();
+  try {
+    const page = context.pages()[0] || await context.newPage();
+    check('SDXL: the model\'s own size presets, the Advanced micro-conditioning fields');
+    await page.goto(daemon.url);
+    await page.waitForSelector('body[data-ready="true"]', WAIT);
+    const model = await (await fetch(`${daemon.url}/model`)).json();
+    assert.equal(model.family, 'sdxl');
+    const sizes = await page.locator('#size-preset option').allTextContents();
+    for (const [w, h] of model.size_presets) {
+      assert.ok(sizes.some((t) => t.includes(`${w} × ${h}`)), `size preset ${w}x${h} missing: ${sizes}`);
+    }
+    assert.equal(await page.inputValue('#steps'), String(model.defaults.steps));
+    assert.equal(await page.locator('#negative-empty-row').isVisible(), true);
+    await page.locator('#advanced summary').click();
+    for (const id of ['original-height', 'original-width', 'crop-top', 'crop-left',
+                      'target-height', 'target-width']) {
+      assert.equal(await page.locator(`#${id}`).isVisible(), true, `#${id} not shown`);
+    }
+
+    check('SDXL: an empty negative prompt box sends none; the checkbox sends ""; crops are sent');
+    await page.fill('#prompt', 'a red bicycle');
+    await page.fill('#steps', '2');
+    const absent = await submit(page);
+    assert.equal(absent.status, 202, JSON.stringify(absent.body));
+    let job = await (await fetch(`${daemon.url}/jobs/${absent.body.id}`)).json();
+    assert.equal(job.request.negative_prompt, null);
+    assert.deepEqual(job.request.crops_coords_top_left, [0, 0]);
+    await page.check('#negative-empty');
+    await page.fill('#crop-top', '16');
+    await page.fill('#crop-left', '8');
+    const empty = await submit(page);
+    assert.equal(empty.status, 202, JSON.stringify(empty.body));
+    job = await (await fetch(`${daemon.url}/jobs/${empty.body.id}`)).json();
+    assert.equal(job.request.negative_prompt, '');
+    assert.deepEqual(job.request.crops_coords_top_left, [16, 8]);
+    await page.waitForSelector(`#queue .job[data-job-id="${empty.body.id}"][data-status="done"]`, WAIT);
+    await shot(page, '09-sdxl');
+    assert.deepEqual(pageErrors, [], 'uncaught errors in the page');
+  } finally {
+    await close();
+  }
+}
+
 async function main() {
   let daemon = null;
   try {
@@ -279,6 +329,12 @@ async function main() {
     const key = 'e2e-secret-key';
     daemon = await startDaemon({ apiKey: key });
     await testApiKey(daemon, key);
+    await daemon.stop();
+    daemon = null;
+
+    check('start diffusiond with the tiny SDXL model');
+    daemon = await startDaemon({ model: path.join(sourceDir, 'tests', 'fixtures', 'tiny-sdxl') });
+    await testSdxl(daemon);
     await daemon.stop();
     daemon = null;
     log(`PASS (screenshots in ${shotDir})`);

@@ -192,3 +192,33 @@ TEST_CASE("requests survive a JSON round trip, and bad stored JSON is named", "[
   json["steps"] = "many";
   CHECK_THROWS_WITH(request_from_json(json), Catch::Contains("mistyped 'steps'"));
 }
+
+TEST_CASE("absent vs empty negative prompt and SDXL micro-conditioning survive the round trip",
+          "[job][sdxl]") {
+  auto request = two_prompts_times_three();
+  request.negative_prompt.reset();
+  auto back = request_from_json(nlohmann::json::parse(request_to_json(request).dump()));
+  CHECK_FALSE(back.negative_prompt.has_value());
+  CHECK(request_to_json(request)["negative_prompt"].is_null());
+  CHECK_FALSE(request_to_json(request).contains("original_size"));  // not an SDXL request
+  request.negative_prompt = "";
+  request.original_size = std::array<int, 2>{1024, 2048};
+  request.crops_coords_top_left = std::array<int, 2>{0, 16};
+  request.target_size = std::array<int, 2>{32, 64};
+  back = request_from_json(nlohmann::json::parse(request_to_json(request).dump()));
+  REQUIRE(back.negative_prompt.has_value());
+  CHECK(back.negative_prompt->empty());
+  CHECK(back.original_size == request.original_size);
+  CHECK(back.crops_coords_top_left == request.crops_coords_top_left);
+  CHECK(back.target_size == request.target_size);
+  // Image specs carry them to the pipeline and the PNG.
+  const ImageSpec spec = image_spec(request, 4);
+  CHECK(spec.original_size == request.original_size);
+  CHECK(spec.target_size == request.target_size);
+  // A row stored before the distinction (negative_prompt a string) still reads.
+  auto old = request_to_json(request);
+  old["negative_prompt"] = "fog";
+  old.erase("original_size");
+  CHECK(request_from_json(old).negative_prompt == std::optional<std::string>("fog"));
+  CHECK_FALSE(request_from_json(old).original_size.has_value());
+}

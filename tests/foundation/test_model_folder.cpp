@@ -10,6 +10,7 @@
 
 #include "pipeline/media/config_util.h"
 #include "pipeline/media/posix_fs.h"
+#include "pipeline/model_family.h"
 #include "pipeline/model_folder.h"
 
 namespace fs = std::filesystem;
@@ -111,6 +112,28 @@ TEST_CASE("model folder: repo id resolves through refs/main to its snapshot", "[
   // The text encoder has no fp16 file: the error names the file it looked for.
   CHECK_THROWS_WITH(fp16.weights_path("text_encoder"),
                     Catch::Contains("text_encoder/model.fp16.safetensors"));
+}
+
+TEST_CASE("model folder: an SDXL repo id in the HF cache, fp16 variant of both text encoders",
+          "[model_folder][sdxl]") {
+  fs::path cache = fresh_dir("sdxl-cache");
+  fs::path snap = make_cached_repo(cache, "stabilityai/stable-diffusion-xl-base-1.0", "462165984");
+  write_file(snap / "model_index.json", R"({"_class_name":"StableDiffusionXLPipeline"})");
+  write_file(snap / "text_encoder" / "model.fp16.safetensors", "x");
+  write_file(snap / "text_encoder_2" / "model.fp16.safetensors", "x");
+  write_file(snap / "scheduler" / "scheduler_config.json",
+             R"({"_class_name":"EulerDiscreteScheduler","timestep_spacing":"leading"})");
+  ScopedEnv env("HF_HUB_CACHE", cache.string());
+  auto m = resolve_model("stabilityai/stable-diffusion-xl-base-1.0", "fp16");
+  CHECK(m.root == snap);
+  CHECK(diffusiond::is_sdxl(m));
+  CHECK(diffusiond::model_family(m) == diffusiond::ModelFamily::kSDXL);
+  CHECK(m.weights_path("text_encoder_2") == snap / "text_encoder_2" / "model.fp16.safetensors");
+  CHECK(m.weights_path("unet") == snap / "unet" / "diffusion_pytorch_model.fp16.safetensors");
+  // sdxl-turbo ships EulerAncestral with trailing spacing: the Turbo family.
+  write_file(snap / "scheduler" / "scheduler_config.json",
+             R"({"_class_name":"EulerAncestralDiscreteScheduler","timestep_spacing":"trailing"})");
+  CHECK(diffusiond::model_family(m) == diffusiond::ModelFamily::kSDXLTurbo);
 }
 
 TEST_CASE("model folder: HF_HOME/hub is used when HF_HUB_CACHE is unset", "[model_folder]") {

@@ -32,36 +32,38 @@ std::optional<std::string> resolve(const std::string& name) {
 // What POST /generate does with a body: the HTTP edge checks its shape, then the core's one
 // normalisation (daemon/api/request.h) fills defaults and checks every limit. Its ServiceError
 // is answered as http/ answers it (status and reason as code).
-std::variant<JobRequest, ValidationError> parse(const std::string& body,
-                                                RequestLimits limits = {}) {
+std::variant<JobRequest, ValidationError> parse(const std::string& body, RequestLimits limits = {},
+                                                bool sdxl = false) {
   auto shaped = parse_generate_request(body);
   if (auto* e = std::get_if<ValidationError>(&shaped)) return *e;
+  ModelInfo model = test_model();
+  model.micro_conditioning = sdxl;
   try {
-    return normalise(std::get<GenerateRequest>(shaped), request_defaults(test_model()), resolve,
-                     limits, 4242, scheduler_names(test_model()));
+    return normalise(std::get<GenerateRequest>(shaped), request_defaults(model), resolve, limits,
+                     4242, scheduler_names(test_model()));
   } catch (const ServiceError& e) {
     return ValidationError{static_cast<int>(http_status_of(e.code())), e.reason(), e.field(),
                            e.what()};
   }
 }
 
-JobRequest ok(const std::string& body) {
-  auto r = parse(body);
+JobRequest ok(const std::string& body, bool sdxl = false) {
+  auto r = parse(body, {}, sdxl);
   if (auto* e = std::get_if<ValidationError>(&r)) FAIL("unexpected error: " << e->message);
   return std::get<JobRequest>(r);
 }
 
-ValidationError bad(const std::string& body, RequestLimits limits = {}) {
-  auto r = parse(body, limits);
+ValidationError bad(const std::string& body, RequestLimits limits = {}, bool sdxl = false) {
+  auto r = parse(body, limits, sdxl);
   if (std::holds_alternative<JobRequest>(r)) FAIL("accepted: " << body);
   return std::get<ValidationError>(r);
 }
 
 // The error names the field, both in `field` and in the message.
 void expect_field(const std::string& body, const std::string& field,
-                  const std::string& code = "invalid_field") {
+                  const std::string& code = "invalid_field", bool sdxl = false) {
   INFO(body);
-  ValidationError e = bad(body);
+  ValidationError e = bad(body, {}, sdxl);
   CHECK(e.http_status == 400);
   CHECK(e.code == code);
   CHECK(e.field == field);
@@ -81,7 +83,8 @@ TEST_CASE("a minimal request gets the model's defaults", "[http][validation]") {
   CHECK(r.scheduler == "pndm");
   CHECK(r.seed == 4242);  // the random seed handed in
   CHECK(r.priority == 0);
-  CHECK(r.negative_prompt.empty());
+  CHECK_FALSE(r.negative_prompt.has_value());  // absent, not ""
+  CHECK_FALSE(r.original_size.has_value());    // not an SDXL model
 }
 
 TEST_CASE("every field is read", "[http][validation]") {
@@ -233,4 +236,43 @@ TEST_CASE("malformed bodies", "[http][validation]") {
     CHECK(e.code == "invalid_json");
     CHECK_FALSE(e.message.empty());
   }
+}
+
+TEST_CASE("negative_prompt: absent, null and \"\" are kept apart from each other",
+          "[http][validation]") {
+  CHECK_FALSE(ok(R"({"prompt":"x"})").negative_prompt.has_value());
+  CHECK_FALSE(ok(R"({"prompt":"x","negative_prompt":null})").negative_prompt.has_value());
+  auto empty = ok(R"({"prompt":"x","negative_prompt":""})").negative_prompt;
+  REQUIRE(empty.has_value());
+  CHECK(empty->empty());
+}
+
+TEST_CASE("SDXL micro-conditioning: defaults, shapes, ranges; refused for other models",
+          "[http][validation][sdxl]") {
+  JobRequest d = ok(R"({"prompt":"x","width":640,"height":384})", /*sdxl=*/true);
+  CHECK(d.original_size == std::array<int, 2>{384, 640});  // (height, width)
+  CHECK(d.crops_coords_top_left == std::array<int, 2>{0, 0});
+  CHECK(d.target_size == std::array<int, 2>{384, 640});
+  JobRequest r = ok(R"({"prompt":"x","original_size":[2048,1024],"crops_coords_top_left":[16,8],
+      "target_size":[512,512]})",
+                    true);
+  CHECK(r.original_size == std::array<int, 2>{2048, 1024});
+  CHECK(r.crops_coords_top_left == std::array<int, 2>{16, 8});
+  CHECK(r.target_size == std::array<int, 2>{512, 512});
+
+  for (const char* field : {"original_size", "crops_coords_top_left", "target_size"}) {
+    const std::string f = field;
+    expect_field(R"({"prompt":"x",")" + f + R"(":[1,2,3]})", f, "invalid_field", true);
+    expect_field(R"({"prompt":"x",")" + f + R"(":[1,"2"]})", f, "invalid_field", true);
+    expect_field(R"({"prompt":"x",")" + f + R"(":512})", f, "invalid_field", true);
+    expect_field(R"({"prompt":"x",")" + f + R"(":[64,99999]})", f, "invalid_field", true);
+    expect_field(R"({"prompt":"x",")" + f + R"(":[-1,64]})", f, "invalid_field", true);
+    // An SD 1.x/2.x model does not take them.
+    ValidationError e = bad(R"({"prompt":"x",")" + f + R"(":[64,64]})");
+    CHECK(e.field == f);
+    CHECK_THAT(e.message, Catch::Contains("SDXL models only"));
+  }
+  expect_field(R"({"prompt":"x","original_size":[0,64]})", "original_size", "invalid_field", true);
+  CHECK(ok(R"({"prompt":"x","crops_coords_top_left":[0,0]})", true).crops_coords_top_left ==
+        std::array<int, 2>{0, 0});
 }

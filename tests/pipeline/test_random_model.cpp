@@ -51,8 +51,31 @@ TEST_CASE("architecture configs are those SD 1.5 and SD 2.1 ship", "[random_mode
   CHECK(sd21.unet["sample_size"] == 96);
   CHECK(sd21.scheduler["prediction_type"] == "v_prediction");
   CHECK(sd21.pad_token == "!");
-  CHECK_THROWS_WITH(random_model_configs("sdxl"),
-                    Catch::Contains("sdxl") && Catch::Contains("sd15"));
+  CHECK_THROWS_WITH(random_model_configs("sd3"), Catch::Contains("sd3") && Catch::Contains("sdxl"));
+}
+
+TEST_CASE("the sdxl architecture configs are those SDXL base 1.0 ships", "[random_model][sdxl]") {
+  // Writing one needs ~14 GB (fp32): the folder itself is for benchmarks; here the configs.
+  auto c = random_model_configs("sdxl");
+  CHECK(c.model_index["_class_name"] == "StableDiffusionXLPipeline");
+  CHECK(c.model_index["force_zeros_for_empty_prompt"] == true);
+  auto te2 = ClipTextConfig::from_json(c.text_encoder_2, "te2");
+  CHECK(te2.hidden_size == 1280);
+  CHECK(te2.num_hidden_layers == 32);
+  CHECK(te2.projection_dim == 1280);
+  CHECK(te2.hidden_act == "gelu");
+  auto unet = UNetConfig::from_json(c.unet, "unet");
+  CHECK(unet.block_out_channels == std::vector<int>{320, 640, 1280});
+  CHECK(unet.sample_size == 128);
+  CHECK(unet.num_attention_heads == std::vector<int>{5, 10, 20});
+  CHECK(unet.down_transformer_layers.back() == std::vector<int>{10, 10});
+  CHECK(unet.mid_transformer_layers == 10);
+  CHECK(unet.addition_embed_type == "text_time");
+  // projection input = pooled (1280) + 6 time ids x addition_time_embed_dim (256)
+  CHECK(unet.projection_class_embeddings_input_dim == te2.projection_dim + 6 * 256);
+  CHECK(c.vae["scaling_factor"] == 0.13025);
+  CHECK(c.scheduler["_class_name"] == "EulerDiscreteScheduler");
+  CHECK(c.pad_token_2 == "!");
 }
 
 TEST_CASE("a random tiny-sd2 folder loads strictly and generates", "[random_model]") {

@@ -210,7 +210,7 @@ TEST_CASE("A1111 parameters text and diffusiond JSON", "[png]") {
   CHECK(a1111_parameters(info) ==
         "a dog\nNegative prompt: blurry\nSteps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 42, "
         "Size: 512x768, Model: tiny-sd1, Version: diffusiond " DIFFUSIOND_VERSION);
-  info.negative_prompt.clear();
+  info.negative_prompt.reset();
   info.guidance_scale = 7;
   info.model_hash = "abcdef0123";
   CHECK(a1111_parameters(info) ==
@@ -231,4 +231,30 @@ TEST_CASE("A1111 parameters text and diffusiond JSON", "[png]") {
   CHECK(meta["seed"] == 42);
   CHECK(meta["device"] == "cpu");
   CHECK(meta["version"] == DIFFUSIOND_VERSION);
+  CHECK(meta["negative_prompt"].is_null());  // absent, not ""
+  CHECK_FALSE(meta.contains("original_size"));
+}
+
+TEST_CASE("SDXL micro-conditioning in the A1111 text and the diffusiond JSON", "[png][sdxl]") {
+  PngGenerationInfo info;
+  info.prompt = "a dog";
+  info.negative_prompt = "";  // given empty: no line, but "" in the JSON
+  info.steps = 30;
+  info.sampler = "Euler";
+  info.guidance_scale = 5;
+  info.seed = 1;
+  info.width = 1216;
+  info.height = 832;
+  info.original_size = std::array<int, 2>{1024, 2048};
+  info.crops_coords_top_left = std::array<int, 2>{16, 8};
+  info.target_size = std::array<int, 2>{832, 1216};
+  CHECK(a1111_parameters(info) ==
+        "a dog\nSteps: 30, Sampler: Euler, CFG scale: 5.0, Seed: 1, Size: 1216x832, Original "
+        "size: 2048x1024, Crop top left: 16,8, Target size: 1216x832, Version: "
+        "diffusiond " DIFFUSIOND_VERSION);
+  auto meta = diffusiond_metadata(info);
+  CHECK(meta["negative_prompt"] == "");
+  CHECK(meta["original_size"] == nlohmann::json::array({1024, 2048}));
+  CHECK(meta["crops_coords_top_left"] == nlohmann::json::array({16, 8}));
+  CHECK(meta["target_size"] == nlohmann::json::array({832, 1216}));
 }

@@ -112,8 +112,11 @@ TEST_CASE("UNet config errors name the key or the unsupported feature", "[unet][
   j["class_embed_type"] = "timestep";
   CHECK(config_error(j).find("class_embed_type") != std::string::npos);
   j = sd2_style_config();
-  j["addition_embed_type"] = "text_time";
+  j["addition_embed_type"] = "image";  // Kandinsky-style: refused by name
   CHECK(config_error(j).find("addition_embed_type") != std::string::npos);
+  j = sd2_style_config();
+  j["addition_embed_type"] = "text_time";  // SDXL's, but without its sizes
+  CHECK(config_error(j).find("addition_time_embed_dim") != std::string::npos);
   j = sd2_style_config();
   j["time_embedding_type"] = "fourier";
   CHECK(config_error(j).find("time_embedding_type") != std::string::npos);

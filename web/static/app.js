@@ -11,8 +11,14 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const FIELD_INPUTS = {
   prompt: 'prompt', negative_prompt: 'negative-prompt', width: 'width', height: 'height',
   steps: 'steps', guidance_scale: 'guidance', seed: 'seed', scheduler: 'sampler', n: 'count',
+  original_size: 'original-height', crops_coords_top_left: 'crop-top', target_size: 'target-height',
 };
-const SIZE_PRESETS = [[512, 512], [768, 768], [512, 768], [768, 512]];
+// Used only when the daemon's /model gives no size_presets (an older daemon).
+const FALLBACK_PRESETS = [[512, 512], [768, 768], [512, 768], [768, 512]];
+// SDXL micro-conditioning: request field -> its two inputs, in diffusers' order.
+const PAIR_FIELDS = [['original_size', 'original-height', 'original-width'],
+                     ['crops_coords_top_left', 'crop-top', 'crop-left'],
+                     ['target_size', 'target-height', 'target-width']];
 const samplerLabels = new Map();  // canonical name -> what the user reads
 
 function samplerLabel(name) { return samplerLabels.get(name) || name; }
@@ -72,14 +78,17 @@ function askForKey(message) {
 
 // ---- model, samplers, sizes ----------------------------------------------------------------
 
-function fillSizePresets(defaults) {
+// The model's own presets (GET /model size_presets: [[w, h], ...]), the default first.
+function fillSizePresets(defaults, presets) {
   const select = $('#size-preset');
   select.replaceChildren();
   const add = (value, text) => select.append(new Option(text, value));
   if (defaults.width && defaults.height) {
     add(`${defaults.width}x${defaults.height}`, `Model default (${defaults.width} × ${defaults.height})`);
   }
-  for (const [w, h] of SIZE_PRESETS) {
+  const list = Array.isArray(presets) && presets.length ? presets : FALLBACK_PRESETS;
+  for (const [w, h] of list) {
+    if (w === defaults.width && h === defaults.height) continue;  // already listed
     add(`${w}x${h}`, `${w} × ${h}${w === h ? '' : w < h ? ' (portrait)' : ' (landscape)'}`);
   }
   add('custom', 'Custom');
@@ -139,7 +148,10 @@ async function loadModel() {
     notice.hidden = false;
   }
   const defaults = modelDefaults(model);
-  fillSizePresets(defaults);
+  fillSizePresets(defaults, model.size_presets);
+  // SDXL: the micro-conditioning fields and the absent/empty negative prompt choice.
+  $('#advanced').hidden = !model.micro_conditioning;
+  $('#negative-empty-row').hidden = !model.micro_conditioning;
   const setIfEmpty = (id, v) => { const i = $(`#${id}`); if (i.value === '' && v !== undefined) i.value = v; };
   setIfEmpty('width', defaults.width || 512);
   setIfEmpty('height', defaults.height || 512);
@@ -175,8 +187,16 @@ function randomSeed() {
 
 function buildRequest() {
   const body = { prompt: $('#prompt').value.trim() };
+  // Empty box: no negative prompt (SDXL: zeros), unless "send an empty one" is ticked.
   const negative = $('#negative-prompt').value.trim();
   if (negative) body.negative_prompt = negative;
+  else if (!$('#negative-empty-row').hidden && $('#negative-empty').checked) body.negative_prompt = '';
+  if (!$('#advanced').hidden) {
+    for (const [field, first, second] of PAIR_FIELDS) {
+      const a = numberField(first), b = numberField(second);
+      if (a !== undefined || b !== undefined) body[field] = [a ?? null, b ?? null];
+    }
+  }
   for (const [field, id] of [['width', 'width'], ['height', 'height'], ['steps', 'steps'],
                              ['guidance_scale', 'guidance'], ['n', 'count']]) {
     const v = numberField(id);

@@ -50,6 +50,10 @@ export function normaliseJob(raw) {
     error: errorText(raw.error),
     prompts,
     negative_prompt: req.negative_prompt || '',
+    negative_prompt_absent: req.negative_prompt === null || req.negative_prompt === undefined,
+    original_size: req.original_size || null,
+    crops_coords_top_left: req.crops_coords_top_left || null,
+    target_size: req.target_size || null,
     n: numberOr(req.n, 1),
     steps: numberOr(req.steps, 0),
     guidance_scale: numberOr(req.guidance_scale, ''),
@@ -163,6 +167,11 @@ export function parametersText(job, im, samplerLabel) {
     `Seed: ${im.seed}`,
     `Size: ${job.width}x${job.height}`,
   ];
+  // SDXL micro-conditioning, as the PNG's parameters chunk writes it (W x H; top,left).
+  const wxh = (hw) => `${hw[1]}x${hw[0]}`;
+  if (job.original_size) fields.push(`Original size: ${wxh(job.original_size)}`);
+  if (job.crops_coords_top_left) fields.push(`Crop top left: ${job.crops_coords_top_left.join(',')}`);
+  if (job.target_size) fields.push(`Target size: ${wxh(job.target_size)}`);
   if (job.model) fields.push(`Model: ${job.model}`);
   if (im.device) fields.push(`Device: ${im.device}`);
   lines.push(fields.join(', '));

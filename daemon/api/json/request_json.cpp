@@ -1,20 +1,27 @@
 #include "daemon/api/json/request_json.h"
 
+#include <optional>
 #include <stdexcept>
 
 namespace diffusiond {
 
 nlohmann::json request_to_json(const JobRequest& r) {
-  return nlohmann::json{{"prompts", r.prompts},
-                        {"negative_prompt", r.negative_prompt},
-                        {"n", r.n},
-                        {"steps", r.steps},
-                        {"guidance_scale", r.guidance_scale},
-                        {"seed", r.seed},
-                        {"width", r.width},
-                        {"height", r.height},
-                        {"scheduler", r.scheduler},
-                        {"priority", r.priority}};
+  auto j = nlohmann::json{{"prompts", r.prompts},
+                          {"negative_prompt", r.negative_prompt ? nlohmann::json(*r.negative_prompt)
+                                                                : nlohmann::json(nullptr)},
+                          {"n", r.n},
+                          {"steps", r.steps},
+                          {"guidance_scale", r.guidance_scale},
+                          {"seed", r.seed},
+                          {"width", r.width},
+                          {"height", r.height},
+                          {"scheduler", r.scheduler},
+                          {"priority", r.priority}};
+  // SDXL micro-conditioning: present only for models that take it.
+  if (r.original_size) j["original_size"] = *r.original_size;
+  if (r.crops_coords_top_left) j["crops_coords_top_left"] = *r.crops_coords_top_left;
+  if (r.target_size) j["target_size"] = *r.target_size;
+  return j;
 }
 
 namespace {
@@ -28,13 +35,20 @@ T field(const nlohmann::json& json, const char* name) {
     throw std::runtime_error(std::string("request has a mistyped '") + name + "'");
   }
 }
+// An optional field: absent or null -> unset.
+template <typename T>
+std::optional<T> optional(const nlohmann::json& json, const char* name) {
+  auto it = json.find(name);
+  if (it == json.end() || it->is_null()) return std::nullopt;
+  return field<T>(json, name);
+}
 }  // namespace
 
 JobRequest request_from_json(const nlohmann::json& json) {
   if (!json.is_object()) throw std::runtime_error("request is not a JSON object");
   JobRequest r;
   r.prompts = field<std::vector<std::string>>(json, "prompts");
-  r.negative_prompt = field<std::string>(json, "negative_prompt");
+  r.negative_prompt = optional<std::string>(json, "negative_prompt");
   r.n = field<int>(json, "n");
   r.steps = field<int>(json, "steps");
   r.guidance_scale = field<double>(json, "guidance_scale");
@@ -43,6 +57,9 @@ JobRequest request_from_json(const nlohmann::json& json) {
   r.height = field<int>(json, "height");
   r.scheduler = field<std::string>(json, "scheduler");
   r.priority = field<int>(json, "priority");
+  r.original_size = optional<std::array<int, 2>>(json, "original_size");
+  r.crops_coords_top_left = optional<std::array<int, 2>>(json, "crops_coords_top_left");
+  r.target_size = optional<std::array<int, 2>>(json, "target_size");
   return r;
 }
 

@@ -1,0 +1,65 @@
+// Prompt text -> the UNet's text conditioning, for both pipeline families:
+//  - SD 1.x/2.x: tokenizer + text_encoder (CLIPTextModel), last_hidden_state [1, 77, D];
+//  - SDXL: tokenizer + text_encoder (CLIPTextModel) and tokenizer_2 + text_encoder_2
+//    (CLIPTextModelWithProjection); the embedding is both encoders' penultimate hidden states
+//    concatenated [1, 77, D1 + D2], the pooled embedding text_encoder_2's text_embeds [1, P].
+// Ref: diffusers v0.27.2 StableDiffusionPipeline.encode_prompt (clip_skip None) and
+// StableDiffusionXLPipeline.encode_prompt (prompt_2 = prompt, clip_skip None).
+// Owner: one StableDiffusion replica; encode() from its worker thread only (the cache and the
+// modules are not thread-safe).
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include <torch/torch.h>
+
+#include "pipeline/clip_text_model.h"
+#include "pipeline/model_folder.h"
+#include "pipeline/text/clip_tokenizer.h"
+
+namespace diffusiond {
+
+struct PromptEmbedding {
+  torch::Tensor embeds;  // [1, 77, cross_attention_dim] in the model dtype, on the device
+  torch::Tensor pooled;  // [1, P] (SDXL), undefined for SD 1.x/2.x
+};
+
+class PromptEncoder {
+ public:
+  // xl: load the SDXL pair (text_encoder_2 / tokenizer_2 required). cache_capacity: prompts kept
+  // (least recently used evicted first).
+  PromptEncoder(const ModelFolder& model, bool xl, torch::Device device, torch::ScalarType dtype,
+                std::size_t cache_capacity = 64);
+
+  PromptEmbedding encode(const std::string& prompt);
+  // The same shapes as encode(), all zeros (force_zeros_for_empty_prompt).
+  PromptEmbedding zeros();
+
+  bool xl() const { return static_cast<bool>(text_encoder_2_); }
+  int64_t pooled_dim() const;  // projection_dim of text_encoder_2 (0 for SD 1.x/2.x)
+  // The token ids each tokenizer gives (77 each; ids_2 empty for SD 1.x/2.x), for tests.
+  std::vector<int64_t> ids(const std::string& prompt) const;
+  std::vector<int64_t> ids_2(const std::string& prompt) const;
+
+ private:
+  PromptEmbedding compute(const std::string& prompt);
+
+  torch::Device device_;
+  torch::ScalarType dtype_;
+  ClipTokenizer tokenizer_;
+  ClipTextModel text_encoder_;
+  std::optional<ClipTokenizer> tokenizer_2_;
+  ClipTextModel text_encoder_2_{nullptr};
+
+  std::size_t capacity_;
+  std::list<std::pair<std::string, PromptEmbedding>> entries_;  // most recently used first
+  std::unordered_map<std::string, std::list<std::pair<std::string, PromptEmbedding>>::iterator>
+      index_;
+};
+
+}  // namespace diffusiond
