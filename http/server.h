@@ -41,10 +41,10 @@ struct HttpOptions {
   std::size_t max_list_bytes = 1024 * 1024;  // GET /jobs answers stop near this size ("next")   //
                                              // GET /jobs?limit= upper bound (default 50)
 
-  // Connections (http/admission.h; the rules are http/README.md "Connections and per-client limits"). At the cap a new
-  // connection evicts the longest-idle one; with none idle, up to over_cap_slots more may still
-  // ask /healthz or /readyz (anything else: 503), and beyond those a connection is answered 503
-  // at once and closed.
+  // Connections (http/admission.h; the rules: http/README.md "Connections and per-client
+  // limits"). At the cap a new connection evicts the longest-idle one; with none idle, up to
+  // over_cap_slots more may still ask /healthz or /readyz (anything else: 503), and beyond those
+  // a connection is answered 503 at once and closed.
   int max_connections = 256;
   int over_cap_slots = 64;
   // Per client address (http/client_limits.h): connections, and requests per second as a token
@@ -55,7 +55,7 @@ struct HttpOptions {
   double rate_burst = 20;
   bool limit_loopback = false;
 
-  std::chrono::seconds header_timeout{15};  // whole request header (also keep-alive idle)
+  std::chrono::seconds header_timeout{15};  // whole request header, keep-alive idle time included
   // Under pressure (3/4 of max_connections taken) an idle connection waits at most this long for
   // its next request, and a connection over the cap this long for its whole header.
   std::chrono::seconds busy_idle_timeout{5};
