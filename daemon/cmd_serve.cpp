@@ -173,6 +173,10 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   http_options.allowed_hosts = options.allowed_hosts;
   http_options.allowed_origins = options.allowed_origins;
   http_options.max_connections = options.max_connections;
+  http_options.max_connections_per_client = options.max_connections_per_client;
+  http_options.rate_limit = options.rate_limit;
+  http_options.rate_burst = options.rate_burst;
+  http_options.limit_loopback = options.limit_loopback;
   HttpServer http(service, http_options);
   const std::uint16_t port = http.start();
   const std::string host =

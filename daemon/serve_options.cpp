@@ -67,9 +67,28 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
   cmd.add_option("--max-n", o.max_n, "Most images per prompt accepted")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
-  cmd.add_option("--max-connections", o.max_connections, "Concurrent HTTP connections")
+  cmd.add_option("--max-connections", o.max_connections,
+                 "Concurrent HTTP connections; at the cap a new one evicts the longest-idle "
+                 "one; with none idle, new ones get 503 (/healthz and /readyz still answer)")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
+  cmd.add_option("--max-connections-per-client", o.max_connections_per_client,
+                 "Concurrent HTTP connections per client IP address (loopback exempt unless "
+                 "--limit-loopback); more get 429")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  cmd.add_option("--rate-limit", o.rate_limit,
+                 "Requests per second per client IP address (a token bucket of --rate-burst; "
+                 "/healthz and /readyz exempt); more get 429. 0: no limit")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e6));
+  cmd.add_option("--rate-burst", o.rate_burst,
+                 "Requests a client may send at once before --rate-limit applies")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 1e6));
+  cmd.add_flag("--limit-loopback", o.limit_loopback,
+               "Apply the per-client limits to loopback clients too (exempt by default: local "
+               "processes, and a reverse proxy, whose clients all look like loopback)");
   cmd.add_option("--keep-days", o.keep_days,
                  "Delete finished jobs and their PNGs after this many days (0: keep)")
       ->capture_default_str()

@@ -33,6 +33,10 @@ struct ServeOptions {
   int max_steps = 150;
   int max_n = 16;
   int max_connections = 256;
+  int max_connections_per_client = 64;
+  double rate_limit = 0;  // requests per second per client; 0 = none
+  double rate_burst = 20;
+  bool limit_loopback = false;
   int keep_days = 30;
   int max_images = 0;
   int max_images_mb = 0;  // MiB of PNGs kept; 0 = no cap

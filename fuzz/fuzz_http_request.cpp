@@ -20,6 +20,8 @@
 #include <filesystem>
 #include <string_view>
 
+#include "http/admission.h"
+#include "http/client_limits.h"
 #include "http/exchange.h"
 #include "http/request_framing.h"
 #include "http/router.h"
@@ -173,7 +175,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (bytes.find("Authorization") != std::string_view::npos) options.api_keys = {"fuzz-key"};
   testing::FakeImageService service(image_dir());
   HttpStats stats;
-  ServerContext context{service, options, stats};
+  Admission admission(options);
+  RateLimiter rate_limiter(options.rate_limit, options.rate_burst);
+  ServerContext context{service, options, stats, admission, rate_limiter};
 
   BytesStream stream(bytes);
   boost::beast::flat_buffer buffer;

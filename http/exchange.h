@@ -8,6 +8,8 @@
 #include <string>
 
 #include "daemon/api/service.h"
+#include "http/admission.h"
+#include "http/client_limits.h"
 #include "http/http_stats.h"
 #include "http/http_types.h"
 #include "http/server.h"
@@ -19,6 +21,8 @@ struct ServerContext {
   ImageService& service;
   const HttpOptions& options;
   HttpStats& stats;
+  Admission& admission;
+  RateLimiter& rate_limiter;
 };
 
 // One request being answered. Unless said otherwise, methods must be called on the

@@ -18,10 +18,22 @@ std::string HttpStats::prometheus_text() const {
   out += "# HELP diffusiond_http_connections_total TCP connections accepted.\n";
   out += "# TYPE diffusiond_http_connections_total counter\n";
   out += "diffusiond_http_connections_total " + std::to_string(connections_total_.load()) + "\n";
-  out += "# HELP diffusiond_http_connections_rejected_total Connections refused over the cap.\n";
+  out +=
+      "# HELP diffusiond_http_connections_rejected_total Connections refused (over the cap or a "
+      "client's cap).\n";
   out += "# TYPE diffusiond_http_connections_rejected_total counter\n";
   out += "diffusiond_http_connections_rejected_total " +
          std::to_string(connections_rejected_.load()) + "\n";
+  out +=
+      "# HELP diffusiond_http_connections_evicted_total Idle connections closed to make room "
+      "for a new one.\n";
+  out += "# TYPE diffusiond_http_connections_evicted_total counter\n";
+  out += "diffusiond_http_connections_evicted_total " +
+         std::to_string(connections_evicted_.load()) + "\n";
+  out += "# HELP diffusiond_http_requests_rate_limited_total Requests answered 429 rate_limited.\n";
+  out += "# TYPE diffusiond_http_requests_rate_limited_total counter\n";
+  out += "diffusiond_http_requests_rate_limited_total " +
+         std::to_string(requests_rate_limited_.load()) + "\n";
   out += "# HELP diffusiond_http_connections_open Connections open now.\n";
   out += "# TYPE diffusiond_http_connections_open gauge\n";
   out += "diffusiond_http_connections_open " + std::to_string(connections_open_.load()) + "\n";

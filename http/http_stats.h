@@ -17,6 +17,8 @@ class HttpStats {
   }
   void connection_closed() { --connections_open_; }
   void connection_rejected() { ++connections_rejected_; }
+  void connection_evicted() { ++connections_evicted_; }
+  void request_rate_limited() { ++requests_rate_limited_; }
   void request_answered(unsigned status);
   void event_stream_opened() { ++streams_open_; }
   void event_stream_closed() { --streams_open_; }
@@ -30,6 +32,8 @@ class HttpStats {
   std::atomic<std::int64_t> connections_total_{0};
   std::atomic<int> connections_open_{0};
   std::atomic<std::int64_t> connections_rejected_{0};
+  std::atomic<std::int64_t> connections_evicted_{0};
+  std::atomic<std::int64_t> requests_rate_limited_{0};
   std::atomic<int> streams_open_{0};
   std::array<std::atomic<std::int64_t>, 6> responses_by_class_{};  // index = status / 100
 };

@@ -173,6 +173,13 @@ Response response_for_exception(std::exception_ptr error) {
   }
 }
 
+bool is_health_probe(const Request& req) {
+  if (req.method() != http::verb::get && req.method() != http::verb::head) return false;
+  const std::string_view target = req.target();
+  const std::string_view path = target.substr(0, target.find('?'));
+  return path == "/healthz" || path == "/readyz";
+}
+
 void route_request(ServerContext& c, Exchange& ex) {
   const Request& req = ex.request();
   if (auto refusal = refuse_from_browser(req, c.options)) {

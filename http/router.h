@@ -27,6 +27,10 @@ bool parse_target(std::string_view target, std::string& path,
 
 void route_request(ServerContext& context, Exchange& exchange);
 
+// GET or HEAD /healthz or /readyz (any query): answered even when the connection slots are full
+// and never rate-limited (http/README.md "Connections and per-client limits").
+bool is_health_probe(const Request& req);
+
 // Answers an exception thrown by a handler (ServiceError -> its status, with Retry-After).
 Response response_for_exception(std::exception_ptr error);
 

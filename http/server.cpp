@@ -16,7 +16,10 @@ namespace asio = boost::asio;
 class HttpServerImpl {
  public:
   HttpServerImpl(ImageService& service, HttpOptions options)
-      : options_(std::move(options)), context_{service, options_, stats_} {}
+      : options_(std::move(options)),
+        admission_(options_),
+        rate_limiter_(options_.rate_limit, options_.rate_burst),
+        context_{service, options_, stats_, admission_, rate_limiter_} {}
 
   std::uint16_t start() {
     if (listener_) throw std::logic_error("HttpServer::start called twice");
@@ -66,6 +69,8 @@ class HttpServerImpl {
 
   HttpOptions options_;
   HttpStats stats_;
+  Admission admission_;
+  RateLimiter rate_limiter_;
   ServerContext context_;
   SessionRegistry registry_;
   asio::io_context ioc_;  // declared after what sessions refer to: destroyed first

@@ -43,12 +43,28 @@ struct HttpOptions {
   int max_list_limit = 500;
   std::size_t max_list_bytes = 1024 * 1024;  // GET /jobs answers stop near this size ("next")   //
                                              // GET /jobs?limit= upper bound (default 50)
-  int max_connections = 256;                 // more are answered 503 and closed
 
-  std::chrono::seconds header_timeout{15};  // whole request header (also keep-alive idle)
-  std::chrono::seconds body_timeout{30};    // whole request body
-  std::chrono::seconds write_timeout{60};   // each response write
-  std::chrono::seconds sse_keepalive{15};   // comment line on idle event streams
+  // Connections (http/admission.h; the rules: http/README.md "Connections and per-client
+  // limits"). At the cap a new connection evicts the longest-idle one; with none idle, up to
+  // over_cap_slots more may still ask /healthz or /readyz (anything else: 503), and beyond those
+  // a connection is answered 503 at once and closed.
+  int max_connections = 256;
+  int over_cap_slots = 64;
+  // Per client address (http/client_limits.h): connections, and requests per second as a token
+  // bucket (rate_limit 0: no limit; rate_burst: the bucket). Loopback clients are exempt unless
+  // limit_loopback (they are local processes or a reverse proxy speaking for everyone).
+  int max_connections_per_client = 64;
+  double rate_limit = 0;
+  double rate_burst = 20;
+  bool limit_loopback = false;
+
+  std::chrono::seconds header_timeout{15};  // whole request header, keep-alive idle time included
+  // Under pressure (3/4 of max_connections taken) an idle connection waits at most this long for
+  // its next request, and a connection over the cap this long for its whole header.
+  std::chrono::seconds busy_idle_timeout{5};
+  std::chrono::seconds body_timeout{30};   // whole request body
+  std::chrono::seconds write_timeout{60};  // each response write
+  std::chrono::seconds sse_keepalive{15};  // comment line on idle event streams
 };
 
 class HttpServerImpl;

@@ -41,6 +41,8 @@ const char* Session::state_name(State s) {
   switch (s) {
     case State::starting:
       return "starting";
+    case State::idle:
+      return "idle";
     case State::reading_header:
       return "reading_header";
     case State::writing_continue:
@@ -70,6 +72,8 @@ bool Session::legal(State from, State to) {
   if (to == S::closed) return from != S::closed;
   switch (from) {
     case S::starting:
+      return to == S::idle;
+    case S::idle:
       return to == S::reading_header;
     case S::reading_header:
       return to == S::writing_continue || to == S::reading_body || to == S::writing_response;
@@ -82,7 +86,7 @@ bool Session::legal(State from, State to) {
     case S::waiting:
       return to == S::writing_response || to == S::streaming;
     case S::writing_response:
-      return to == S::reading_header || to == S::lingering;
+      return to == S::idle || to == S::reading_header || to == S::lingering;
     case S::streaming:
       return to == S::stream_ending;
     case S::stream_ending:
@@ -122,20 +126,25 @@ bool Session::still_in(State expected, const char* what) {
 }
 
 Session::Session(tcp::socket socket, ServerContext& context, SessionRegistry& registry,
-                 bool over_capacity)
+                 std::uint64_t slot, bool probe)
     : stream_(std::move(socket)),
       context_(context),
       registry_(registry),
-      over_capacity_(over_capacity),
+      slot_(slot),
+      probe_(probe),
       hold_timer_(stream_.get_executor()),
       keepalive_timer_(stream_.get_executor()) {
   beast::error_code ec;
   const auto ep = stream_.socket().remote_endpoint(ec);
-  if (!ec) peer_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+  if (!ec) {
+    peer_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+    client_ = client_of(ep.address(), context_.options);
+  }
   context_.stats.connection_opened();
 }
 
 Session::~Session() {
+  context_.admission.release(slot_);
   context_.stats.connection_closed();
   if (stream_start_) context_.stats.event_stream_closed();
   registry_.remove(this);
@@ -143,19 +152,66 @@ Session::~Session() {
 
 void Session::start() {
   registry_.add(shared_from_this());
-  asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_header(); });
+  asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->await_request(); });
 }
 
 void Session::close() {
   asio::post(stream_.get_executor(), [self = shared_from_this()] { self->close_now(); });
 }
 
-void Session::read_header() {
+void Session::evict() {
+  asio::post(stream_.get_executor(), [self = shared_from_this()] {
+    // Writing an answer: it is finished first (await_request then sees the eviction). Any other
+    // state has seen it already through Admission::busy.
+    if (self->state_ == State::idle || self->state_ == State::lingering) self->close_now();
+  });
+}
+
+void Session::await_request() {
   if (state_ == State::closed) return;  // close() ran before start()'s first read
+  const auto& o = context_.options;
+  const auto now = std::chrono::steady_clock::now();
+  // A probe (over the cap) has the short timeout for its whole header; others the header timeout,
+  // counted from now (the idle wait is part of it).
+  header_deadline_ =
+      now + (probe_ ? std::min(o.busy_idle_timeout, o.header_timeout) : o.header_timeout);
+  // A pipelined request is here already; evicted while answering: close.
+  if (buffer_.size() > 0) {
+    if (!context_.admission.busy(slot_)) return close_now();
+    read_header();
+    return;
+  }
+  if (!enter(State::idle)) return;
+  const Admission::Idle idle = context_.admission.idle(slot_, weak_from_this());
+  if (idle == Admission::Idle::evicted) return close_now();
+  const bool pressure = idle == Admission::Idle::pressure;
+  stream_.expires_at(pressure ? std::min(header_deadline_, now + o.busy_idle_timeout)
+                              : header_deadline_);
+  stream_.async_read_some(buffer_.prepare(4096),
+                          [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                            self->on_first_bytes(ec, n);
+                          });
+}
+
+void Session::on_first_bytes(beast::error_code ec, std::size_t n) {
+  if (!still_in(State::idle, "idle read")) return;
+  if (ec) {
+    if (ec == beast::error::timeout) spdlog::debug("http: {} idle; closing", peer_);
+    close_now();
+    return;
+  }
+  buffer_.commit(n);
+  // Evicted meanwhile: its slot went to a new connection (a request racing the eviction sees
+  // the close, as any keep-alive client may; RFC 9112 9.3.1).
+  if (!context_.admission.busy(slot_)) return close_now();
+  read_header();
+}
+
+void Session::read_header() {
   if (!enter(State::reading_header)) return;
   parser_.emplace();
   apply_limits(*parser_, context_.options);
-  stream_.expires_after(context_.options.header_timeout);
+  stream_.expires_at(header_deadline_);
   http::async_read_header(
       stream_, buffer_, *parser_,
       [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
@@ -175,7 +231,7 @@ void Session::on_header(beast::error_code ec) {
   }
   auto& header = parser_->get();
   request_.base() = header.base();  // for the log line and keep-alive of a rejection
-  if (over_capacity_) {
+  if (probe_ && !is_health_probe(request_)) {
     context_.stats.connection_rejected();
     reject(http::status::service_unavailable, "too_many_connections",
            "the server has " + std::to_string(context_.options.max_connections) +
@@ -230,9 +286,10 @@ void Session::on_body(beast::error_code ec) {
 
 void Session::dispatch() {
   ++request_seq_;
+  if (probe_) request_.keep_alive(false);  // over the cap: one health answer, then close
   if (!enter(State::handling)) return;
   try {
-    route_request(context_, *this);
+    if (!rate_limited()) route_request(context_, *this);
   } catch (const std::exception& e) {
     fail_internal(e.what());
   }
@@ -243,6 +300,20 @@ void Session::dispatch() {
     hold_timer_.async_wait([self = shared_from_this()](beast::error_code) {});
     watch_peer();
   }
+}
+
+bool Session::rate_limited() {
+  if (!client_.limited || is_health_probe(request_)) return false;
+  const int wait_s = context_.rate_limiter.take(client_.address, std::chrono::steady_clock::now());
+  if (wait_s == 0) return false;
+  context_.stats.request_rate_limited();
+  auto res = error_response(http::status::too_many_requests, "rate_limited",
+                            fmt::format("more than {:g} requests per second from {}; retry "
+                                        "after {} s",
+                                        context_.options.rate_limit, client_.address, wait_s));
+  res.set(http::field::retry_after, std::to_string(wait_s));
+  respond(std::move(res));
+  return true;
 }
 
 void Session::fail_internal(const char* what) {
@@ -272,6 +343,7 @@ void Session::respond(Response response) {
 
 void Session::send_answer(Response response, bool close_after) {
   if (!enter(State::writing_response)) return;
+  context_.admission.idle(slot_, weak_from_this());  // answered: evictable once written
   subscription_.reset();
   beast::error_code ignored;
   stream_.socket().cancel(ignored);  // ends watch_peer's wait
@@ -307,7 +379,7 @@ void Session::on_written(bool keep_alive, beast::error_code ec) {
   if (!still_in(State::writing_response, "response write")) return;
   if (ec) return close_now();
   if (!keep_alive) return linger_close();
-  read_header();
+  await_request();
 }
 
 void Session::keep(std::unique_ptr<Subscription> subscription) {
@@ -429,6 +501,11 @@ void Session::arm_keepalive() {
 // body) for a short while, so the client reads our answer instead of a connection reset.
 void Session::linger_close() {
   if (!enter(State::lingering)) return;
+  // Done: its slot may go to a new client. Evicted already (while answering): no lingering on a
+  // slot that is not ours.
+  if (context_.admission.idle(slot_, weak_from_this()) == Admission::Idle::evicted) {
+    return close_now();
+  }
   subscription_.reset();
   keepalive_timer_.cancel();
   beast::error_code ec;

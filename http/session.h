@@ -18,10 +18,10 @@
 // change of state_ goes through enter(), which checks the transition against one table; an
 // illegal one is a logic error: logged, and the connection is closed (never a crash or a hang).
 //
-//   starting -> reading_header -> [writing_continue ->] reading_body -> handling
+//   starting -> idle -> reading_header -> [writing_continue ->] reading_body -> handling
 //   handling -> writing_response | streaming | waiting
 //   waiting -> writing_response | streaming            (a poster answers)
-//   writing_response -> reading_header (keep-alive) | lingering
+//   writing_response -> idle | reading_header (keep-alive; pipelined bytes) | lingering
 //   reading_header | reading_body -> writing_response  (400/413/431/503: then lingering)
 //   streaming -> stream_ending -> lingering
 //   any state but closed -> closed
@@ -32,6 +32,13 @@
 // wait holds it too; leaving `waiting` cancels it. This replaces a self-owning shared_ptr that
 // had to be reset by hand on every way out and, at server shutdown, leaked the Session: a
 // pending wait is destroyed with the io_context.
+//
+// Slots (http/admission.h): the Session holds the slot the listener was given for it until it
+// is destroyed. From the start of an answer (or the connection's) until a request's first byte
+// the slot may be evicted (the listener then evict()s the Session): an answer being written is
+// finished, then the connection closes; the first byte of a request makes the slot busy, or
+// closes the connection if it was evicted meanwhile. A probe Session (over the cap) answers only
+// /healthz and /readyz, then closes.
 #pragma once
 
 #include <array>
@@ -68,6 +75,7 @@ class Session : public Exchange, public std::enable_shared_from_this<Session> {
  public:
   enum class State : std::uint8_t {
     starting,          // accepted; the first read is not started yet
+    idle,              // waiting for a request's first byte (evictable; idle timeout)
     reading_header,    // header read pending (header timeout, header limit)
     writing_continue,  // "100 Continue" being written
     reading_body,      // body read pending (body timeout, body limit)
@@ -83,14 +91,18 @@ class Session : public Exchange, public std::enable_shared_from_this<Session> {
   // The transition table (also the diagram above).
   static bool legal(State from, State to);
 
-  // over_capacity: the connection cap was reached; the first request is answered 503.
+  // slot: from Admission::admit, released by the destructor. probe: over the cap, only a health
+  // probe is answered (then the connection closes), any other request 503.
   Session(boost::asio::ip::tcp::socket socket, ServerContext& context, SessionRegistry& registry,
-          bool over_capacity);
+          std::uint64_t slot, bool probe);
   ~Session() override;
 
   void start();
   // Any thread: closes the connection soon.
   void close();
+  // Any thread: Admission gave this connection's slot away; closes it once its answer (if one
+  // is being written) is out.
+  void evict();
   // Only while no I/O thread runs (server shutdown): drops the event subscription now.
   void drop_subscription_now() { subscription_.reset(); }
 
@@ -112,8 +124,14 @@ class Session : public Exchange, public std::enable_shared_from_this<Session> {
   bool still_in(State expected, const char* what);
   bool request_open() const { return state_ == State::handling || state_ == State::waiting; }
 
+  // After an answer (or at the start): the next request's header, straight away when pipelined
+  // bytes wait in buffer_, else `idle` until its first byte.
+  void await_request();
+  void on_first_bytes(boost::beast::error_code ec, std::size_t n);
   void read_header();
   void on_header(boost::beast::error_code ec);
+  // Over the per-client request rate: answers 429 and returns true.
+  bool rate_limited();
   void read_body();
   void on_body(boost::beast::error_code ec);
   void dispatch();
@@ -134,14 +152,17 @@ class Session : public Exchange, public std::enable_shared_from_this<Session> {
   boost::beast::flat_buffer buffer_;
   ServerContext& context_;
   SessionRegistry& registry_;
-  bool over_capacity_;
+  std::uint64_t slot_;
+  bool probe_;
   std::string peer_;
+  Client client_;  // whom the per-client limits count
 
   State state_ = State::starting;
   std::optional<http::request_parser<http::string_body>> parser_;
   Request request_;
   std::uint64_t request_seq_ = 0;  // the request a poster or peer watch belongs to
   std::chrono::steady_clock::time_point request_start_;
+  std::chrono::steady_clock::time_point header_deadline_;  // the whole header, idle time included
   std::unique_ptr<Subscription> subscription_;
   std::shared_ptr<Response> writing_response_;
   boost::asio::steady_timer hold_timer_;  // pending wait keeps the Session alive in `waiting`

@@ -151,3 +151,23 @@ TEST_CASE("without --threads the CPU workers share $OMP_NUM_THREADS threads", "[
     ::unsetenv("OMP_NUM_THREADS");
   CHECK_THAT(log, Catch::Contains("5 intra-op thread(s) per CPU worker"));  // 10 shared by 2
 }
+
+TEST_CASE("the daemon's connection options: idle sockets give way, the rate limit answers 429",
+          "[blackbox]") {
+  TempDir dir("conn-limits");
+  DaemonProcess d(dir.path, {"--devices", "cpu", "--max-connections", "2", "--limit-loopback",
+                             "--rate-limit", "0.001", "--rate-burst", "3"});
+  // Two sockets that never send a byte take both slots; new clients still get in.
+  RawConnection idle1(d.port(), 60), idle2(d.port(), 60);
+  CHECK(http_request(d.port(), "GET", "/jobs").status == 200);
+  CHECK(http_request(d.port(), "GET", "/model").status == 200);
+  CHECK(http_request(d.port(), "GET", "/devices").status == 200);
+  CHECK(idle1.read_to_close().empty());  // the longest idle was closed for them
+  // Three requests were the burst; no token comes back during the test.
+  const HttpReply r = http_request(d.port(), "GET", "/jobs");
+  CHECK(r.status == 429);
+  CHECK(r.json()["error"]["code"] == "rate_limited");
+  CHECK(std::atoi(r.header("retry-after").c_str()) >= 1);
+  CHECK(http_request(d.port(), "GET", "/healthz").status == 200);  // probes are exempt
+  CHECK(http_request(d.port(), "GET", "/readyz").status == 200);
+}

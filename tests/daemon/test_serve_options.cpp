@@ -115,3 +115,34 @@ TEST_CASE("the default data dir follows systemd and XDG", "[serve]") {
   CHECK(default_data_dir() == "/tmp/state/diffusiond");
   ::unsetenv("XDG_STATE_HOME");
 }
+
+TEST_CASE("connection and per-client limit options, on the command line and in the file",
+          "[serve]") {
+  const auto defaults = parse({});
+  CHECK(defaults.max_connections == 256);
+  CHECK(defaults.max_connections_per_client == 64);
+  CHECK(defaults.rate_limit == 0);
+  CHECK(defaults.rate_burst == 20);
+  CHECK_FALSE(defaults.limit_loopback);
+  const auto o = parse({"--max-connections-per-client", "8", "--rate-limit", "2.5", "--rate-burst",
+                        "5", "--limit-loopback"});
+  CHECK(o.max_connections_per_client == 8);
+  CHECK(o.rate_limit == 2.5);
+  CHECK(o.rate_burst == 5);
+  CHECK(o.limit_loopback);
+  CHECK_THROWS(parse({"--rate-limit", "-1"}));
+  CHECK_THROWS(parse({"--max-connections-per-client", "0"}));
+
+  test::TempDir dir;
+  const auto conf = dir.path() / "limits.conf";
+  write_text(conf,
+             "max-connections-per-client = 3\nrate-limit = 0.5\nrate-burst = 4\n"
+             "limit-loopback = true\n");
+  const auto f = parse({"--config", conf.string()});
+  CHECK(f.max_connections_per_client == 3);
+  CHECK(f.rate_limit == 0.5);
+  CHECK(f.rate_burst == 4);
+  CHECK(f.limit_loopback);
+  write_text(conf, "limit-loopback = false\n");
+  CHECK_FALSE(parse({"--config", conf.string()}).limit_loopback);
+}

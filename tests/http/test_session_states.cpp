@@ -151,10 +151,9 @@ TEST_CASE("a waiting connection whose client pipelined and left is freed once an
 TEST_CASE("the connection state table allows only the documented transitions", "[http][session]") {
   using S = http_api::Session::State;
   using http_api::Session;
-  const S all[] = {S::starting,         S::reading_header, S::writing_continue,
-                   S::reading_body,     S::handling,       S::waiting,
-                   S::writing_response, S::streaming,      S::stream_ending,
-                   S::lingering,        S::closed};
+  const S all[] = {S::starting,     S::idle,          S::reading_header, S::writing_continue,
+                   S::reading_body, S::handling,      S::waiting,        S::writing_response,
+                   S::streaming,    S::stream_ending, S::lingering,      S::closed};
   for (S s : all) {
     INFO(Session::state_name(s));
     CHECK(Session::legal(s, S::closed) == (s != S::closed));
@@ -175,6 +174,16 @@ TEST_CASE("the connection state table allows only the documented transitions", "
   CHECK(Session::legal(S::stream_ending, S::lingering));
   CHECK_FALSE(Session::legal(S::streaming, S::lingering));
   CHECK_FALSE(Session::legal(S::stream_ending, S::reading_header));
+  // A request starts from idle (waiting for its first byte; evictable), or straight after an
+  // answer when its bytes are already there (pipelined).
+  CHECK(Session::legal(S::starting, S::idle));
+  CHECK_FALSE(Session::legal(S::starting, S::reading_header));
+  CHECK(Session::legal(S::idle, S::reading_header));
+  CHECK_FALSE(Session::legal(S::idle, S::handling));
+  CHECK_FALSE(Session::legal(S::idle, S::writing_response));
+  CHECK(Session::legal(S::writing_response, S::idle));
+  CHECK_FALSE(Session::legal(S::streaming, S::idle));
+  CHECK_FALSE(Session::legal(S::lingering, S::idle));
   // Keep-alive goes back to reading only after a written answer.
   CHECK(Session::legal(S::writing_response, S::reading_header));
   CHECK_FALSE(Session::legal(S::waiting, S::reading_header));

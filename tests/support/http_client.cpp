@@ -3,6 +3,9 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
@@ -88,13 +91,20 @@ void RawConnection::send(const std::string& bytes) {
 }
 
 bool RawConnection::read_some() {
+  // recv itself, not asio's read_some: asio waits again (without a timeout) when a blocking recv
+  // returns EAGAIN, so the socket's receive timeout would never end a read.
   char buf[8192];
-  boost::system::error_code ec;
-  const std::size_t n = socket_.read_some(asio::buffer(buf), ec);
-  received_.append(buf, n);
-  if (ec == asio::error::eof || ec == asio::error::connection_reset) return false;
-  if (ec) throw std::runtime_error("read failed (timeout?): " + ec.message());
-  return true;
+  for (;;) {
+    const ssize_t n = ::recv(socket_.native_handle(), buf, sizeof buf, 0);
+    if (n > 0) {
+      received_.append(buf, static_cast<std::size_t>(n));
+      return true;
+    }
+    if (n == 0 || errno == ECONNRESET) return false;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) throw std::runtime_error("read timed out");
+    throw std::runtime_error(std::string("read failed: ") + std::strerror(errno));
+  }
 }
 
 std::string RawConnection::read_until(const std::string& marker) {
