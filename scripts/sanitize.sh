@@ -5,7 +5,7 @@
 # (test_http). TSAN is off by default until a TSan run of both has been seen green.
 #
 #   bash scripts/sanitize.sh            (build dirs: build-asan, build-tsan)
-# Env: JOBS (default: every core), TSAN=1 (also ThreadSanitizer), GOLDEN=1 (also build and run
+# Env: JOBS (default: every core), SANITIZE_SCOPE (all | core, see below), TSAN=1 (also ThreadSanitizer), GOLDEN=1 (also build and run
 #      the golden parity tests, label "golden"; off by default: see below), CTEST_ARGS (extra
 #      ctest arguments, e.g. "-R test_http").
 #
@@ -36,6 +36,12 @@ if [ "${GOLDEN:-0}" = 1 ]; then
 fi
 # The fuzz targets' corpus replays (label fuzz) build with the normal build.
 targets+=(fuzz_replay_all)
+# SANITIZE_SCOPE=core: only the torch-free tests (the daemon core with its fake backend, the HTTP
+# server, the fuzz replays): what has been seen green so far; "all" (default) adds the daemon
+# binary with LibTorch and the black-box tests that drive it.
+if [ "${SANITIZE_SCOPE:-all}" = core ]; then
+  targets=(test_daemon test_http fuzz_replay_all)
+fi
 
 t0=$(date +%s)
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -247,7 +247,7 @@ TEST_CASE("negative_prompt: absent, null and \"\" are kept apart from each other
   CHECK(empty->empty());
 }
 
-TEST_CASE("SDXL micro-conditioning: defaults, shapes, ranges; refused for other models",
+TEST_CASE("SDXL micro-conditioning: defaults, shapes, ranges, refused for other models",
           "[http][validation][sdxl]") {
   JobRequest d = ok(R"({"prompt":"x","width":640,"height":384})", /*sdxl=*/true);
   CHECK(d.original_size == std::array<int, 2>{384, 640});  // (height, width)

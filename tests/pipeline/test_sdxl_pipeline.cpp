@@ -161,7 +161,7 @@ TEST_CASE("SDXL: a given negative prompt at a non-square size", "[pipeline][gold
   check_golden("pipeline_negative", false);
 }
 
-TEST_CASE("SDXL: an explicit empty negative prompt is encoded; micro-conditioning",
+TEST_CASE("SDXL: an explicit empty negative prompt is encoded, and micro-conditioning",
           "[pipeline][golden][sdxl]") {
   check_golden("pipeline_microcond", false);
 }
