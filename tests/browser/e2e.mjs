@@ -136,7 +136,10 @@ async function testUi(daemon) {
     check('submit a prompt with Ctrl+Enter: progress moves, the image appears in the gallery');
     await recordProgress(page);
     await page.fill('#prompt', 'a photograph of an astronaut riding a horse');
-    await page.fill('#steps', '12');
+    // Enough steps that the bar is seen between 0 and the end even on an idle machine (12 steps
+    // of the tiny model took 136 ms: every event arrived before the page painted once).
+    const steps = 48;
+    await page.fill('#steps', String(steps));
     await page.fill('#seed', '1234');
     const first = await submit(page, 'keyboard');
     assert.equal(first.status, 202, JSON.stringify(first.body));
@@ -148,7 +151,7 @@ async function testUi(daemon) {
     const values = history.map((h) => h.value);
     const between = new Set(history.filter((h) => h.value > 0 && h.value < h.max).map((h) => h.value));
     assert.ok(between.size >= 2, `progress bar did not move through steps: ${values}`);
-    assert.equal(history.at(-1).value, 12, `progress did not end at 12 of 12: ${values}`);
+    assert.equal(history.at(-1).value, steps, `progress did not end at ${steps} of ${steps}: ${values}`);
     const img = page.locator('#gallery img').first();
     const natural = await img.evaluate((i) => [i.naturalWidth, i.naturalHeight]);
     const job = await (await fetch(`${daemon.url}/jobs/${firstId}`)).json();
@@ -168,7 +171,8 @@ async function testUi(daemon) {
     await page.waitForSelector('#toast:not([hidden])');
     const copied = await page.evaluate(() => navigator.clipboard.readText());
     assert.match(copied, /^a photograph of an astronaut riding a horse\n/);
-    assert.match(copied, /Steps: 12, Sampler: .+, CFG scale: [\d.]+, Seed: 1234, Size: \d+x\d+/);
+    assert.match(copied,
+      new RegExp(`Steps: ${steps}, Sampler: .+, CFG scale: [\\d.]+, Seed: 1234, Size: \\d+x\\d+`));
     await page.locator('#viewer-close').click();
     await page.fill('#seed', '');
     await page.locator('#gallery .card').first().getByRole('button', { name: /Reuse seed/ }).click();
