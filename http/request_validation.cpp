@@ -23,7 +23,10 @@ const std::set<std::string>& known_fields() {
                                                "priority",
                                                "original_size",
                                                "crops_coords_top_left",
-                                               "target_size"};
+                                               "target_size",
+                                               "model",
+                                               "loras",
+                                               "prompt_syntax"};
   return fields;
 }
 
@@ -96,7 +99,7 @@ void reject_unknown_fields(const json& body) {
          "unknown field(s) " + unknown +
              "; accepted fields: prompt, prompts, negative_prompt, n, "
              "steps, guidance_scale, seed, width, height, scheduler, priority, original_size, "
-             "crops_coords_top_left, target_size");
+             "crops_coords_top_left, target_size, model, loras, prompt_syntax");
 }
 
 std::vector<std::string> read_prompts(const json& body) {
@@ -138,6 +141,37 @@ std::optional<SizePair> integer_pair(const json& body, const char* name) {
   return out;
 }
 
+// [{"name": "...", "weight": 0.8}, ...]; weight defaults to 1 (the core checks names and ranges).
+std::vector<LoraRef> read_loras(const json& body) {
+  const json* v = optional_field(body, "loras");
+  if (v == nullptr) return {};
+  if (!v->is_array())
+    fail("invalid_field", "loras",
+         "field 'loras' must be an array of {\"name\", \"weight\"} objects, got " + type_name(*v));
+  std::vector<LoraRef> out;
+  for (std::size_t i = 0; i < v->size(); ++i) {
+    const json& e = (*v)[i];
+    const std::string at = "loras[" + std::to_string(i) + "]";
+    if (!e.is_object())
+      fail("invalid_field", at, "field '" + at + "' must be an object, got " + type_name(e));
+    for (const auto& [key, value] : e.items())
+      if (key != "name" && key != "weight")
+        fail("unknown_field", at + "." + key,
+             "unknown field '" + at + "." + key.substr(0, 100) + "'; accepted: name, weight");
+    const json* name = optional_field(e, "name");
+    if (name == nullptr) fail("missing_field", at + ".name", "field '" + at + ".name' is required");
+    LoraRef ref{text(*name, at + ".name"), 1.0};
+    if (const json* w = optional_field(e, "weight")) {
+      if (!w->is_number())
+        fail("invalid_field", at + ".weight",
+             "field '" + at + ".weight' must be a number, got " + type_name(*w));
+      ref.weight = w->get<double>();
+    }
+    out.push_back(std::move(ref));
+  }
+  return out;
+}
+
 std::optional<std::uint64_t> read_seed(const json& body) {
   const json* v = optional_field(body, "seed");
   if (v == nullptr) return std::nullopt;
@@ -172,6 +206,10 @@ GenerateRequest build(const json& body) {
   r.original_size = integer_pair(body, "original_size");
   r.crops_coords_top_left = integer_pair(body, "crops_coords_top_left");
   r.target_size = integer_pair(body, "target_size");
+  if (const json* v = optional_field(body, "model")) r.model = text(*v, "model");
+  r.loras = read_loras(body);
+  if (const json* v = optional_field(body, "prompt_syntax"))
+    r.prompt_syntax = text(*v, "prompt_syntax");
   return r;
 }
 

@@ -1,6 +1,7 @@
 #include "daemon/api/request.h"
 
 #include <algorithm>
+#include <cctype>
 #include <limits>
 #include <stdexcept>
 
@@ -84,7 +85,53 @@ void micro_conditioning(const GenerateRequest& in, const RequestDefaults& defaul
   }
 }
 
+// A model or LoRA name: a name, never a path (no separators, no "." or "..").
+void check_name(const std::string& name, const std::string& field, const RequestLimits& limits) {
+  if (name.empty()) invalid(field, "field '" + field + "' must not be empty");
+  check_text(name, field, limits.max_name_chars);
+  if (name == "." || name == ".." || name.find('/') != std::string::npos ||
+      name.find('\\') != std::string::npos)
+    invalid(field,
+            "field '" + field + "' must be a name, not a path: '" + name.substr(0, 100) + "'");
+}
+
+void models_and_loras(const GenerateRequest& in, const RequestLimits& limits, JobRequest& r) {
+  if (in.model) {
+    check_text(*in.model, "model", limits.max_name_chars);
+    r.model = *in.model;
+  }
+  if (in.loras.size() > static_cast<std::size_t>(limits.max_loras))
+    invalid("loras", "field 'loras' holds " + std::to_string(in.loras.size()) + " LoRAs; at most " +
+                         std::to_string(limits.max_loras));
+  for (std::size_t i = 0; i < in.loras.size(); ++i) {
+    const std::string field = "loras[" + std::to_string(i) + "]";
+    check_name(in.loras[i].name, field + ".name", limits);
+    const double w = in.loras[i].weight;
+    if (!(w >= -limits.max_lora_weight && w <= limits.max_lora_weight))
+      invalid(field + ".weight", "field '" + field + ".weight' must be between -" +
+                                     number(limits.max_lora_weight) + " and " +
+                                     number(limits.max_lora_weight) + ", got " + number(w));
+  }
+  r.loras = in.loras;
+  if (in.prompt_syntax) {
+    std::string s = *in.prompt_syntax;
+    std::transform(s.begin(), s.end(), s.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (s == "plain")
+      r.prompt_syntax = PromptSyntax::plain;
+    else if (s == "a1111")
+      r.prompt_syntax = PromptSyntax::a1111;
+    else
+      invalid("prompt_syntax", "field 'prompt_syntax' must be \"plain\" or \"a1111\", got '" +
+                                   in.prompt_syntax->substr(0, 100) + "'");
+  }
+}
+
 }  // namespace
+
+const char* to_string(PromptSyntax syntax) {
+  return syntax == PromptSyntax::a1111 ? "a1111" : "plain";
+}
 
 std::size_t utf8_length(const std::string& text) {
   return static_cast<std::size_t>(std::count_if(text.begin(), text.end(), [](char c) {
@@ -155,6 +202,7 @@ JobRequest normalise(const GenerateRequest& in, const RequestDefaults& defaults,
 
   r.priority = bounded(in.priority, "priority", -limits.max_priority, limits.max_priority);
   micro_conditioning(in, defaults, limits, r);
+  models_and_loras(in, limits, r);
   return r;
 }
 
@@ -178,6 +226,9 @@ ImageSpec image_spec(const JobRequest& r, int k) {
   s.original_size = r.original_size;
   s.crops_coords_top_left = r.crops_coords_top_left;
   s.target_size = r.target_size;
+  s.model = r.model;
+  s.loras = r.loras;
+  s.prompt_syntax = r.prompt_syntax;
   return s;
 }
 

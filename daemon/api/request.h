@@ -23,6 +23,19 @@ namespace diffusiond {
 // (height, width) or (top, left), as diffusers' SDXL micro-conditioning arguments.
 using SizePair = std::array<std::int64_t, 2>;
 
+// A LoRA a request applies: a file stem in the LoRA directory (never a path) and its multiplier
+// (negative allowed), A1111's `<lora:name:weight>`.
+struct LoraRef {
+  std::string name;
+  double weight = 1.0;
+  bool operator==(const LoraRef&) const = default;
+};
+
+// How prompt text is read. plain: as diffusers reads it (the default, exact). a1111:
+// AUTOMATIC1111's emphasis syntax, BREAK and 75-token chunks.
+enum class PromptSyntax { plain, a1111 };
+const char* to_string(PromptSyntax syntax);
+
 struct GenerateRequest {
   std::vector<std::string> prompts;  // at least one
   // Unset = absent: SDXL models (force_zeros_for_empty_prompt) then condition on zeros, while a
@@ -41,6 +54,9 @@ struct GenerateRequest {
   std::optional<SizePair> original_size;
   std::optional<SizePair> crops_coords_top_left;
   std::optional<SizePair> target_size;
+  std::optional<std::string> model;          // unset: the daemon's default model
+  std::vector<LoraRef> loras;                // in the order given
+  std::optional<std::string> prompt_syntax;  // "plain" (default) or "a1111", any case
 };
 
 // Images are numbered prompt-major: image k = prompts[k / n] with seed + k.
@@ -59,6 +75,9 @@ struct JobRequest {
   std::optional<std::array<int, 2>> original_size;
   std::optional<std::array<int, 2>> crops_coords_top_left;
   std::optional<std::array<int, 2>> target_size;
+  std::string model;  // as asked; empty: the daemon's default model
+  std::vector<LoraRef> loras;
+  PromptSyntax prompt_syntax = PromptSyntax::plain;
 };
 
 // Every bound on a request. Defaults are the documented safe defaults (`serve --help`).
@@ -74,6 +93,9 @@ struct RequestLimits {
   std::size_t max_prompt_chars = 2000;  // Unicode code points, per prompt and negative prompt
   double max_guidance_scale = 50.0;     // guidance_scale in [0, max]
   int max_priority = 1000;              // priority in [-max, max]
+  int max_loras = 8;                    // entries of loras[]
+  double max_lora_weight = 10.0;        // each LoRA weight in [-max, max]
+  std::size_t max_name_chars = 200;     // model and LoRA names
 };
 
 // What normalise() needs to know about the model being served.
@@ -112,6 +134,9 @@ struct ImageSpec {
   int height = 0;
   std::string scheduler;  // canonical
   std::optional<std::array<int, 2>> original_size, crops_coords_top_left, target_size;
+  std::string model;  // empty: the daemon's default model
+  std::vector<LoraRef> loras;
+  PromptSyntax prompt_syntax = PromptSyntax::plain;
 };
 ImageSpec image_spec(const JobRequest& request, int k);  // throws std::out_of_range
 

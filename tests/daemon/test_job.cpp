@@ -222,3 +222,24 @@ TEST_CASE("absent vs empty negative prompt and SDXL micro-conditioning survive t
   CHECK(request_from_json(old).negative_prompt == std::optional<std::string>("fog"));
   CHECK_FALSE(request_from_json(old).original_size.has_value());
 }
+
+TEST_CASE("model, loras and prompt_syntax survive the round trip and reach each image", "[job]") {
+  auto request = two_prompts_times_three();
+  CHECK_FALSE(request_to_json(request).contains("model"));  // old rows read the same
+  CHECK_FALSE(request_to_json(request).contains("loras"));
+  CHECK_FALSE(request_to_json(request).contains("prompt_syntax"));
+  request.model = "anything-v5";
+  request.loras = {{"style", 0.8}, {"detail", -0.25}};
+  request.prompt_syntax = PromptSyntax::a1111;
+  const auto back = request_from_json(nlohmann::json::parse(request_to_json(request).dump()));
+  CHECK(back.model == "anything-v5");
+  CHECK(back.loras == request.loras);
+  CHECK(back.prompt_syntax == PromptSyntax::a1111);
+  const ImageSpec spec = image_spec(back, 5);
+  CHECK(spec.model == "anything-v5");
+  CHECK(spec.loras == request.loras);
+  CHECK(spec.prompt_syntax == PromptSyntax::a1111);
+  auto json = request_to_json(request);
+  json["prompt_syntax"] = "comfy";
+  CHECK_THROWS_WITH(request_from_json(json), Catch::Contains("prompt_syntax"));
+}

@@ -276,3 +276,38 @@ TEST_CASE("SDXL micro-conditioning: defaults, shapes, ranges, refused for other 
   CHECK(ok(R"({"prompt":"x","crops_coords_top_left":[0,0]})", true).crops_coords_top_left ==
         std::array<int, 2>{0, 0});
 }
+
+TEST_CASE("model, loras and prompt_syntax are read and checked", "[http][validation]") {
+  JobRequest r = ok(R"({"prompt":"x","model":"other","prompt_syntax":"A1111",
+      "loras":[{"name":"style","weight":0.8},{"name":"detail"},{"name":"neg","weight":-1.5}]})");
+  CHECK(r.model == "other");
+  CHECK(r.prompt_syntax == PromptSyntax::a1111);
+  REQUIRE(r.loras.size() == 3);
+  CHECK(r.loras[0] == LoraRef{"style", 0.8});
+  CHECK(r.loras[1] == LoraRef{"detail", 1.0});  // weight defaults to 1, as <lora:detail>
+  CHECK(r.loras[2] == LoraRef{"neg", -1.5});
+  JobRequest plain = ok(R"({"prompt":"x"})");
+  CHECK(plain.model.empty());
+  CHECK(plain.loras.empty());
+  CHECK(plain.prompt_syntax == PromptSyntax::plain);
+
+  expect_field(R"({"prompt":"x","prompt_syntax":"comfy"})", "prompt_syntax");
+  expect_field(R"({"prompt":"x","prompt_syntax":1})", "prompt_syntax");
+  expect_field(R"({"prompt":"x","model":5})", "model");
+  expect_field(R"({"prompt":"x","loras":"style"})", "loras");
+  expect_field(R"({"prompt":"x","loras":[{"weight":1}]})", "loras[0].name", "missing_field");
+  expect_field(R"({"prompt":"x","loras":[{"name":"a","weight":"1"}]})", "loras[0].weight");
+  expect_field(R"({"prompt":"x","loras":[{"name":"a","weight":11}]})", "loras[0].weight");
+  expect_field(R"({"prompt":"x","loras":[{"name":"a","strength":1}]})", "loras[0].strength",
+               "unknown_field");
+  // A LoRA is a name in the LoRA directory, never a path.
+  for (const char* name : {"../x", "a/b", "..", ".", "a\\\\b", ""}) {
+    INFO(name);
+    expect_field(std::string(R"({"prompt":"x","loras":[{"name":")") + name + R"("}]})",
+                 "loras[0].name");
+  }
+  RequestLimits few;
+  few.max_loras = 1;
+  ValidationError e = bad(R"({"prompt":"x","loras":[{"name":"a"},{"name":"b"}]})", few);
+  CHECK(e.field == "loras");
+}

@@ -21,6 +21,14 @@ nlohmann::json request_to_json(const JobRequest& r) {
   if (r.original_size) j["original_size"] = *r.original_size;
   if (r.crops_coords_top_left) j["crops_coords_top_left"] = *r.crops_coords_top_left;
   if (r.target_size) j["target_size"] = *r.target_size;
+  // Present only when set, so that version-1 records read back unchanged.
+  if (!r.model.empty()) j["model"] = r.model;
+  if (!r.loras.empty()) {
+    auto loras = nlohmann::json::array();
+    for (const LoraRef& l : r.loras) loras.push_back({{"name", l.name}, {"weight", l.weight}});
+    j["loras"] = loras;
+  }
+  if (r.prompt_syntax != PromptSyntax::plain) j["prompt_syntax"] = to_string(r.prompt_syntax);
   return j;
 }
 
@@ -60,6 +68,15 @@ JobRequest request_from_json(const nlohmann::json& json) {
   r.original_size = optional<std::array<int, 2>>(json, "original_size");
   r.crops_coords_top_left = optional<std::array<int, 2>>(json, "crops_coords_top_left");
   r.target_size = optional<std::array<int, 2>>(json, "target_size");
+  r.model = optional<std::string>(json, "model").value_or("");
+  if (auto loras = json.find("loras"); loras != json.end() && loras->is_array())
+    for (const auto& l : *loras)
+      r.loras.push_back({field<std::string>(l, "name"), field<double>(l, "weight")});
+  const std::string syntax = optional<std::string>(json, "prompt_syntax").value_or("plain");
+  if (syntax == "a1111")
+    r.prompt_syntax = PromptSyntax::a1111;
+  else if (syntax != "plain")
+    throw std::runtime_error("request has an unknown prompt_syntax '" + syntax + "'");
   return r;
 }
 
