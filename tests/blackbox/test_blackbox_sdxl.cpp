@@ -12,6 +12,7 @@
 
 #include "blackbox_util.h"
 #include "png_check.h"
+#include "tests/support/model_variant.h"
 
 using namespace diffusiond::testing;
 using nlohmann::json;
@@ -154,4 +155,26 @@ TEST_CASE("an SD 1.x daemon refuses SDXL micro-conditioning by name", "[blackbox
   CHECK(r.status == 400);
   CHECK(r.json()["error"]["field"] == "target_size");
   CHECK(r.body.find("SDXL") != std::string::npos);
+}
+
+TEST_CASE("the daemon serves an SD-Turbo folder with its defaults", "[blackbox][turbo]") {
+  const fs::path sd1 = fs::path(DIFFUSIOND_FIXTURES) / "tiny-sd1";
+  const fs::path goldens = sd1 / "golden" / "turbo";
+  TempDir dir("sd-turbo");
+  ModelVariant folder(sd1, goldens / "scheduler" / "scheduler_config.json", "sd_turbo_daemon");
+  DaemonProcess d(dir.path / "data", {"--devices", "cpu"}, folder.path());
+  json model = get_json(d.port(), "/model");
+  CHECK(model["family"] == "sd-turbo");
+  CHECK(model["defaults"]["steps"] == 1);
+  CHECK(model["defaults"]["guidance_scale"] == 0.0);
+  CHECK(model["defaults"]["scheduler"] == "euler_a");
+  for (const char* name : {"pipeline_1step", "pipeline_4steps"}) {
+    INFO(name);
+    const json g = json::parse(read_file((goldens / (std::string(name) + ".json")).string()));
+    json body = {{"prompt", g["prompt"]}, {"seed", g["seed"]}, {"width", 64}, {"height", 64}};
+    if (g["steps"] != 1) body["steps"] = g["steps"];  // 1 step: the model's default
+    CHECK(max_abs_diff(decode_png(generate_png(d.port(), body)),
+                       decode_png(read_file((goldens / (std::string(name) + ".png")).string()))) <=
+          1);
+  }
 }

@@ -21,6 +21,7 @@
 #include "pipeline/safetensors.h"
 #include "pipeline/schedulers/scheduler.h"
 #include "pipeline/txt2img.h"
+#include "tests/support/model_variant.h"
 
 using namespace diffusiond;
 namespace fs = std::filesystem;
@@ -51,22 +52,11 @@ int max_pixel_difference(const RgbImage& a, const RgbImage& b) {
   return worst;
 }
 
-// The fixture with golden/scheduler_turbo/ as its scheduler (the Turbo goldens' model variant):
-// symlinks to every other component.
-fs::path turbo_folder() {
-  static const fs::path dir = [] {
-    auto d =
-        fs::temp_directory_path() / ("diffusiond_test_sdxl_turbo_" + std::to_string(::getpid()));
-    fs::create_directories(d / "scheduler");
-    for (const char* c : {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet",
-                          "vae", "model_index.json"}) {
-      if (!fs::exists(d / c)) fs::create_symlink(fs::absolute(kModel / c), d / c);
-    }
-    fs::copy_file(kModel / "golden" / "scheduler_turbo" / "scheduler_config.json",
-                  d / "scheduler" / "scheduler_config.json", fs::copy_options::overwrite_existing);
-    return d;
-  }();
-  return dir;
+// The fixture with golden/scheduler_turbo/ as its scheduler (the Turbo goldens' model variant).
+const fs::path& turbo_folder() {
+  static const testing::ModelVariant variant(
+      kModel, kModel / "golden" / "scheduler_turbo" / "scheduler_config.json", "sdxl_turbo");
+  return variant.path();
 }
 
 StableDiffusion& pipeline(bool turbo) {
@@ -256,7 +246,7 @@ TEST_CASE("diffusiond generate: SDXL micro-conditioning and an explicit empty ne
   const char* bin = std::getenv("DIFFUSIOND_BIN");
   REQUIRE(bin != nullptr);
   const auto g = read_json_file(kModel / "golden" / "pipeline_microcond.json");
-  const auto dir = turbo_folder().parent_path();
+  const auto dir = fs::temp_directory_path();
   const auto out = dir / ("sdxl_cli_" + std::to_string(::getpid()) + ".png");
   const std::string command =
       std::string(bin) + " generate --model " + kModel.string() + " --prompt \"" +
@@ -277,6 +267,7 @@ TEST_CASE("diffusiond generate: SDXL micro-conditioning and an explicit empty ne
   CHECK(meta["original_size"] == nlohmann::json::array({128, 96}));
   CHECK(meta["request"]["target_size"] == nlohmann::json::array({64, 48}));
   fs::remove(out);
+  fs::remove(out.string() + ".log");
 }
 
 TEST_CASE("diffusiond generate: an SDXL-Turbo folder with its defaults (1 step, guidance 0)",
@@ -284,8 +275,7 @@ TEST_CASE("diffusiond generate: an SDXL-Turbo folder with its defaults (1 step, 
   const char* bin = std::getenv("DIFFUSIOND_BIN");
   REQUIRE(bin != nullptr);
   const auto g = read_json_file(kModel / "golden" / "pipeline_turbo_1step.json");
-  const auto out =
-      turbo_folder().parent_path() / ("turbo_cli_" + std::to_string(::getpid()) + ".png");
+  const auto out = fs::temp_directory_path() / ("turbo_cli_" + std::to_string(::getpid()) + ".png");
   const std::string command = std::string(bin) + " generate --model " + turbo_folder().string() +
                               " --prompt \"" + g.at("prompt").get<std::string>() +
                               "\" --seed 5 -o " + out.string() + " > " + out.string() + ".log 2>&1";
@@ -300,4 +290,5 @@ TEST_CASE("diffusiond generate: an SDXL-Turbo folder with its defaults (1 step, 
   REQUIRE(chunks.size() == 2);
   CHECK_THAT(chunks[0].text, Catch::Contains("Steps: 1, Sampler: Euler a, CFG scale: 0.0"));
   fs::remove(out);
+  fs::remove(out.string() + ".log");
 }
