@@ -51,6 +51,21 @@ ModelFolder load_folder(const fs::path& root, const std::string& name, const std
   if (!m.model_index.is_object()) {
     throw ConfigError((root / "model_index.json").string() + ": not a JSON object");
   }
+  // Text-to-image pipelines only: an SDXL refiner (StableDiffusionXLImg2ImgPipeline, no
+  // text_encoder, aesthetic-score conditioning), inpainting or upscaling folders need inputs a
+  // txt2img request does not have.
+  const auto cls = m.model_index.find("_class_name");
+  if (cls != m.model_index.end() && cls->is_string()) {
+    const std::string name = cls->get<std::string>();
+    if (name != "StableDiffusionPipeline" && name != "StableDiffusionXLPipeline")
+      throw ConfigError(
+          (root / "model_index.json").string() + ": a " + name.substr(0, 100) +
+          " folder; diffusiond serves text-to-image models (StableDiffusionPipeline, "
+          "StableDiffusionXLPipeline)" +
+          (name.find("Img2Img") != std::string::npos || name.find("Inpaint") != std::string::npos
+               ? " and has no image-to-image or inpainting pipeline"
+               : ""));
+  }
   return m;
 }
 

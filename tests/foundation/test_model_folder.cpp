@@ -43,8 +43,21 @@ class ScopedEnv {
   std::optional<std::string> old_;
 };
 
+// Every test's folders live under one per-process root, removed when the tests end.
+const fs::path& test_root() {
+  struct Root {
+    fs::path path = fs::temp_directory_path() / ("mf_test_" + std::to_string(::getpid()));
+    ~Root() {
+      std::error_code ignored;
+      diffusiond::remove_tree(path, ignored);
+    }
+  };
+  static const Root root;
+  return root.path;
+}
+
 fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("mf_test_" + std::to_string(::getpid())) / name;
+  fs::path d = test_root() / name;
   diffusiond::remove_tree(d);
   fs::create_directories(d);
   return d;
@@ -191,4 +204,23 @@ TEST_CASE("config files written by Python's json may hold -Infinity, Infinity an
   const auto j = diffusiond::read_json_file(file);
   CHECK(j.at("lambda_min_clipped") == "-Infinity");
   CHECK(j.at("name") == "x NaN");
+}
+
+TEST_CASE("model folder: img2img, refiner and inpainting folders are refused by class",
+          "[model_folder]") {
+  for (const char* cls : {"StableDiffusionXLImg2ImgPipeline", "StableDiffusionInpaintPipeline",
+                          "KandinskyPipeline"}) {
+    INFO(cls);
+    const fs::path d = fresh_dir(std::string("class-") + cls);
+    write_file(d / "model_index.json", std::string(R"({"_class_name":")") + cls + R"("})");
+    try {
+      resolve_model(d.string());
+      FAIL("accepted " << cls);
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      CHECK_THAT(what, Catch::Contains(cls));
+      CHECK_THAT(what, Catch::Contains("model_index.json"));
+      CHECK_THAT(what, Catch::Contains("StableDiffusionXLPipeline"));  // what is served
+    }
+  }
 }

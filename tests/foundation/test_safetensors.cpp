@@ -8,6 +8,7 @@
 #include <string>
 
 #include "pipeline/safetensors.h"
+#include "tests/support/process_temp_dir.h"
 
 namespace fs = std::filesystem;
 using diffusiond::SafetensorsError;
@@ -16,9 +17,7 @@ using diffusiond::SafetensorsFile;
 namespace {
 
 fs::path temp_dir() {
-  fs::path d = fs::temp_directory_path() / ("st_test_" + std::to_string(::getpid()));
-  fs::create_directories(d);
-  return d;
+  return diffusiond::testing::process_temp_dir("test_safetensors");
 }
 
 // Writes a raw safetensors file: header JSON text + data bytes.
@@ -117,17 +116,16 @@ TEST_CASE("safetensors: malformed files give one clear line naming the file", "[
                    "beyond the end of the file"});
   cases.push_back({"invalid JSON", write_raw("bad_json.safetensors", "{\"a\": [1,", eight_bytes),
                    "invalid JSON header"});
-  cases.push_back({"header not an object", write_raw("array.safetensors", "[1,2]", ""),
-                   "not a JSON object"});
   cases.push_back(
-      {"unknown dtype",
-       write_raw("dtype.safetensors", R"({"a":{"dtype":"F8","shape":[2],"data_offsets":[0,2]}})",
-                 "xx"),
-       "unknown dtype 'F8'"});
+      {"header not an object", write_raw("array.safetensors", "[1,2]", ""), "not a JSON object"});
+  cases.push_back({"unknown dtype",
+                   write_raw("dtype.safetensors",
+                             R"({"a":{"dtype":"F8","shape":[2],"data_offsets":[0,2]}})", "xx"),
+                   "unknown dtype 'F8'"});
   cases.push_back(
       {"shape/offset mismatch",
-       write_raw("mismatch.safetensors", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
-                 eight_bytes),
+       write_raw("mismatch.safetensors",
+                 R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", eight_bytes),
        "shape/offset mismatch"});
   cases.push_back(
       {"offsets out of range",
@@ -142,8 +140,8 @@ TEST_CASE("safetensors: malformed files give one clear line naming the file", "[
                    "overlapping"});
   cases.push_back(
       {"begin after end",
-       write_raw("reversed.safetensors", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})",
-                 eight_bytes),
+       write_raw("reversed.safetensors",
+                 R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", eight_bytes),
        "begin > end"});
   cases.push_back(
       {"negative dimension",
@@ -168,8 +166,7 @@ TEST_CASE("safetensors: malformed files give one clear line naming the file", "[
 }
 
 TEST_CASE("safetensors: a truncated copy of a real weights file is rejected", "[safetensors]") {
-  fs::path src =
-      fs::path(DIFFUSIOND_FIXTURES) / "tiny-sd1/vae/diffusion_pytorch_model.safetensors";
+  fs::path src = fs::path(DIFFUSIOND_FIXTURES) / "tiny-sd1/vae/diffusion_pytorch_model.safetensors";
   fs::path dst = temp_dir() / "truncated.safetensors";
   fs::copy_file(src, dst, fs::copy_options::overwrite_existing);
   fs::resize_file(dst, fs::file_size(src) / 2);

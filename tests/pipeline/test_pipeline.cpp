@@ -18,6 +18,7 @@
 #include "pipeline/model_folder.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/txt2img.h"
+#include "tests/support/process_temp_dir.h"
 
 using namespace diffusiond;
 namespace fs = std::filesystem;
@@ -66,9 +67,7 @@ RgbImage golden_image() {
 }
 
 fs::path temp_dir() {
-  auto dir = fs::temp_directory_path() / ("diffusiond_test_pipeline_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir;
+  return testing::process_temp_dir("test_pipeline");
 }
 
 }  // namespace

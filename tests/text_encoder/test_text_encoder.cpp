@@ -13,6 +13,7 @@
 #include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/weights.h"
+#include "tests/support/process_temp_dir.h"
 
 using namespace diffusiond;
 namespace fs = std::filesystem;
@@ -38,10 +39,7 @@ torch::Tensor golden_input_ids() {
 }
 
 fs::path temp_dir() {
-  auto dir =
-      fs::temp_directory_path() / ("diffusiond_test_text_encoder_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir;
+  return diffusiond::testing::process_temp_dir("test_text_encoder");
 }
 
 // Writes the fixture weights with `edit` applied and returns the load error message ("" if none).

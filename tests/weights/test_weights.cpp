@@ -8,6 +8,7 @@
 
 #include "pipeline/safetensors.h"
 #include "pipeline/weights.h"
+#include "tests/support/process_temp_dir.h"
 
 using namespace diffusiond;
 namespace fs = std::filesystem;
@@ -35,9 +36,7 @@ struct OuterImpl : torch::nn::Module {
 TORCH_MODULE(Outer);
 
 fs::path temp_file(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("diffusiond_test_weights_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir / name;
+  return diffusiond::testing::process_temp_dir("test_weights") / name;
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> good_tensors() {
