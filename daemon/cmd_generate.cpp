@@ -41,6 +41,7 @@ struct GenerateOptions {
   std::string device = "cpu";
   std::string dtype;  // "" = fp16 on CUDA, fp32 on CPU
   std::string variant;
+  std::string model_config;  // single files: a diffusers folder with the architecture
   std::string dump_dir;
   std::string output = "out.png";
   int png_level = 1;
@@ -82,7 +83,7 @@ void run_generate(const GenerateOptions& o) {
     throw std::invalid_argument("--device " + o.device + ": CUDA is not available in this build");
   }
   const std::string dtype = resolve_dtype(o.dtype, device.is_cuda());
-  const ModelFolder folder = resolve_model(o.model, o.variant);
+  const ModelFolder folder = resolve_model(o.model, o.variant, o.model_config);
   auto pipe = StableDiffusion::load(folder, device, scalar_type(dtype));
 
   // The same normalisation as the daemon's: defaults from the model, canonical scheduler.
@@ -136,7 +137,9 @@ void run_generate(const GenerateOptions& o) {
   }
 
   PngContext context;
-  context.model_name = fs::is_directory(o.model) ? folder.root.filename().string() : folder.name;
+  context.model_name = folder.is_single_file()     ? folder.checkpoint.stem().string()
+                       : fs::is_directory(o.model) ? folder.root.filename().string()
+                                                   : folder.name;
   context.sampler = sampler_display(schedulers, request.scheduler);
   context.device = device.str();
   context.dtype = dtype;
@@ -156,8 +159,13 @@ void add_generate_command(CLI::App& app) {
   auto options = std::make_shared<GenerateOptions>();
   auto* cmd = app.add_subcommand("generate", "Generate images from text prompts into PNG files");
   cmd->add_option("--model,-m", options->model,
-                  "Model folder or Hugging Face repo id (offline cache)")
+                  "Model: a diffusers folder, a Hugging Face repo id (offline cache), or a "
+                  "single-file checkpoint FILE.safetensors (SD 1.x/2.x/SDXL, original LDM keys)")
       ->required();
+  cmd->add_option("--model-config", options->model_config,
+                  "For a single-file --model: take configs, tokenizers and scheduler from this "
+                  "diffusers folder (or HF id) instead of a sibling FILE.yaml or the family "
+                  "recognised from the keys");
   cmd->add_option("--prompt,-p", options->prompts, "Prompt (repeat for several)")->required();
   cmd->add_option("--negative-prompt", options->negative_prompt,
                   "Negative prompt. Left out, SDXL models condition on zeros; "

@@ -106,9 +106,12 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   const auto& api_keys = keys.all;
   const std::string data_dir = options.data_dir.empty() ? default_data_dir() : options.data_dir;
 
-  const ModelChoice model = choose_model(options.model, options.variant, executable_path());
+  const ModelChoice model =
+      choose_model(options.model, options.variant, executable_path(), options.model_config);
   spdlog::info("diffusiond {} starting: model {} ({}, from {})", DIFFUSIOND_VERSION,
-               model.folder.name, model.folder.root.string(), model.source);
+               model.folder.name, model.folder.location().string(), model.source);
+  if (model.folder.is_single_file())
+    spdlog::info("single-file checkpoint: {}", model.folder.config_source);
   if (model.is_test_model) warn_test_model(model);
 
   int cpu_workers = 0;

@@ -43,7 +43,7 @@ Txt2ImgParams txt2img_params(const JobRequest& request) {
 ModelInfo model_info(const ModelFolder& model, int steps_override) {
   ModelInfo info;
   info.name = model.name;
-  info.path = model.root.string();
+  info.path = model.location().string();
   const auto unet_file = model.config_path("unet");
   const auto vae_file = model.config_path("vae");
   const auto unet = read_json_file(unet_file);
@@ -57,7 +57,7 @@ ModelInfo model_info(const ModelFolder& model, int steps_override) {
   info.family = family_name(family);
   info.default_steps = steps_override > 0 ? steps_override : defaults.steps;
   info.default_guidance_scale = defaults.guidance_scale;
-  info.default_scheduler = default_scheduler_name(read_json_file(model.config_path("scheduler")));
+  info.default_scheduler = default_scheduler_name(model.scheduler_config());
   for (const auto& entry : scheduler_registry())
     info.schedulers.push_back({entry.name, entry.aliases});
   info.micro_conditioning = is_sdxl(model);

@@ -34,10 +34,13 @@ std::vector<std::filesystem::path> bundled_model_candidates(
 }
 
 ModelChoice choose_model(const std::string& model_option, const std::string& variant,
-                         const std::filesystem::path& executable) {
-  if (!model_option.empty()) return {resolve_model(model_option, variant), "--model", false, ""};
+                         const std::filesystem::path& executable, const std::string& model_config) {
+  if (!model_option.empty())
+    return {resolve_model(model_option, variant, model_config), "--model", false, ""};
   if (const char* env = std::getenv("DIFFUSIOND_MODEL"); env && *env)
-    return {resolve_model(env, variant), "$DIFFUSIOND_MODEL", false, ""};
+    return {resolve_model(env, variant, model_config), "$DIFFUSIOND_MODEL", false, ""};
+  if (!model_config.empty())
+    throw ModelNotFound("--model-config " + model_config + " needs a single-file --model");
   for (const char* repo :
        {"stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"}) {
     try {

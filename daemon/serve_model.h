@@ -21,8 +21,10 @@ struct ModelChoice {
 };
 
 // Throws ModelNotFound naming what was tried.
+// `model_config`: --model-config, for a single-file model (resolve_model).
 ModelChoice choose_model(const std::string& model_option, const std::string& variant,
-                         const std::filesystem::path& executable);
+                         const std::filesystem::path& executable,
+                         const std::string& model_config = "");
 
 // Where the bundled tiny-sd1 may be, in the order tried.
 std::vector<std::filesystem::path> bundled_model_candidates(

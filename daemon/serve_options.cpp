@@ -16,9 +16,14 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                  "the command line wins")
       ->check(CLI::ExistingFile);
   cmd.add_option("--model", o.model,
-                 "Model: a diffusers folder or a Hugging Face repo id in the HF cache (offline). "
+                 "Model: a diffusers folder, a Hugging Face repo id in the HF cache (offline), or "
+                 "a single-file checkpoint FILE.safetensors (SD 1.x/2.x/SDXL, original LDM keys). "
                  "Default: $DIFFUSIOND_MODEL, else Stable Diffusion 1.5 from the HF cache, else "
                  "the bundled test model (random weights: noise)");
+  cmd.add_option("--model-config", o.model_config,
+                 "For a single-file model: take configs, tokenizers and scheduler from this "
+                 "diffusers folder (or HF id); default: a sibling FILE.yaml (LDM format), else the "
+                 "family recognised from the keys with the configs shipped with diffusiond");
   cmd.add_option("--variant", o.variant, "Weights variant, e.g. fp16 (*.fp16.safetensors)");
   cmd.add_option("--devices", o.devices,
                  "auto (every CUDA device, else the CPU), cpu, cpu*N (N CPU workers, each with "

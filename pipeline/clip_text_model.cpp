@@ -190,14 +190,20 @@ torch::Tensor ClipTextModelImpl::run(const torch::Tensor& input_ids,
 }
 
 ClipTextModel load_clip_text_model(const std::filesystem::path& config_json,
-                                   const std::filesystem::path& weights, torch::Device device,
+                                   const SafetensorsFile& weights, torch::Device device,
                                    torch::ScalarType dtype, bool with_projection) {
   ClipTextModel model(ClipTextConfig::from_file(config_json), with_projection);
   model->eval();
-  auto file = SafetensorsFile::open(weights);
-  load_weights(*model, *file, device, dtype,
+  load_weights(*model, weights, device, dtype,
                [](const std::string& key) { return key == "text_model.embeddings.position_ids"; });
   return model;
+}
+
+ClipTextModel load_clip_text_model(const std::filesystem::path& config_json,
+                                   const std::filesystem::path& weights, torch::Device device,
+                                   torch::ScalarType dtype, bool with_projection) {
+  return load_clip_text_model(config_json, *SafetensorsFile::open(weights), device, dtype,
+                              with_projection);
 }
 
 }  // namespace diffusiond

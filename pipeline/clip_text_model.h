@@ -13,7 +13,9 @@
 #include <vector>
 
 #include <torch/torch.h>
+
 #include <nlohmann/json.hpp>
+#include "pipeline/safetensors.h"
 
 namespace diffusiond {
 
@@ -126,6 +128,9 @@ TORCH_MODULE(ClipTextModel);
 // required). Throws ConfigError / WeightsError / SafetensorsError.
 ClipTextModel load_clip_text_model(const std::filesystem::path& config_json,
                                    const std::filesystem::path& weights, torch::Device device,
+                                   torch::ScalarType dtype, bool with_projection = false);
+ClipTextModel load_clip_text_model(const std::filesystem::path& config_json,
+                                   const SafetensorsFile& weights, torch::Device device,
                                    torch::ScalarType dtype, bool with_projection = false);
 
 }  // namespace diffusiond

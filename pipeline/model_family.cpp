@@ -14,7 +14,7 @@ bool is_sdxl(const ModelFolder& model) {
 
 ModelFamily model_family(const ModelFolder& model) {
   const auto path = model.config_path("scheduler");
-  const auto config = read_json_file(path);
+  const auto config = model.scheduler_config();
   const bool turbo =
       key_or<std::string>(config, "_class_name", "", path.string()) ==
           "EulerAncestralDiscreteScheduler" &&

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "pipeline/media/config_util.h"
+#include "pipeline/single_file.h"
 
 namespace diffusiond {
 namespace fs = std::filesystem;
@@ -76,7 +77,18 @@ fs::path ModelFolder::config_path(const std::string& component) const {
   return root / component / "config.json";
 }
 
+nlohmann::json ModelFolder::scheduler_config() const {
+  nlohmann::json config = read_json_file(config_path("scheduler"));
+  if (config.is_object()) config.update(scheduler_overrides);
+  return config;
+}
+
 fs::path ModelFolder::weights_path(const std::string& component) const {
+  if (is_single_file()) {
+    throw std::logic_error("model '" + name + "' is a single-file checkpoint: its '" + component +
+                           "' weights are a view of " + checkpoint.string() +
+                           " (open_component_weights), not a file");
+  }
   const std::string stem = component == "text_encoder" || component == "text_encoder_2"
                                ? "model"
                                : "diffusion_pytorch_model";
@@ -109,9 +121,15 @@ fs::path hf_hub_cache_dir() {
   return fs::path(home.empty() ? "/" : home) / ".cache" / "huggingface" / "hub";
 }
 
-ModelFolder resolve_model(const std::string& spec, const std::string& variant) {
+ModelFolder resolve_model(const std::string& spec, const std::string& variant,
+                          const std::string& model_config) {
   std::vector<std::string> looked;
   const fs::path as_path(spec);
+  if (fs::is_regular_file(as_path)) return resolve_single_file(as_path, model_config);
+  if (!model_config.empty()) {
+    throw ModelNotFound("--model-config " + model_config + " applies to single-file checkpoints; " +
+                        "'" + spec + "' is not a file");
+  }
   if (fs::is_directory(as_path)) {
     if (fs::is_regular_file(as_path / "model_index.json")) {
       return load_folder(fs::absolute(as_path), spec, variant);

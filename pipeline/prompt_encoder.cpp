@@ -1,5 +1,6 @@
 #include "pipeline/prompt_encoder.h"
 
+#include "pipeline/component_weights.h"
 #include "pipeline/media/config_util.h"
 
 namespace diffusiond {
@@ -23,14 +24,15 @@ PromptEncoder::PromptEncoder(const ModelFolder& model, bool xl, torch::Device de
       dtype_(dtype),
       tokenizer_(ClipTokenizer::load(model.root / "tokenizer")),
       text_encoder_(load_clip_text_model(model.config_path("text_encoder"),
-                                         model.weights_path("text_encoder"), device, dtype)),
+                                         *open_component_weights(model, "text_encoder"), device,
+                                         dtype)),
       capacity_(cache_capacity) {
   text_encoder_->eval();
   if (xl) {
     tokenizer_2_.emplace(ClipTokenizer::load(model.root / "tokenizer_2"));
     text_encoder_2_ = load_clip_text_model(model.config_path("text_encoder_2"),
-                                           model.weights_path("text_encoder_2"), device, dtype,
-                                           /*with_projection=*/true);
+                                           *open_component_weights(model, "text_encoder_2"), device,
+                                           dtype, /*with_projection=*/true);
     text_encoder_2_->eval();
   }
 }

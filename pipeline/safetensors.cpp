@@ -1,5 +1,6 @@
 #include "pipeline/safetensors.h"
 
+#include <algorithm>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -64,17 +65,90 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesyst
   return std::shared_ptr<const SafetensorsFile>(new SafetensorsFile(SafetensorsMap::open(path)));
 }
 
+namespace {
+
+torch::Tensor mapped_tensor(const std::shared_ptr<const SafetensorsMap>& map,
+                            const StTensorInfo& info) {
+  std::shared_ptr<const SafetensorsMap> keep = map;
+  std::uint8_t* ptr = map->data(info);
+  auto options = torch::TensorOptions().dtype(to_torch(info.dtype)).device(torch::kCPU);
+  if (info.end == info.begin) return torch::empty(info.shape, options);
+  return torch::from_blob(
+      ptr, info.shape, [keep](void*) mutable { keep.reset(); }, options);
+}
+
+const StTensorInfo* find_sorted(const std::vector<StTensorInfo>& index, std::string_view name) {
+  auto it = std::lower_bound(index.begin(), index.end(), name,
+                             [](const StTensorInfo& a, std::string_view n) { return a.name < n; });
+  return it != index.end() && it->name == name ? &*it : nullptr;
+}
+
+}  // namespace
+
+const StTensorInfo* SafetensorsFile::find(std::string_view name) const {
+  return view_ ? find_sorted(index_, name) : map_->find(name);
+}
+
 torch::Tensor SafetensorsFile::tensor(std::string_view name) const {
   const StTensorInfo* info = find(name);
   if (info == nullptr) {
-    throw SafetensorsError(path().string() + ": no tensor named '" + std::string(name) + "'");
+    throw SafetensorsError(describe() + ": no tensor named '" + std::string(name) + "'");
   }
-  std::shared_ptr<const SafetensorsMap> keep = map_;
-  std::uint8_t* ptr = map_->data(*info);
-  auto options = torch::TensorOptions().dtype(to_torch(info->dtype)).device(torch::kCPU);
-  if (info->end == info->begin) return torch::empty(info->shape, options);
-  return torch::from_blob(
-      ptr, info->shape, [keep](void*) mutable { keep.reset(); }, options);
+  if (!view_) return mapped_tensor(map_, *info);
+  const TensorAlias& alias = aliases_[static_cast<std::size_t>(info - index_.data())];
+  torch::Tensor source = mapped_tensor(map_, *map_->find(alias.source));
+  switch (alias.op) {
+    case TensorAlias::Op::kWhole:
+      return source;
+    case TensorAlias::Op::kRows: {
+      const int64_t rows = source.size(0) / alias.parts;
+      return source.narrow(0, rows * alias.part, rows);
+    }
+    case TensorAlias::Op::kAs2d:
+      return source.reshape(info->shape);
+    case TensorAlias::Op::kTransposed:
+      return source.t();
+  }
+  return source;
+}
+
+std::shared_ptr<const SafetensorsFile> SafetensorsFile::view(std::vector<TensorAlias> aliases,
+                                                             std::string label) const {
+  std::sort(aliases.begin(), aliases.end(),
+            [](const TensorAlias& a, const TensorAlias& b) { return a.name < b.name; });
+  std::shared_ptr<SafetensorsFile> out(new SafetensorsFile(map_));
+  out->view_ = true;
+  out->label_ = std::move(label);
+  for (const auto& alias : aliases) {
+    const StTensorInfo* source = map_->find(alias.source);
+    if (source == nullptr) {
+      throw SafetensorsError(path().string() + ": no tensor named '" + alias.source + "' (for '" +
+                             alias.name + "')");
+    }
+    if (!out->index_.empty() && out->index_.back().name == alias.name) {
+      throw SafetensorsError(path().string() + ": two tensors for '" + alias.name + "'");
+    }
+    StTensorInfo info = *source;
+    info.name = alias.name;
+    try {
+      info.shape = alias_shape(alias, source->shape);
+    } catch (const std::invalid_argument& e) {
+      throw SafetensorsError(path().string() + ": " + e.what());
+    }
+    out->index_.push_back(std::move(info));
+  }
+  out->aliases_ = std::move(aliases);
+  return out;
+}
+
+std::string SafetensorsFile::describe() const {
+  return view_ ? path().string() + " (" + label_ + ")" : path().string();
+}
+
+std::string SafetensorsFile::source_of(std::string_view name) const {
+  if (!view_) return "";
+  const StTensorInfo* info = find(name);
+  return info ? aliases_[static_cast<std::size_t>(info - index_.data())].source : "";
 }
 
 void write_safetensors(const std::filesystem::path& path,

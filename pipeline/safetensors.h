@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 
 #include "pipeline/media/safetensors_map.h"
+#include "pipeline/tensor_alias.h"
 
 namespace diffusiond {
 
@@ -27,18 +28,36 @@ class SafetensorsFile {
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
   const std::filesystem::path& path() const { return map_->path(); }
-  const std::vector<StTensorInfo>& tensors() const { return map_->tensors(); }  // sorted by name
-  const StTensorInfo* find(std::string_view name) const { return map_->find(name); }
-  bool contains(std::string_view name) const { return map_->contains(name); }
+  // Sorted by name. For a view: the aliases' names, dtypes and shapes (begin/end: the source's).
+  const std::vector<StTensorInfo>& tensors() const { return view_ ? index_ : map_->tensors(); }
+  const StTensorInfo* find(std::string_view name) const;
+  bool contains(std::string_view name) const { return find(name) != nullptr; }
   const std::map<std::string, std::string>& metadata() const { return map_->metadata(); }
 
-  // A CPU tensor viewing the mapped bytes (no copy). Writing to it never reaches the file
-  // (private mapping). Throws SafetensorsError naming the key if absent.
+  // A CPU tensor viewing the mapped bytes (no copy; a view's slices, reshapes and transposes
+  // are views too). Writing to it never reaches the file (private mapping). Throws
+  // SafetensorsError naming the key if absent.
   torch::Tensor tensor(std::string_view name) const;
+
+  // The same mapping under other names (ldm_keys.h makes the aliases of a single-file
+  // checkpoint's components): tensors(), find() and tensor() answer in the aliases' names and
+  // shapes. `label` names the view in messages. Throws SafetensorsError naming an alias whose
+  // source is absent or does not fit its op.
+  std::shared_ptr<const SafetensorsFile> view(std::vector<TensorAlias> aliases,
+                                              std::string label) const;
+  bool is_view() const { return view_; }
+  // "PATH" or, for a view, "PATH (LABEL)": what error messages name.
+  std::string describe() const;
+  // For a view, the file's own key behind `name` ("" if none or not a view).
+  std::string source_of(std::string_view name) const;
 
  private:
   explicit SafetensorsFile(std::shared_ptr<const SafetensorsMap> map) : map_(std::move(map)) {}
   std::shared_ptr<const SafetensorsMap> map_;
+  bool view_ = false;
+  std::vector<StTensorInfo> index_;   // view: sorted by name
+  std::vector<TensorAlias> aliases_;  // view: parallel to index_
+  std::string label_;
 };
 
 torch::ScalarType to_torch(StDType dtype);

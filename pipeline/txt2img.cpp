@@ -45,7 +45,7 @@ class StableDiffusionPipeline final : public StableDiffusion {
         prompts_(model, xl_, device, dtype),
         unet_(load_unet(model, device, dtype)),
         vae_(load_vae(model, device, dtype)),
-        scheduler_config_(read_json_file(model.config_path("scheduler"))),
+        scheduler_config_(model.scheduler_config()),
         default_scheduler_(default_scheduler_name(scheduler_config_)) {
     // diffusers loads the VAE in the model dtype and, for float16 with force_upcast, runs it in
     // float32 (upcast_vae): the weights are rounded to float16 first, as here.

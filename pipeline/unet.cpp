@@ -1,5 +1,7 @@
 #include "pipeline/unet.h"
 
+#include "pipeline/component_weights.h"
+
 #include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/weights.h"
@@ -236,19 +238,25 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, torch::Ten
 }
 
 UNet2DConditionModel load_unet(const std::filesystem::path& config_json,
-                               const std::filesystem::path& weights, torch::Device device,
+                               const SafetensorsFile& weights, torch::Device device,
                                torch::ScalarType dtype) {
   UNet2DConditionModel model(
       UNetConfig::from_json(read_json_file(config_json), config_json.string()));
-  auto file = SafetensorsFile::open(weights);
-  load_weights(*model, *file, device, dtype);
+  load_weights(*model, weights, device, dtype);
   model->eval();
   return model;
 }
 
+UNet2DConditionModel load_unet(const std::filesystem::path& config_json,
+                               const std::filesystem::path& weights, torch::Device device,
+                               torch::ScalarType dtype) {
+  return load_unet(config_json, *SafetensorsFile::open(weights), device, dtype);
+}
+
 UNet2DConditionModel load_unet(const ModelFolder& folder, torch::Device device,
                                torch::ScalarType dtype) {
-  return load_unet(folder.config_path("unet"), folder.weights_path("unet"), device, dtype);
+  return load_unet(folder.config_path("unet"), *open_component_weights(folder, "unet"), device,
+                   dtype);
 }
 
 }  // namespace diffusiond

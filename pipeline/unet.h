@@ -14,6 +14,7 @@
 
 #include "pipeline/embeddings.h"
 #include "pipeline/model_folder.h"
+#include "pipeline/safetensors.h"
 #include "pipeline/unet_blocks.h"
 #include "pipeline/unet_config.h"
 
@@ -72,13 +73,17 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(UNet2DConditionModel);
 
-// Builds the model from folder.config_path("unet") and loads folder.weights_path("unet")
-// strictly, on `device` in `dtype`, in eval mode. Throws ConfigError / WeightsError /
-// SafetensorsError naming the file and the problem.
+// Builds the model from folder.config_path("unet") and loads its weights (a folder's
+// unet/*.safetensors or a single file's UNet: component_weights.h) strictly, on `device` in
+// `dtype`, in eval mode. Throws ConfigError / WeightsError / SafetensorsError naming the file and
+// the problem.
 UNet2DConditionModel load_unet(const ModelFolder& folder, torch::Device device,
                                torch::ScalarType dtype);
 UNet2DConditionModel load_unet(const std::filesystem::path& config_json,
                                const std::filesystem::path& weights, torch::Device device,
+                               torch::ScalarType dtype);
+UNet2DConditionModel load_unet(const std::filesystem::path& config_json,
+                               const SafetensorsFile& weights, torch::Device device,
                                torch::ScalarType dtype);
 
 }  // namespace diffusiond

@@ -1,5 +1,7 @@
 #include "pipeline/vae.h"
 
+#include "pipeline/component_weights.h"
+
 #include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/weights.h"
@@ -127,18 +129,22 @@ torch::Tensor AutoencoderKLImpl::encode_mean(const torch::Tensor& x) {
   return encode(x).first;
 }
 
-AutoencoderKL load_vae(const std::filesystem::path& config_json,
-                       const std::filesystem::path& weights, torch::Device device,
-                       torch::ScalarType dtype) {
+AutoencoderKL load_vae(const std::filesystem::path& config_json, const SafetensorsFile& weights,
+                       torch::Device device, torch::ScalarType dtype) {
   AutoencoderKL model(VaeConfig::from_json(read_json_file(config_json), config_json.string()));
-  auto file = SafetensorsFile::open(weights);
-  load_weights(*model, *file, device, dtype);
+  load_weights(*model, weights, device, dtype);
   model->eval();
   return model;
 }
 
+AutoencoderKL load_vae(const std::filesystem::path& config_json,
+                       const std::filesystem::path& weights, torch::Device device,
+                       torch::ScalarType dtype) {
+  return load_vae(config_json, *SafetensorsFile::open(weights), device, dtype);
+}
+
 AutoencoderKL load_vae(const ModelFolder& folder, torch::Device device, torch::ScalarType dtype) {
-  return load_vae(folder.config_path("vae"), folder.weights_path("vae"), device, dtype);
+  return load_vae(folder.config_path("vae"), *open_component_weights(folder, "vae"), device, dtype);
 }
 
 }  // namespace diffusiond

@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "pipeline/model_folder.h"
+#include "pipeline/safetensors.h"
 #include "pipeline/vae_blocks.h"
 #include "pipeline/vae_config.h"
 
@@ -77,11 +78,14 @@ class AutoencoderKLImpl : public torch::nn::Module {
 };
 TORCH_MODULE(AutoencoderKL);
 
-// Builds the VAE from folder.config_path("vae") and loads folder.weights_path("vae") strictly,
+// Builds the VAE from folder.config_path("vae") and loads its weights (component_weights.h)
+// strictly,
 // on `device` in `dtype`, in eval mode. Throws ConfigError / WeightsError / SafetensorsError.
 AutoencoderKL load_vae(const ModelFolder& folder, torch::Device device, torch::ScalarType dtype);
 AutoencoderKL load_vae(const std::filesystem::path& config_json,
                        const std::filesystem::path& weights, torch::Device device,
                        torch::ScalarType dtype);
+AutoencoderKL load_vae(const std::filesystem::path& config_json, const SafetensorsFile& weights,
+                       torch::Device device, torch::ScalarType dtype);
 
 }  // namespace diffusiond

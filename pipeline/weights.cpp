@@ -47,8 +47,10 @@ void load_weights(torch::nn::Module& module, const SafetensorsFile& file, torch:
     if (!info) {
       missing.push_back(key);
     } else if (c10::IntArrayRef(info->shape) != tensor.sizes()) {
-      mismatched.push_back(key + " (file " + shape_string(info->shape) + ", model " +
-                           shape_string(tensor.sizes()) + ")");
+      const std::string source = file.source_of(key);
+      mismatched.push_back(key + (source.empty() ? "" : " from " + source) + " (file " +
+                           shape_string(info->shape) + ", model " + shape_string(tensor.sizes()) +
+                           ")");
     }
   }
   for (const auto& info : file.tensors()) {
@@ -56,7 +58,7 @@ void load_weights(torch::nn::Module& module, const SafetensorsFile& file, torch:
   }
   if (!missing.empty() || !unexpected.empty() || !mismatched.empty()) {
     std::ostringstream msg;
-    msg << file.path().string() << ": state dict does not match the model";
+    msg << file.describe() << ": state dict does not match the model";
     append_list(msg, "missing key(s)", missing);
     append_list(msg, "unexpected key(s)", unexpected);
     append_list(msg, "mis-shaped key(s)", mismatched);
@@ -78,7 +80,7 @@ void load_weights(torch::nn::Module& module, const SafetensorsFile& file, torch:
     }
     torch::Tensor source = file.tensor(key);
     if (!tensor.is_floating_point() && source.is_floating_point()) {
-      throw WeightsError(file.path().string() + ": key '" + key +
+      throw WeightsError(file.describe() + ": key '" + key +
                          "' is floating point in the file but " +
                          std::string(c10::toString(tensor.scalar_type())) + " in the model");
     }
