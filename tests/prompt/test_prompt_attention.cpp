@@ -67,7 +67,7 @@ TEST_CASE("(word:1.0) and equal weights merge back into the plain text", "[promp
   CHECK_PARSE("(a)(b)[c]", Pieces{{"ab", 1.1}, {"c", 1 / 1.1}});
 }
 
-TEST_CASE("escapes give the literal characters; other backslashes are dropped",
+TEST_CASE("escapes give the literal characters, other backslashes are dropped",
           "[prompt][parser]") {
   CHECK_PARSE("\\(a\\) \\[b\\] c\\\\d", Pieces{{"(a) [b] c\\d", 1.0}});
   CHECK_PARSE("a\\b", Pieces{{"ab", 1.0}});

@@ -163,7 +163,7 @@ TEST_CASE("BREAK closes the chunk", "[prompt][chunks]") {
   CHECK(a1111_chunks(tokenizer(), "(cat BREAK dog)").size() == 1);
 }
 
-TEST_CASE("weights follow the parse; bos, eos and padding weigh 1", "[prompt][chunks]") {
+TEST_CASE("weights follow the parse, bos, eos and padding weigh 1", "[prompt][chunks]") {
   const auto chunks = a1111_chunks(tokenizer(), "a (red:1.5) [cat]");
   REQUIRE(chunks.size() == 1);
   CHECK(chunks[0].ids == tokenizer().encode("a red cat"));
