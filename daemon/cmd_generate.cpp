@@ -45,6 +45,8 @@ struct GenerateOptions {
   std::string dump_dir;
   std::string output = "out.png";
   int png_level = 1;
+  std::string prompt_syntax = "plain";  // plain | a1111
+  bool pad_cond_uncond = false;
 };
 
 fs::path output_path(const fs::path& out, int index, int count) {
@@ -104,6 +106,7 @@ void run_generate(const GenerateOptions& o) {
   if (o.width > 0) asked.width = o.width;
   if (o.height > 0) asked.height = o.height;
   if (!o.scheduler.empty()) asked.scheduler = o.scheduler;
+  asked.prompt_syntax = o.prompt_syntax;
   const ModelInfo model = model_info(folder);
   const std::vector<SchedulerName>& schedulers = model.schedulers;
   JobRequest request;
@@ -119,8 +122,10 @@ void run_generate(const GenerateOptions& o) {
   if (!o.dump_dir.empty()) {
     dump = [&](const std::string& name, const torch::Tensor& v) { dumped.emplace_back(name, v); };
   }
+  Txt2ImgParams params = txt2img_params(request);
+  params.pad_cond_uncond = o.pad_cond_uncond;
   auto images = pipe->generate(
-      txt2img_params(request),
+      params,
       [tty = ::isatty(2) == 1](int image, int step, int steps) {
         if (image == 0)
           std::cerr << (tty ? "\r" : "") << "step " << step << "/" << steps << (tty ? "" : "\n")
@@ -202,6 +207,14 @@ void add_generate_command(CLI::App& app) {
                   "fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   cmd->add_option("--variant", options->variant, "Weights variant, e.g. fp16 (*.fp16.safetensors)");
+  cmd->add_option("--prompt-syntax", options->prompt_syntax,
+                  "plain (exact diffusers) or a1111: (emphasis), [less], (word:1.5), \\( "
+                  "escapes, BREAK, prompts beyond 75 tokens in chunks")
+      ->check(CLI::IsMember({"plain", "a1111"}))
+      ->capture_default_str();
+  cmd->add_flag("--pad-cond-uncond", options->pad_cond_uncond,
+                "a1111: pad a prompt and negative prompt of different chunk counts to one "
+                "length (one batched UNet pass) instead of one pass per length");
   cmd->add_option("--dump", options->dump_dir,
                   "Write intermediates to DIR/intermediates.safetensors");
   cmd->add_option("--png-compression", options->png_level, "zlib level 0-9")

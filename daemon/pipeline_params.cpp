@@ -20,6 +20,7 @@ Txt2ImgParams txt2img_params(const ImageSpec& image) {
   params.original_size = image.original_size;
   params.crops_coords_top_left = image.crops_coords_top_left;
   params.target_size = image.target_size;
+  params.a1111_prompt_syntax = image.prompt_syntax == PromptSyntax::a1111;
   return params;
 }
 
@@ -37,6 +38,7 @@ Txt2ImgParams txt2img_params(const JobRequest& request) {
   params.original_size = request.original_size;
   params.crops_coords_top_left = request.crops_coords_top_left;
   params.target_size = request.target_size;
+  params.a1111_prompt_syntax = request.prompt_syntax == PromptSyntax::a1111;
   return params;
 }
 

@@ -11,6 +11,8 @@
 
 namespace diffusiond {
 
+// prompt_syntax a1111 -> a1111_prompt_syntax. pad_cond_uncond is the daemon's (serve
+// --pad-cond-uncond), not the request's: the caller sets it.
 Txt2ImgParams txt2img_params(const ImageSpec& image);  // one image, seeded with its own seed
 Txt2ImgParams txt2img_params(const JobRequest& request);
 

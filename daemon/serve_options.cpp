@@ -136,6 +136,10 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                  "SD-Turbo/SDXL-Turbo 1)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1000));
+  cmd.add_flag("--pad-cond-uncond", o.pad_cond_uncond,
+               "A1111 prompt syntax: when prompt and negative prompt differ in 75-token chunks, "
+               "pad the shorter with the empty prompt's chunks and run one batched UNet pass "
+               "(A1111's pad_cond_uncond); default: one pass per length, as A1111");
   cmd.add_option("--device-failure-threshold", o.device_failure_threshold,
                  "Failures in a row after which a device is unhealthy: it takes no new work "
                  "and its queue moves to the other devices")

@@ -48,6 +48,7 @@ struct ServeOptions {
   int io_threads = 2;
   int drain_timeout_s = 30;
   int default_steps = 0;             // 0: the model family's default (SD 50, SDXL 30, Turbo 1)
+  bool pad_cond_uncond = false;      // A1111 prompts: pad cond/uncond to one length, one pass
   int device_failure_threshold = 3;  // consecutive failures that make a device unhealthy
   int device_probe_interval_s = 60;  // then it is probed; doubles per failed probe (16x at most)
   std::string inject_faults;         // hidden, a test facility (daemon/fault_injection.h)

@@ -92,15 +92,17 @@ class TorchGenerator final : public ImageGenerator {
  public:
   TorchGenerator(DeviceSpec device, std::unique_ptr<c10::StreamGuard> stream_guard,
                  std::unique_ptr<StableDiffusion> model, std::string description,
-                 std::shared_ptr<FaultInjector> faults)
+                 std::shared_ptr<FaultInjector> faults, bool pad_cond_uncond)
       : device_(std::move(device)),
         stream_guard_(std::move(stream_guard)),
         model_(std::move(model)),
         description_(std::move(description)),
-        faults_(std::move(faults)) {}
+        faults_(std::move(faults)),
+        pad_cond_uncond_(pad_cond_uncond) {}
 
   RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) override {
-    const Txt2ImgParams params = txt2img_params(image);
+    Txt2ImgParams params = txt2img_params(image);
+    params.pad_cond_uncond = pad_cond_uncond_;
     const auto fault = faults_ ? faults_->next(device_.name) : std::nullopt;
     std::vector<RgbImage> images;
     try {
@@ -133,6 +135,7 @@ class TorchGenerator final : public ImageGenerator {
   std::unique_ptr<StableDiffusion> model_;
   std::string description_;
   std::shared_ptr<FaultInjector> faults_;  // --inject-faults; null = none
+  bool pad_cond_uncond_;                   // serve --pad-cond-uncond
 };
 
 class TorchBackend final : public ModelBackend {
@@ -166,7 +169,7 @@ class TorchBackend final : public ModelBackend {
     auto sd = StableDiffusion::load(model_, device, scalar_type(dtype));
     spdlog::info("{}: loaded {} as {}", spec.name, model_.name, description);
     return std::make_unique<TorchGenerator>(spec, std::move(guard), std::move(sd), description,
-                                            options_.faults);
+                                            options_.faults, options_.pad_cond_uncond);
   }
 
  private:

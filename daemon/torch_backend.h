@@ -24,6 +24,10 @@ struct TorchBackendOptions {
   bool is_test_model = false;  // the bundled random-weight model
   std::string notice;          // shown by /devices and the UI when is_test_model
   int default_steps = 0;       // 0: the model family's (pipeline/model_family.h)
+  // A1111 long prompts whose prompt and negative prompt differ in chunk count: pad the shorter
+  // with the empty prompt's chunks, one batched UNet pass (true), or one pass per length
+  // (false, A1111's default). See Txt2ImgParams::pad_cond_uncond.
+  bool pad_cond_uncond = false;
   // A test facility (--inject-faults): the chosen generations fail inside the pipeline with
   // LibTorch's own errors (c10::Error, c10::OutOfMemoryError), as real ones do. null = none.
   std::shared_ptr<FaultInjector> faults;

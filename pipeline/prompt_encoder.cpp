@@ -1,7 +1,10 @@
 #include "pipeline/prompt_encoder.h"
 
+#include <algorithm>
+
 #include "pipeline/component_weights.h"
 #include "pipeline/media/config_util.h"
+#include "pipeline/text/prompt_chunks.h"
 
 namespace diffusiond {
 namespace {
@@ -14,6 +17,37 @@ torch::Tensor ids_tensor(const std::vector<int64_t>& ids, torch::Device device) 
 const torch::Tensor& penultimate(const ClipTextOutput& out) {
   TORCH_CHECK(out.hidden_states.size() >= 2, "CLIP text model has no penultimate hidden state");
   return out.hidden_states[out.hidden_states.size() - 2];
+}
+
+// The chunks' ids as one batch: [chunks, 77] int64.
+torch::Tensor chunk_ids_tensor(const std::vector<PromptChunk>& chunks, torch::Device device) {
+  std::vector<int64_t> flat;
+  for (const auto& c : chunks) flat.insert(flat.end(), c.ids.begin(), c.ids.end());
+  return torch::tensor(flat, torch::kInt64)
+      .view({static_cast<int64_t>(chunks.size()), -1})
+      .to(device);
+}
+
+// Ref: sd_emphasis.EmphasisOriginal.after_transformers, per chunk. z: [chunks, 77, D] in the
+// model dtype -> the same shape in float32 (A1111's multipliers are float32, so its product is):
+// z * w, then * (mean of z / mean of z * w), each chunk over its own 77 x D values. Weights all
+// 1: z unchanged (the identity, skipped so the plain path's values stay exact).
+torch::Tensor apply_weights(const torch::Tensor& z, const std::vector<PromptChunk>& chunks) {
+  std::vector<float> flat;
+  for (const auto& c : chunks) flat.insert(flat.end(), c.weights.begin(), c.weights.end());
+  if (std::all_of(flat.begin(), flat.end(), [](float w) { return w == 1.0f; })) return z;
+  const auto weights = torch::tensor(flat, torch::kFloat32)
+                           .view({static_cast<int64_t>(chunks.size()), -1, 1})
+                           .to(z.device());  // [chunks, 77, 1]
+  const auto original_mean = z.mean({1, 2}, /*keepdim=*/true).to(torch::kFloat32);  // [c, 1, 1]
+  auto weighted = z.to(torch::kFloat32) * weights;
+  const auto new_mean = weighted.mean({1, 2}, /*keepdim=*/true);
+  return weighted * (original_mean / new_mean);
+}
+
+// Pads `chunks` with empty chunks to `count`.
+void pad_chunks(std::vector<PromptChunk>& chunks, std::size_t count, const ClipTokenizer& tok) {
+  while (chunks.size() < count) chunks.push_back(empty_chunk(chunk_ids(tok)));
 }
 
 }  // namespace
@@ -63,15 +97,45 @@ PromptEmbedding PromptEncoder::compute(const std::string& prompt) {
   return e;
 }
 
-PromptEmbedding PromptEncoder::encode(const std::string& prompt) {
-  if (auto it = index_.find(prompt); it != index_.end()) {
+int64_t PromptEncoder::sequence_length(const std::string& prompt, bool a1111) const {
+  if (!a1111) return tokenizer_.max_length();
+  std::size_t chunks = a1111_chunks(tokenizer_, prompt).size();
+  if (tokenizer_2_) chunks = std::max(chunks, a1111_chunks(*tokenizer_2_, prompt).size());
+  return static_cast<int64_t>(chunks) * kChunkLength;
+}
+
+PromptEmbedding PromptEncoder::compute_a1111(const std::string& prompt) {
+  PromptEmbedding e;
+  auto chunks_1 = a1111_chunks(tokenizer_, prompt);
+  if (!text_encoder_2_) {
+    auto z = apply_weights(text_encoder_->forward(chunk_ids_tensor(chunks_1, device_)), chunks_1);
+    e.embeds = z.reshape({1, -1, z.size(2)}).to(dtype_);  // [1, 77 * chunks, D]
+    return e;
+  }
+  auto chunks_2 = a1111_chunks(*tokenizer_2_, prompt);
+  const std::size_t count = std::max(chunks_1.size(), chunks_2.size());
+  pad_chunks(chunks_1, count, tokenizer_);
+  pad_chunks(chunks_2, count, *tokenizer_2_);
+  auto first = text_encoder_->encode(chunk_ids_tensor(chunks_1, device_));
+  auto second = text_encoder_2_->encode(chunk_ids_tensor(chunks_2, device_));
+  auto z = torch::cat({apply_weights(penultimate(first), chunks_1).to(dtype_),
+                       apply_weights(penultimate(second), chunks_2).to(dtype_)},
+                      -1);                                  // [chunks, 77, D1 + D2]
+  e.embeds = z.reshape({1, -1, z.size(2)});                 // [1, 77 * chunks, D1 + D2]
+  e.pooled = second.text_embeds.slice(0, 0, 1).to(dtype_);  // [1, P], chunk 0
+  return e;
+}
+
+PromptEmbedding PromptEncoder::encode(const std::string& prompt, bool a1111) {
+  const std::string key = (a1111 ? "a" : "p") + prompt;  // one cache, two key spaces
+  if (auto it = index_.find(key); it != index_.end()) {
     entries_.splice(entries_.begin(), entries_, it->second);
     return it->second->second;
   }
-  PromptEmbedding e = compute(prompt);
+  PromptEmbedding e = a1111 ? compute_a1111(prompt) : compute(prompt);
   if (capacity_ == 0) return e;
-  entries_.emplace_front(prompt, e);
-  index_[prompt] = entries_.begin();
+  entries_.emplace_front(key, e);
+  index_[key] = entries_.begin();
   while (entries_.size() > capacity_) {
     index_.erase(entries_.back().first);
     entries_.pop_back();

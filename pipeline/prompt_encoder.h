@@ -5,6 +5,18 @@
 //    concatenated [1, 77, D1 + D2], the pooled embedding text_encoder_2's text_embeds [1, P].
 // Ref: diffusers v0.27.2 StableDiffusionPipeline.encode_prompt (clip_skip None) and
 // StableDiffusionXLPipeline.encode_prompt (prompt_2 = prompt, clip_skip None).
+// With a1111 = true: A1111's prompt syntax and long prompts, Ref:
+// stable-diffusion-webui modules/sd_hijack_clip.py FrozenCLIPEmbedderWithCustomWordsBase.forward
+// / process_tokens and sd_emphasis.EmphasisOriginal: the prompt in 75-token chunks
+// (pipeline/text/prompt_chunks.h), each chunk encoded as the plain path encodes its 77 ids
+// (one batch of chunks per encoder), each chunk's output multiplied by its token weights and
+// scaled back to its own mean (z * (mean before / mean after), in float32), the chunks
+// concatenated along the sequence: [1, 77 * chunks, D]. SDXL: both encoders, each with its own
+// tokenizer, chunked and weighted separately (a prompt whose two tokenisations give different
+// chunk counts has the shorter padded with empty chunks), the pooled embedding from chunk 0 of
+// text_encoder_2 (unweighted, as A1111's zs[0].pooled). A prompt whose weights are all 1 skips
+// the weighting (it is the identity), so "(word:1.0)" and a short plain prompt give exactly the
+// plain path's tensors.
 // Owner: one StableDiffusion replica; encode() from its worker thread only (the cache and the
 // modules are not thread-safe).
 #pragma once
@@ -36,9 +48,12 @@ class PromptEncoder {
   PromptEncoder(const ModelFolder& model, bool xl, torch::Device device, torch::ScalarType dtype,
                 std::size_t cache_capacity = 64);
 
-  PromptEmbedding encode(const std::string& prompt);
-  // The same shapes as encode(), all zeros (force_zeros_for_empty_prompt).
+  PromptEmbedding encode(const std::string& prompt, bool a1111 = false);
+  // The same shapes as encode(prompt ""), all zeros (force_zeros_for_empty_prompt).
   PromptEmbedding zeros();
+  // The sequence length encode(prompt, a1111) gives (77; a1111: 77 x chunks) from the
+  // tokenizers alone (no encoder run): what a batch of prompts must share.
+  int64_t sequence_length(const std::string& prompt, bool a1111) const;
 
   bool xl() const { return static_cast<bool>(text_encoder_2_); }
   int64_t pooled_dim() const;  // projection_dim of text_encoder_2 (0 for SD 1.x/2.x)
@@ -48,6 +63,7 @@ class PromptEncoder {
 
  private:
   PromptEmbedding compute(const std::string& prompt);
+  PromptEmbedding compute_a1111(const std::string& prompt);
 
   torch::Device device_;
   torch::ScalarType dtype_;

@@ -9,6 +9,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <chrono>
 #include <stdexcept>
 
@@ -27,6 +28,14 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
+
+// Rows of the batch that share one sequence length: their indices in the batch, their text
+// embeddings [rows, L, hidden] and added conditions.
+struct ConditioningGroup {
+  torch::Tensor index;  // [rows] int64 on the device; undefined when the group is the whole batch
+  torch::Tensor embeds;
+  UNetAddedConditions added;
+};
 
 std::string two_digits(int i) {
   std::string s = std::to_string(i);
@@ -70,6 +79,9 @@ class StableDiffusionPipeline final : public StableDiffusion {
   int default_height() const override { return default_size(); }
   std::string default_scheduler() const override { return default_scheduler_; }
   bool is_xl() const override { return xl_; }
+  int64_t prompt_sequence_length(const std::string& prompt, bool a1111) const override {
+    return prompts_.sequence_length(prompt, a1111);
+  }
   torch::Device device() const override { return device_; }
   GenerationTimings last_timings() const override { return timings_; }
   void set_profiling(bool on) override { profiling_ = on; }
@@ -80,6 +92,16 @@ class StableDiffusionPipeline final : public StableDiffusion {
     if (profiling_ && device_.is_cuda()) torch::cuda::synchronize(device_.index());
   }
   void validate(const Txt2ImgParams& params) const;
+  // pad_cond_uncond: rows shorter than the longest get the empty prompt's chunk encoding
+  // repeated at their end (A1111's pad_cond: (longest - L) / 77 copies).
+  void pad_to_longest(std::vector<torch::Tensor>& rows);
+  // One group per distinct sequence length, in order of first appearance; a batch of one length
+  // is one group holding the whole batch (index undefined), exactly the plain path's pass.
+  std::vector<ConditioningGroup> group_by_length(const std::vector<torch::Tensor>& rows,
+                                                 const UNetAddedConditions& added) const;
+  // The UNet's noise prediction for the whole batch: one pass per group.
+  torch::Tensor denoise(const torch::Tensor& model_input, double t,
+                        const std::vector<ConditioningGroup>& groups);
   // SDXL's add_time_ids [1, 6] in the model dtype: original_size + crops + target_size.
   torch::Tensor add_time_ids(const Txt2ImgParams& params) const;
 
@@ -127,6 +149,69 @@ void StableDiffusionPipeline::validate(const Txt2ImgParams& params) const {
   }
 }
 
+void StableDiffusionPipeline::pad_to_longest(std::vector<torch::Tensor>& rows) {
+  int64_t longest = 0;
+  for (const auto& r : rows) longest = std::max(longest, r.size(1));
+  torch::Tensor empty;
+  for (auto& r : rows) {
+    if (r.size(1) == longest) continue;
+    if (!empty.defined()) empty = prompts_.encode("", /*a1111=*/true).embeds;  // [1, 77, hidden]
+    const int64_t repeats = (longest - r.size(1)) / empty.size(1);
+    r = torch::cat({r, empty.repeat({1, repeats, 1})}, 1);
+  }
+}
+
+std::vector<ConditioningGroup> StableDiffusionPipeline::group_by_length(
+    const std::vector<torch::Tensor>& rows, const UNetAddedConditions& added) const {
+  std::vector<int64_t> lengths;
+  std::vector<std::vector<int64_t>> members;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const int64_t length = rows[i].size(1);
+    const auto at = std::find(lengths.begin(), lengths.end(), length);
+    if (at == lengths.end()) {
+      lengths.push_back(length);
+      members.push_back({static_cast<int64_t>(i)});
+    } else {
+      members[static_cast<std::size_t>(at - lengths.begin())].push_back(static_cast<int64_t>(i));
+    }
+  }
+  std::vector<ConditioningGroup> groups;
+  if (members.size() == 1) {
+    groups.push_back({torch::Tensor(), torch::cat(rows, 0), added});
+    return groups;
+  }
+  for (const auto& m : members) {
+    ConditioningGroup g;
+    g.index = torch::tensor(m, torch::kInt64).to(device_);
+    std::vector<torch::Tensor> parts;
+    for (int64_t i : m) parts.push_back(rows[static_cast<std::size_t>(i)]);
+    g.embeds = torch::cat(parts, 0);
+    if (added.text_embeds.defined()) {
+      g.added.text_embeds = added.text_embeds.index_select(0, g.index);
+      g.added.time_ids = added.time_ids.index_select(0, g.index);
+    }
+    groups.push_back(std::move(g));
+  }
+  return groups;
+}
+
+torch::Tensor StableDiffusionPipeline::denoise(const torch::Tensor& model_input, double t,
+                                               const std::vector<ConditioningGroup>& groups) {
+  if (groups.size() == 1 && !groups.front().index.defined())
+    return unet_->forward(model_input, t, groups.front().embeds, groups.front().added);
+  torch::Tensor out;
+  for (const auto& g : groups) {
+    const auto part = unet_->forward(model_input.index_select(0, g.index), t, g.embeds, g.added);
+    if (!out.defined()) {
+      auto sizes = part.sizes().vec();
+      sizes[0] = model_input.size(0);
+      out = torch::empty(sizes, part.options());
+    }
+    out.index_copy_(0, g.index, part);
+  }
+  return out;
+}
+
 torch::Tensor StableDiffusionPipeline::add_time_ids(const Txt2ImgParams& p) const {
   const std::array<int, 2> output = {p.height, p.width};
   const auto original = p.original_size.value_or(output);
@@ -153,6 +238,8 @@ std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& par
 
   // Prompt embeddings, image order prompt-major; uncond rows first when guiding. SD 1.x/2.x
   // encode an absent negative prompt as ""; SDXL with force_zeros_for_empty_prompt uses zeros.
+  // Each row [1, L, hidden]: L is 77 for plain text, 77 x chunks for A1111 syntax.
+  const bool a1111 = params.a1111_prompt_syntax;
   std::vector<torch::Tensor> rows, pooled_rows;
   auto add_rows = [&](const PromptEmbedding& e, int copies) {
     for (int k = 0; k < copies; ++k) {
@@ -163,19 +250,21 @@ std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& par
   if (guidance) {
     add_rows(!params.negative_prompt && force_zeros_for_empty_prompt_
                  ? prompts_.zeros()
-                 : prompts_.encode(params.negative_prompt.value_or("")),
+                 : prompts_.encode(params.negative_prompt.value_or(""), a1111),
              batch);
   }
-  for (const auto& prompt : params.prompts) add_rows(prompts_.encode(prompt), per_prompt);
-  const torch::Tensor prompt_embeds = torch::cat(rows, 0);  // [(2)B, 77, hidden]
-  emit("prompt_embeds", prompt_embeds);
+  for (const auto& prompt : params.prompts) add_rows(prompts_.encode(prompt, a1111), per_prompt);
+  if (params.pad_cond_uncond) pad_to_longest(rows);
   UNetAddedConditions added;
   if (xl_) {
     added.text_embeds = torch::cat(pooled_rows, 0);  // [(2)B, P]
-    added.time_ids = add_time_ids(params).to(device_).repeat({prompt_embeds.size(0), 1});
+    added.time_ids =
+        add_time_ids(params).to(device_).repeat({static_cast<int64_t>(rows.size()), 1});
     emit("add_text_embeds", added.text_embeds);
     emit("add_time_ids", added.time_ids);
   }
+  const std::vector<ConditioningGroup> groups = group_by_length(rows, added);
+  if (groups.size() == 1) emit("prompt_embeds", groups.front().embeds);  // [(2)B, L, hidden]
   sync();
   timings_.text_encode_s = seconds_since(start);
 
@@ -215,7 +304,7 @@ std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& par
     const double t = timesteps[static_cast<std::size_t>(i)];
     torch::Tensor model_input = guidance ? torch::cat({latents, latents}, 0) : latents;
     model_input = scheduler->scale_model_input(model_input, i);
-    torch::Tensor noise_pred = unet_->forward(model_input, t, prompt_embeds, added);
+    torch::Tensor noise_pred = denoise(model_input, t, groups);
     if (guidance) {
       auto halves = noise_pred.chunk(2, 0);
       emit("noise_pred_uncond." + two_digits(i), halves[0]);

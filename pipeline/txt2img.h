@@ -39,6 +39,15 @@ struct Txt2ImgParams {
   std::optional<std::array<int, 2>> original_size;
   std::optional<std::array<int, 2>> crops_coords_top_left;
   std::optional<std::array<int, 2>> target_size;
+  // A1111's prompt syntax and long prompts for the prompts and the negative prompt
+  // (pipeline/prompt_encoder.h); false: plain text, exactly as diffusers.
+  bool a1111_prompt_syntax = false;
+  // When the rows of a batch (prompts, negative prompt) have different sequence lengths (A1111
+  // long prompts): false, A1111's default: each length is its own UNet pass per step (the
+  // conditional and unconditional rows apart), the guidance combine as usual; true, A1111's
+  // pad_cond_uncond: the shorter rows padded with the empty prompt's chunk encoding to the
+  // longest, one batched pass. Rows of equal length always share one pass.
+  bool pad_cond_uncond = false;
   // Optional initial noise [prompts x num_images, C, H/8, W/8] (diffusers' `latents=`): used
   // instead of the generators' draw, cast to the model's dtype and device, then scaled by the
   // scheduler's init_noise_sigma. The generators still draw the samplers' step noise.
@@ -82,6 +91,10 @@ class StableDiffusion {
   virtual int default_height() const = 0;
   virtual std::string default_scheduler() const = 0;  // canonical name from scheduler_config
   virtual bool is_xl() const { return false; }        // SDXL (added text/time conditioning)
+  // The sequence length of a prompt's text conditioning under `a1111` syntax (77 per chunk;
+  // always 77 for plain text), from the tokenizers alone: conditionings of different lengths
+  // cannot share a UNet batch, so a batch builder groups by it. Worker thread only.
+  virtual int64_t prompt_sequence_length(const std::string& prompt, bool a1111) const = 0;
   virtual torch::Device device() const = 0;
 
   // Timings of the last generate(). With set_profiling(true) each stage boundary waits for the

@@ -108,6 +108,11 @@ ClipTokenizer::ClipTokenizer(ClipTokenizer&&) noexcept = default;
 ClipTokenizer& ClipTokenizer::operator=(ClipTokenizer&&) noexcept = default;
 ClipTokenizer::~ClipTokenizer() = default;
 
+std::optional<int64_t> ClipTokenizer::vocab_id(const std::string& symbol) const {
+  if (auto it = vocab_.find(symbol); it != vocab_.end()) return it->second;
+  return std::nullopt;
+}
+
 int64_t ClipTokenizer::id_of_symbol(const std::string& symbol) const {
   if (auto it = added_token_ids_.find(symbol); it != added_token_ids_.end()) return it->second;
   if (auto it = vocab_.find(symbol); it != vocab_.end()) return it->second;

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -52,6 +53,8 @@ class ClipTokenizer {
   // The clean-up applied before pre-tokenisation (ftfy.fix_text, whitespace, lower case), on the
   // whole text. encode() applies it to each piece between added tokens.
   std::string normalize(const std::string& text) const;
+  // The id of a vocabulary entry (e.g. ",</w>"), nullopt when the vocabulary has none.
+  std::optional<int64_t> vocab_id(const std::string& symbol) const;
 
   int max_length() const { return max_length_; }
   int64_t bos_id() const { return bos_id_; }

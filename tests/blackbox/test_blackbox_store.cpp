@@ -255,3 +255,84 @@ TEST_CASE("the store and the PNGs are the daemon user's alone, whatever the umas
   CHECK((images.st_mode & 0077) == 0);
   CHECK(checked >= 2);  // the database and the PNG at least
 }
+
+namespace {
+
+DecodedImage image_of(std::uint16_t port, const json& job) {
+  HttpReply r = http_request(port, "GET", job["images"][0]["url"].get<std::string>());
+  REQUIRE(r.status == 200);
+  return decode_png(r.body);
+}
+
+// A prompt of three 75-token chunks (86 tokens, then a BREAK; weights, a comma), its request.
+const std::string kA1111Prompt = "a (lighthouse:1.4) on a [cliff], " + [] {
+  std::string s;
+  for (int i = 0; i < 40; ++i) s += "stormy sea ";
+  return s;
+}() + "BREAK (((night)))";
+
+std::string a1111_body(const char* syntax, const char* negative = "fog") {
+  json b = {{"prompt", kA1111Prompt}, {"negative_prompt", negative}, {"steps", 3}, {"seed", 7}};
+  if (syntax) b["prompt_syntax"] = syntax;
+  return b.dump();
+}
+
+}  // namespace
+
+TEST_CASE(
+    "prompt_syntax a1111 on the native API: runs, is stored, and a replay after kill -9 "
+    "gives the same image",
+    "[blackbox][store][a1111]") {
+  TempDir dir("a1111");
+  DecodedImage first;
+  std::string replayed_id;
+  {
+    DaemonProcess d(dir.path, {"--devices", "cpu"});
+    const std::string a = submit(d.port(), a1111_body("a1111"));
+    const std::string p = submit(d.port(), a1111_body(nullptr));
+    const json ja = wait_finished(d.port(), a), jp = wait_finished(d.port(), p);
+    REQUIRE(ja["status"] == "done");
+    REQUIRE(jp["status"] == "done");
+    CHECK(ja["request"]["prompt_syntax"] == "a1111");
+    CHECK_FALSE(jp["request"].contains("prompt_syntax"));  // plain, the default
+    first = image_of(d.port(), ja);
+    CHECK(max_abs_diff(first, image_of(d.port(), jp)) > 0);  // the syntax changes the image
+    // The PNG: the parameters text shows the prompt as given, the request JSON its syntax.
+    HttpReply png = http_request(d.port(), "GET", ja["images"][0]["url"].get<std::string>());
+    const PngChunks chunks = read_png_chunks(png.body);
+    REQUIRE(chunks.text.count("parameters") == 1);
+    CHECK(chunks.text.at("parameters").rfind(kA1111Prompt + "\n", 0) == 0);
+    CHECK(png_metadata(png.body)["request"]["prompt_syntax"] == "a1111");
+
+    // A job queued behind a long one when the daemon is killed is run again after the restart
+    // from what the store kept.
+    const std::string blocker = submit(d.port(), R"({"prompt":"slow","steps":150,"n":2,"seed":1})");
+    for (int i = 0; i < 600 && get_json(d.port(), "/jobs/" + blocker)["status"] != "running"; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    replayed_id = submit(d.port(), a1111_body("a1111"));
+    CHECK(get_json(d.port(), "/jobs/" + replayed_id)["status"] == "queued");
+    d.kill_hard();
+  }
+  CHECK(stored_request(dir.path / "diffusiond.db", replayed_id)["prompt_syntax"] == "a1111");
+  DaemonProcess d(dir.path, {"--devices", "cpu"});
+  const json again = wait_finished(d.port(), replayed_id);
+  REQUIRE(again["status"] == "done");
+  CHECK(max_abs_diff(image_of(d.port(), again), first) == 0);
+}
+
+TEST_CASE("serve --pad-cond-uncond: a long prompt with a short negative prompt, both modes",
+          "[blackbox][a1111]") {
+  TempDir dir("pad-cond");
+  DecodedImage separate, padded;
+  for (const bool pad : {false, true}) {
+    std::vector<std::string> args = {"--devices", "cpu"};
+    if (pad) args.push_back("--pad-cond-uncond");
+    DaemonProcess d(dir.path / (pad ? "padded" : "separate"), args);
+    const json j = wait_finished(d.port(), submit(d.port(), a1111_body("a1111")));
+    REQUIRE(j["status"] == "done");
+    (pad ? padded : separate) = image_of(d.port(), j);
+  }
+  // The negative prompt "fog" (1 chunk) padded with the empty prompt's chunks to the prompt's 3
+  // is a different unconditional input than "fog" alone: a different image.
+  CHECK(max_abs_diff(separate, padded) > 0);
+}

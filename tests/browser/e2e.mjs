@@ -206,6 +206,20 @@ async function testUi(daemon) {
     assert.equal(await longItem.locator('.cancel').isVisible(), false);
     await shot(page, '04-cancelled');
 
+    check('the A1111 prompt syntax checkbox: off by default (plain, no field sent), on sends "a1111"');
+    assert.equal(await page.isChecked('#a1111-syntax'), false);
+    assert.equal(job.request.prompt_syntax, undefined);  // the first job: plain
+    await page.fill('#prompt', 'a (red:1.3) [bicycle] BREAK a blue sky');
+    await page.fill('#steps', '2');
+    await page.check('#a1111-syntax');
+    const a1111 = await submit(page);
+    assert.equal(a1111.status, 202, JSON.stringify(a1111.body));
+    await page.waitForSelector(`#queue .job[data-job-id="${a1111.body.id}"][data-status="done"]`, WAIT);
+    const a1111Job = await (await fetch(`${daemon.url}/jobs/${a1111.body.id}`)).json();
+    assert.equal(a1111Job.request.prompt_syntax, 'a1111');
+    assert.deepEqual(a1111Job.request.prompts, ['a (red:1.3) [bicycle] BREAK a blue sky']);
+    await page.uncheck('#a1111-syntax');
+
     check('an API error is shown next to the form for a bad size');
     await page.selectOption('#size-preset', 'custom');
     await page.fill('#width', '100');

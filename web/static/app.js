@@ -12,6 +12,7 @@ const FIELD_INPUTS = {
   prompt: 'prompt', negative_prompt: 'negative-prompt', width: 'width', height: 'height',
   steps: 'steps', guidance_scale: 'guidance', seed: 'seed', scheduler: 'sampler', n: 'count',
   original_size: 'original-height', crops_coords_top_left: 'crop-top', target_size: 'target-height',
+  prompt_syntax: 'a1111-syntax',
 };
 // Used only when the daemon's /model gives no size_presets (an older daemon).
 const FALLBACK_PRESETS = [[512, 512], [768, 768], [512, 768], [768, 512]];
@@ -203,6 +204,7 @@ function buildRequest() {
     if (v !== undefined) body[field] = v;
   }
   if ($('#sampler').value) body.scheduler = $('#sampler').value;
+  if ($('#a1111-syntax').checked) body.prompt_syntax = 'a1111';  // unticked: plain (the default)
   const seed = $('#seed').value.trim();
   body.seed = seed === '' ? randomSeed() : seed;  // a digit string is sent as a JSON number
   return body;
