@@ -158,7 +158,7 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
       asked, request_defaults(model_info_),
       [this](const std::string& name) { return backend_.canonical_scheduler(name); },
       options_.limits, random_seed(), scheduler_names(model_info_));
-  // One model per daemon, no LoRA and plain prompts, until those land (issues 13 and 14).
+  // One model per daemon and no LoRA, until those land (issue 13).
   if (!request.model.empty() && request.model != model_info_.name)
     throw ServiceError(ErrorCode::invalid_request,
                        "unknown model '" + request.model.substr(0, 100) +
@@ -167,10 +167,6 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
   if (!request.loras.empty())
     throw ServiceError(ErrorCode::invalid_request, "this daemon has no LoRA support yet",
                        "unknown_lora", "loras");
-  if (request.prompt_syntax != PromptSyntax::plain)
-    throw ServiceError(ErrorCode::invalid_request,
-                       "prompt_syntax 'a1111' is not supported by this daemon yet", "invalid_field",
-                       "prompt_syntax");
   if (request.priority > 0 && !context.may_prioritise)
     throw ServiceError(ErrorCode::forbidden,
                        "priority " + std::to_string(request.priority) +
@@ -206,6 +202,7 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
     record.client = context.client;
     record.idempotency_key = context.idempotency_key;
     record.fingerprint = context.fingerprint;
+    record.previews = context.previews;
     if (idempotent)  // reserved: a concurrent retry is told it is in flight
       idempotency_[{context.client, context.idempotency_key}] = record.view.id;
     pending_images_ += count;
