@@ -235,7 +235,7 @@ TEST_CASE("SillyTavern's sequence: lists, get/set model, progress, generate, png
   CHECK(req(d.port(), "GET", "/sdapi/v1/img2img", nullptr, auth).status == 404);
 }
 
-TEST_CASE("A1111 progress shows the caller's own work with a preview; interrupt is scoped to it",
+TEST_CASE("A1111 progress shows the caller's own work with a preview, and interrupt is scoped to it",
           "[blackbox][a1111]") {
   TempDir dir("a1111-progress");
   DaemonProcess d(dir.path, {"--devices", "cpu", "--api-key", "alice", "--api-key", "bob"});
