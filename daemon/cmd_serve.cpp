@@ -175,6 +175,9 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   http_options.api_keys = api_keys;
   http_options.priority_api_keys = keys.priority;
   http_options.allowed_hosts = options.allowed_hosts;
+  http_options.public_url = options.public_url;
+  while (!http_options.public_url.empty() && http_options.public_url.back() == '/')
+    http_options.public_url.pop_back();
   http_options.allowed_origins = options.allowed_origins;
   http_options.max_connections = options.max_connections;
   http_options.max_connections_per_client = options.max_connections_per_client;

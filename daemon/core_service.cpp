@@ -202,6 +202,7 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
     record.client = context.client;
     record.idempotency_key = context.idempotency_key;
     record.fingerprint = context.fingerprint;
+    record.previews = context.previews;
     if (idempotent)  // reserved: a concurrent retry is told it is in flight
       idempotency_[{context.client, context.idempotency_key}] = record.view.id;
     pending_images_ += count;

@@ -109,6 +109,13 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
                             const std::string& before_id = {}) const override;
   CancelResult cancel(const std::string& id) override;
   std::optional<std::string> image_path(const std::string& id, int k) const override;
+  // core_images.cpp
+  std::optional<EncodedImage> encoded_image(const std::string& id, int k, ImageFormat format,
+                                            int quality) const override;
+  std::vector<std::pair<std::string, std::string>> image_text(
+      std::string_view image_bytes) const override;
+  std::vector<JobView> client_jobs(const std::string& client) const override;
+  std::optional<EncodedImage> preview(const std::string& id, int k) const override;
   std::unique_ptr<Subscription> subscribe(const std::string& job_id,
                                           std::function<void(const JobEvent&)> on_event) override;
   std::vector<DeviceView> devices() const override;
@@ -122,6 +129,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
     bool terminal_event_sent = false;
     StoreWriter::Ticket last_write = 0;  // the job's newest queued store write
     bool retiring = false;               // finished: leaves memory once last_write commits
+    std::map<int, RgbImage> previews;    // image -> its latest live preview (previews asked)
   };
 
   // TaskHost (worker threads)
@@ -131,6 +139,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   void task_succeeded(int worker, const TaskRef& task, RgbImage image) override;
   void task_stopped(int worker, const TaskRef& task) override;
   void task_failed(int worker, const TaskRef& task, const std::string& error) override;
+  void task_preview(int worker, const TaskRef& task, RgbImage preview) override;
 
   // StoreWriter::Listener (the store writer thread)
   void writes_committed(StoreWriter::Ticket last) override;

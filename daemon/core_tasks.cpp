@@ -53,6 +53,7 @@ std::optional<ImageSpec> CoreService::begin_task(int worker, const TaskRef& task
     started.steps = image.steps;
     emit_locked(*job, started, to_flush);
     spec = image_spec(view.request, task.image);
+    spec.previews = job->record.previews;
     commit_locked(*job, {task.image}, to_flush);
   }
   flush(to_flush);

@@ -104,6 +104,12 @@ void DeviceWorker::run_task(const TaskRef& task) {
   bool out_of_memory = false;
   RgbImage image;
   try {
+    if (spec->previews)
+      generator_->set_previews([this, &task](RgbImage preview) {
+        host_.task_preview(index_, task, std::move(preview));
+      });
+    else
+      generator_->set_previews({});
     image = generator_->generate_one(*spec, progress);
     outcome = Outcome::done;
   } catch (const GenerationStopped&) {

@@ -39,6 +39,9 @@ class TaskHost {
   virtual void task_succeeded(int worker, const TaskRef& task, RgbImage image) = 0;
   virtual void task_stopped(int worker, const TaskRef& task) = 0;
   virtual void task_failed(int worker, const TaskRef& task, const std::string& error) = 0;
+  // A cheap preview of the image being made (only for tasks whose ImageSpec asks for previews),
+  // on the worker thread. Default: dropped.
+  virtual void task_preview(int /*worker*/, const TaskRef& /*task*/, RgbImage /*preview*/) {}
 };
 
 struct WorkerStats {

@@ -4,6 +4,7 @@
 // The real implementation is torch_backend.h (over pipeline/txt2img.h); tests use a fake.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -22,6 +23,11 @@ namespace diffusiond {
 // Called after every denoising step (step in 1..steps); returning false stops the generation,
 // which then throws GenerationStopped.
 using StepProgress = std::function<bool(int step, int steps)>;
+
+// Where a replica hands the cheap previews of the image it is making (latent-sized RGB, at most
+// one per kPreviewInterval, the first after step 1); called on its device thread.
+using PreviewSink = std::function<void(RgbImage preview)>;
+inline constexpr std::chrono::milliseconds kPreviewInterval{250};
 
 class GenerationStopped : public std::runtime_error {
  public:
@@ -50,6 +56,9 @@ class ImageGenerator {
   // Throws GenerationStopped when `progress` returned false, DeviceOutOfMemory when the device
   // ran out of memory, anything else on another failure.
   virtual RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) = 0;
+  // Previews for the following generate_one calls (an empty sink: none, the default). Replicas
+  // that cannot make previews ignore it.
+  virtual void set_previews(PreviewSink /*sink*/) {}
   virtual std::string description() const = 0;  // "NVIDIA H100 80GB HBM3", "CPU (4 threads)"
   virtual DeviceMemory memory() const { return {}; }
 };

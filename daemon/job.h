@@ -45,6 +45,7 @@ struct JobRecord {
   std::string client;             // who submitted it (SubmitContext::client)
   std::string idempotency_key;    // "" = none; unique per client
   std::string fingerprint;        // of the submitted request, for the idempotency check
+  bool previews = false;          // in memory only: SubmitContext::previews
 };
 
 // A new job in state queued: images prompt-major, image k = prompts[k / n] with seed + k.

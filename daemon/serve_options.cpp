@@ -45,6 +45,10 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                  "Host names to answer besides loopback names, IP addresses and the listen "
                  "address, e.g. the name a reverse proxy forwards (DNS rebinding guard; * = any)")
       ->delimiter(',');
+  cmd.add_option("--public-url", o.public_url,
+                 "The daemon's address as clients reach it (e.g. https://images.example.com), "
+                 "for the image URLs of POST /v1/images/generations with response_format url; "
+                 "default: http:// + the request's Host header");
   cmd.add_option("--allowed-origins", o.allowed_origins,
                  "Web origins (scheme://host[:port]) besides the UI's own that may POST and "
                  "DELETE (cross-site request guard; * = any)")

@@ -28,6 +28,7 @@ struct ServeOptions {
   std::string api_key_file;
   std::vector<std::string> allowed_hosts;    // Host names besides loopback, IPs, the listen host
   std::vector<std::string> allowed_origins;  // origins besides the UI's own that may POST/DELETE
+  std::string public_url;  // absolute image URLs of the OpenAI dialect; "": from Host
   std::string dispatch = "round-robin";
   int max_queue = 256;
   int max_pixels = 1024 * 1024;

@@ -15,6 +15,7 @@
 #include "daemon/cuda_driver.h"
 #include "daemon/dtype.h"
 #include "daemon/pipeline_params.h"
+#include "pipeline/latent_preview.h"
 #include "pipeline/media/config_util.h"
 #include "pipeline/schedulers/scheduler.h"
 #include "pipeline/txt2img.h"
@@ -103,6 +104,16 @@ class TorchGenerator final : public ImageGenerator {
   RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) override {
     Txt2ImgParams params = txt2img_params(image);
     params.pad_cond_uncond = pad_cond_uncond_;
+    if (previews_) {  // A1111's "Approx cheap" preview, at most one per kPreviewInterval
+      auto last = std::chrono::steady_clock::time_point{};
+      params.on_latents = [this, last](int, const torch::Tensor& latents) mutable {
+        const auto now = std::chrono::steady_clock::now();
+        if (last != std::chrono::steady_clock::time_point{} && now - last < kPreviewInterval)
+          return;
+        last = now;
+        previews_(cheap_latent_preview(latents[0], model_->is_xl()));
+      };
+    }
     const auto fault = faults_ ? faults_->next(device_.name) : std::nullopt;
     std::vector<RgbImage> images;
     try {
@@ -121,6 +132,7 @@ class TorchGenerator final : public ImageGenerator {
     return std::move(images.front());
   }
 
+  void set_previews(PreviewSink sink) override { previews_ = std::move(sink); }
   std::string description() const override { return description_; }
 
   DeviceMemory memory() const override {
@@ -134,6 +146,7 @@ class TorchGenerator final : public ImageGenerator {
   std::unique_ptr<c10::StreamGuard> stream_guard_;  // destroyed last: restores the old stream
   std::unique_ptr<StableDiffusion> model_;
   std::string description_;
+  PreviewSink previews_;                   // set by the worker per image; empty: no previews
   std::shared_ptr<FaultInjector> faults_;  // --inject-faults; null = none
   bool pad_cond_uncond_;                   // serve --pad-cond-uncond
 };

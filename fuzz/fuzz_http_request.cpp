@@ -177,7 +177,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   HttpStats stats;
   Admission admission(options);
   RateLimiter rate_limiter(options.rate_limit, options.rate_burst);
-  ServerContext context{service, options, stats, admission, rate_limiter};
+  A1111State a1111;
+  ServerContext context{service, options, stats, admission, rate_limiter, a1111};
 
   BytesStream stream(bytes);
   boost::beast::flat_buffer buffer;

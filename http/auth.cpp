@@ -1,5 +1,7 @@
 #include "http/auth.h"
 
+#include "http/base64.h"
+
 #include <algorithm>
 #include <cctype>
 #include <stdexcept>
@@ -31,6 +33,20 @@ std::string_view bearer_token(std::string_view h) {
   while (!h.empty() && (h.front() == ' ' || h.front() == '\t')) h.remove_prefix(1);
   while (!h.empty() && (h.back() == ' ' || h.back() == '\t')) h.remove_suffix(1);
   return h;
+}
+
+std::string basic_password(std::string_view h) {
+  constexpr std::string_view scheme = "basic";
+  while (!h.empty() && (h.front() == ' ' || h.front() == '\t')) h.remove_prefix(1);
+  if (h.size() <= scheme.size()) return {};
+  for (std::size_t i = 0; i < scheme.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(h[i])) != scheme[i]) return {};
+  if (h[scheme.size()] != ' ' && h[scheme.size()] != '\t') return {};
+  h.remove_prefix(scheme.size());
+  const auto decoded = base64_decode(h);
+  if (!decoded) return {};
+  const auto colon = decoded->find(':');
+  return colon == std::string::npos ? std::string() : decoded->substr(colon + 1);
 }
 
 bool key_matches(std::string_view token, const std::vector<std::string>& keys) {

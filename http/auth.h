@@ -19,6 +19,11 @@ bool constant_time_equal(std::string_view a, std::string_view b);
 std::string_view bearer_token(std::string_view authorization_header);
 
 // True if `token` matches any key (every key is compared, whatever matched).
+// The password of an "Authorization: Basic base64(user:password)" header value (A1111's
+// --api-auth clients send the API key that way; the user name is ignored); empty if the header
+// is not a well-formed basic one.
+std::string basic_password(std::string_view header_value);
+
 bool key_matches(std::string_view token, const std::vector<std::string>& keys);
 
 // A stable, non-secret name for a key: "key-" + the first 16 hex digits of its SHA-256. It

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "daemon/api/service.h"
+#include "http/a1111_state.h"
 #include "http/admission.h"
 #include "http/client_limits.h"
 #include "http/http_stats.h"
@@ -23,6 +24,7 @@ struct ServerContext {
   HttpStats& stats;
   Admission& admission;
   RateLimiter& rate_limiter;
+  A1111State& a1111;  // the A1111 dialect's per-caller options
 };
 
 // One request being answered. Unless said otherwise, methods must be called on the

@@ -8,6 +8,8 @@
 
 namespace diffusiond::http_api {
 
+using Handler = void (*)(ServerContext&, Exchange&, const RouteParams&);
+
 // handlers_generate.cpp
 void handle_generate(ServerContext& c, Exchange& ex, const RouteParams& p);
 // handlers_jobs.cpp
@@ -28,6 +30,15 @@ void handle_metrics(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_devices(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_model(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_schedulers(ServerContext& c, Exchange& ex, const RouteParams& p);
+// a1111_handlers.cpp: /sdapi/v1/{name}; false when there is no such A1111 route.
+bool a1111_route(std::string_view name, Handler& get, Handler& post);
+// openai_handlers.cpp: /v1/images/generations, /v1/models, /v1/models/{id}
+void handle_openai_generations(ServerContext& c, Exchange& ex, const RouteParams& p);
+void handle_openai_models(ServerContext& c, Exchange& ex, const RouteParams& p);
+void handle_openai_model(ServerContext& c, Exchange& ex, const RouteParams& p);
+// The native error answer `r` in OpenAI's shape {"error":{"message","type","param","code"}}
+// (other answers unchanged).
+Response openai_error_shape(Response r);
 // handlers_assets.cpp
 void handle_asset(ServerContext& c, Exchange& ex, const RouteParams& p);
 bool is_asset_path(const std::string& path);

@@ -73,7 +73,43 @@ Response image_file_response(ServerContext& c, std::string_view if_none_match,
 }
 
 void handle_job_image(ServerContext& c, Exchange& ex, const RouteParams& p) {
-  ex.respond(image_file_response(c, ex.request()[http::field::if_none_match], p.job_id, p.image));
+  if (p.image_format == ImageFormat::png) {
+    ex.respond(image_file_response(c, ex.request()[http::field::if_none_match], p.job_id, p.image));
+    return;
+  }
+  // .jpg / .webp: made from the PNG on request, ?quality=1..100 (default 90).
+  int quality = 90;
+  if (auto it = p.query.find("quality"); it != p.query.end()) {
+    try {
+      quality = std::stoi(it->second);
+    } catch (const std::exception&) {
+      quality = 0;
+    }
+    if (quality < 1 || quality > 100) {
+      ex.respond(error_response(http::status::bad_request, "invalid_field",
+                                "query 'quality' must be an integer 1..100", "quality"));
+      return;
+    }
+  }
+  const auto encoded = c.service.encoded_image(p.job_id, p.image, p.image_format, quality);
+  if (!encoded) {  // the PNG route's answer says why (no job, no such image, not ready)
+    ex.respond(image_file_response(c, "", p.job_id, p.image));
+    return;
+  }
+  const std::string etag = "\"" + p.job_id + "-" + std::to_string(p.image) + "-" +
+                           to_string(p.image_format) + "-" + std::to_string(quality) + "\"";
+  if (etag_matches(ex.request()[http::field::if_none_match], etag)) {
+    StringResponse res{http::status::not_modified, 11};
+    set_cache_headers(res, etag, !c.options.api_keys.empty());
+    ex.respond(std::move(res));
+    return;
+  }
+  StringResponse res{http::status::ok, 11};
+  res.set(http::field::content_type, content_type_of(p.image_format));
+  res.set("X-Job-Id", p.job_id);
+  set_cache_headers(res, etag, !c.options.api_keys.empty());
+  res.body() = encoded->bytes;
+  ex.respond(std::move(res));
 }
 
 }  // namespace diffusiond::http_api

@@ -14,8 +14,6 @@
 namespace diffusiond::http_api {
 namespace {
 
-using Handler = void (*)(ServerContext&, Exchange&, const RouteParams&);
-
 struct Route {
   Handler get = nullptr;  // also answers HEAD
   Handler post = nullptr;
@@ -71,9 +69,13 @@ bool plain_segment(std::string_view id) {
   return true;
 }
 
-bool parse_image_name(std::string_view name, int& k) {
-  if (name.size() < 5 || name.substr(name.size() - 4) != ".png") return false;
-  name.remove_suffix(4);
+bool parse_image_name(std::string_view name, int& k, ImageFormat& format) {
+  const auto dot = name.rfind('.');
+  if (dot == std::string_view::npos) return false;
+  const auto named = image_format_named(name.substr(dot + 1));
+  if (!named) return false;
+  format = *named;
+  name = name.substr(0, dot);
   if (name.empty() || name.size() > 6) return false;
   auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), k);
   return ec == std::errc() && end == name.data() + name.size() && k >= 0;
@@ -96,12 +98,28 @@ std::optional<Route> match(RouteParams& p) {
     if (s == "model") return Route{handle_model};
     if (s == "schedulers") return Route{handle_schedulers};
   }
+  if (parts.size() == 3 && parts[0] == "sdapi" && parts[1] == "v1") {
+    Route r;
+    if (a1111_route(parts[2], r.get, r.post)) return r;
+    return std::nullopt;
+  }
+  if (!parts.empty() && parts[0] == "v1") {
+    if (parts.size() == 3 && parts[1] == "images" && parts[2] == "generations")
+      return Route{nullptr, handle_openai_generations};
+    if (parts.size() == 2 && parts[1] == "models") return Route{handle_openai_models};
+    if (parts.size() >= 3 && parts[1] == "models") {
+      p.model_id = p.path.substr(std::string_view("/v1/models/").size());
+      return Route{handle_openai_model};
+    }
+    return std::nullopt;
+  }
   if (is_asset_path(p.path)) return Route{handle_asset, nullptr, nullptr, false};
   if (parts.size() < 2 || parts[0] != "jobs" || !plain_segment(parts[1])) return std::nullopt;
   p.job_id = std::string(parts[1]);
   if (parts.size() == 2) return Route{handle_get_job, nullptr, handle_cancel_job};
   if (parts.size() == 3 && parts[2] == "events") return Route{handle_job_events};
-  if (parts.size() == 4 && parts[2] == "images" && parse_image_name(parts[3], p.image)) {
+  if (parts.size() == 4 && parts[2] == "images" &&
+      parse_image_name(parts[3], p.image, p.image_format)) {
     return Route{handle_job_image};
   }
   return std::nullopt;
@@ -121,6 +139,8 @@ bool authorise(const ServerContext& c, const Request& req, RouteParams& p) {
   const auto& keys = c.options.api_keys;
   if (keys.empty()) return true;
   std::string_view token = bearer_token(req[http::field::authorization]);
+  const std::string basic = basic_password(req[http::field::authorization]);
+  if (!key_matches(token, keys) && key_matches(basic, keys)) token = basic;
   if (!key_matches(token, keys)) {
     const bool safe_method = req.method() == http::verb::get || req.method() == http::verb::head;
     auto it = p.query.find("api_key");
@@ -180,7 +200,33 @@ bool is_health_probe(const Request& req) {
   return path == "/healthz" || path == "/readyz";
 }
 
-void route_request(ServerContext& c, Exchange& ex) {
+namespace {
+
+// /v1 answers errors in OpenAI's shape; every other path in the native one.
+class DialectExchange final : public Exchange {
+ public:
+  DialectExchange(Exchange& inner, bool openai) : inner_(inner), openai_(openai) {}
+  const Request& request() const override { return inner_.request(); }
+  void respond(Response response) override {
+    inner_.respond(openai_ ? openai_error_shape(std::move(response)) : std::move(response));
+  }
+  void keep(std::unique_ptr<Subscription> s) override { inner_.keep(std::move(s)); }
+  Poster poster() override { return inner_.poster(); }
+  void start_event_stream() override { inner_.start_event_stream(); }
+  void send_event_data(std::string text) override { inner_.send_event_data(std::move(text)); }
+  void end_event_stream() override { inner_.end_event_stream(); }
+
+ private:
+  Exchange& inner_;
+  const bool openai_;
+};
+
+}  // namespace
+
+void route_request(ServerContext& c, Exchange& session_exchange) {
+  const std::string_view target = session_exchange.request().target();
+  DialectExchange ex(session_exchange, target == "/v1" || target.rfind("/v1/", 0) == 0 ||
+                                           target.rfind("/v1?", 0) == 0);
   const Request& req = ex.request();
   if (auto refusal = refuse_from_browser(req, c.options)) {
     ex.respond(std::move(*refusal));
@@ -201,7 +247,9 @@ void route_request(ServerContext& c, Exchange& ex) {
   if (!authorise(c, req, p) && route->needs_key) {
     auto res = error_response(http::status::unauthorized, "unauthorized",
                               "a valid API key is required: send 'Authorization: Bearer <key>'");
-    res.set(http::field::www_authenticate, "Bearer realm=\"diffusiond\"");
+    res.set(http::field::www_authenticate, p.path.rfind("/sdapi/", 0) == 0
+                                               ? "Basic realm=\"diffusiond\""
+                                               : "Bearer realm=\"diffusiond\"");
     ex.respond(std::move(res));
     return;
   }

@@ -15,7 +15,9 @@ struct RouteParams {
   std::string path;                          // decoded path, without the query
   std::map<std::string, std::string> query;  // decoded query parameters (last one wins)
   std::string job_id;                        // /jobs/{id}...
-  int image = -1;                            // /jobs/{id}/images/{k}.png
+  int image = -1;                            // /jobs/{id}/images/{k}.png (.jpg, .webp)
+  ImageFormat image_format = ImageFormat::png;
+  std::string model_id;  // /v1/models/{id} (may contain '/')
   // Who is asking (set by route_request from the API key): "" when no key is configured.
   std::string client;
   bool may_prioritise = false;  // the key is one of HttpOptions::priority_api_keys

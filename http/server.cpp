@@ -19,7 +19,7 @@ class HttpServerImpl {
       : options_(std::move(options)),
         admission_(options_),
         rate_limiter_(options_.rate_limit, options_.rate_burst),
-        context_{service, options_, stats_, admission_, rate_limiter_} {}
+        context_{service, options_, stats_, admission_, rate_limiter_, a1111_} {}
 
   std::uint16_t start() {
     if (listener_) throw std::logic_error("HttpServer::start called twice");
@@ -71,6 +71,7 @@ class HttpServerImpl {
   HttpStats stats_;
   Admission admission_;
   RateLimiter rate_limiter_;
+  A1111State a1111_;
   ServerContext context_;
   SessionRegistry registry_;
   asio::io_context ioc_;  // declared after what sessions refer to: destroyed first

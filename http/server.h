@@ -65,6 +65,11 @@ struct HttpOptions {
   std::chrono::seconds body_timeout{30};   // whole request body
   std::chrono::seconds write_timeout{60};  // each response write
   std::chrono::seconds sse_keepalive{15};  // comment line on idle event streams
+
+  // The daemon's address as clients reach it ("https://images.example.com", no trailing
+  // slash), for the absolute image URLs of the OpenAI dialect (response_format "url"). Empty:
+  // "http://" + the request's Host header.
+  std::string public_url;
 };
 
 class HttpServerImpl;

@@ -321,6 +321,7 @@ std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& par
         if (!on_step(k, i + 1, total)) throw GenerationCancelled();
       }
     }
+    if (params.on_latents) params.on_latents(i + 1, latents);
   }
 
   emit("latents", latents);

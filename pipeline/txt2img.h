@@ -52,6 +52,10 @@ struct Txt2ImgParams {
   // instead of the generators' draw, cast to the model's dtype and device, then scaled by the
   // scheduler's init_noise_sigma. The generators still draw the samplers' step noise.
   torch::Tensor latents;
+  // Optional: after each denoising step (1..steps), the current latents [B, C, H/8, W/8] on the
+  // model's device, for previews (pipeline/latent_preview.h). Called on the calling thread; it
+  // must not keep the tensor.
+  std::function<void(int step, const torch::Tensor& latents)> on_latents;
 };
 
 // Called after every denoising step of every image of the batch (step in 1..steps, where steps is

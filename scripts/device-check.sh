@@ -10,7 +10,8 @@
 # Pack the dependencies here first (the runtime .so packages too: the GPU machine has none):
 #   echo /.devdeps/ >> .git/info/exclude; mkdir -p .devdeps
 #   scripts/pack-device-deps.sh .devdeps/deps.tar.xz zlib1g-dev libspdlog1.10 libfmt9 \
-#       libutf8proc2 libsqlite3-0 pkgconf-bin libpkgconf3
+#       libutf8proc2 libsqlite3-0 pkgconf-bin libpkgconf3 libjpeg62-turbo libwebp7 libwebpmux3 \
+#       libwebpdemux2
 # and carry .devdeps in the device run.
 # Env: DEPS (default .devdeps/deps.tar.xz), BUILD_DIR (default build-gpu), JOBS (default: every
 #      core), BUDGET_S (default 500: no step runs past it, later ones are skipped), SKIP_SD15=1,

@@ -8,6 +8,7 @@ packages=(
   libtorch-dev libopenblas0-pthread
   libboost1.81-dev
   nlohmann-json3-dev libstb-dev catch2 libutf8proc-dev zlib1g-dev
+  libjpeg62-turbo-dev libwebp-dev  # JPEG and WebP output (pipeline/media)
   libsqlite3-dev sqlite3 libsystemd-dev libcli11-dev libspdlog-dev libfmt-dev libssl-dev
   python3 curl procps systemd
   clang libclang-rt-14-dev  # scripts/fuzz.sh: clang 14 and libFuzzer (libclang_rt.fuzzer)

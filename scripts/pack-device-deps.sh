@@ -9,7 +9,7 @@ set -euo pipefail
 out=${1:?usage: scripts/pack-device-deps.sh OUT.tar.xz [package ...]}
 shift
 packages=(libboost1.81-dev nlohmann-json3-dev libstb-dev catch2 libutf8proc-dev libsqlite3-dev
-          libcli11-dev libspdlog-dev libfmt-dev "$@")
+          libcli11-dev libspdlog-dev libfmt-dev libjpeg62-turbo-dev libwebp-dev "$@")
 files=$(mktemp)
 trap 'rm -f "$files"' EXIT
 for package in "${packages[@]}"; do

@@ -137,6 +137,9 @@ struct ImageSpec {
   std::string model;  // empty: the daemon's default model
   std::vector<LoraRef> loras;
   PromptSyntax prompt_syntax = PromptSyntax::plain;
+  // Not a parameter of the image: the core sets it when the submitter asked for live previews
+  // (SubmitContext::previews); image_spec() leaves it false.
+  bool previews = false;
 };
 ImageSpec image_spec(const JobRequest& request, int k);  // throws std::out_of_range
 

@@ -8,6 +8,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "daemon/api/errors.h"
@@ -32,6 +34,21 @@ struct SubmitContext {
   bool may_prioritise = false;  // the caller may ask for a priority above 0
   std::string idempotency_key;  // "" = none; scoped to `client`
   std::string fingerprint;      // of the request as sent: same key + same fingerprint = same job
+  // The device makes cheap live previews of its images (ImageService::preview), at a bounded
+  // rate; in memory only (a job resumed after a restart has none).
+  bool previews = false;
+};
+
+// The formats an image can be fetched in. png: the file as written; jpeg/webp: made from it on
+// request, with the generation parameters as EXIF UserComment (as AUTOMATIC1111 writes them).
+enum class ImageFormat { png, jpeg, webp };
+const char* to_string(ImageFormat format);                             // "png", "jpeg", "webp"
+const char* content_type_of(ImageFormat format);                       // "image/png", ...
+std::optional<ImageFormat> image_format_named(std::string_view name);  // also "jpg"
+
+struct EncodedImage {
+  std::string bytes;
+  ImageFormat format = ImageFormat::png;
 };
 
 struct Submission {
@@ -76,6 +93,25 @@ class ImageService {
   // event delivered is a snapshot-consistent one: subscribe, then read job() to catch up.
   virtual std::unique_ptr<Subscription> subscribe(
       const std::string& job_id, std::function<void(const JobEvent&)> on_event) = 0;
+
+  // Image k of the job in `format` (quality 1..100 for jpeg/webp), nullopt when it has no file.
+  // Reads the file and, for jpeg/webp, encodes on the calling thread (milliseconds for 512x512,
+  // tens of them for a 1024x1024 WebP). Throws ServiceError internal when the file is unreadable.
+  virtual std::optional<EncodedImage> encoded_image(const std::string& id, int k,
+                                                    ImageFormat format, int quality) const = 0;
+  // The text metadata of a PNG (its text chunks, "parameters" first when A1111-style), JPEG or
+  // WebP ("parameters" from the EXIF UserComment). Throws ServiceError invalid_request
+  // (reason invalid_image) when the bytes are none of those or malformed.
+  virtual std::vector<std::pair<std::string, std::string>> image_text(
+      std::string_view image_bytes) const = 0;
+  // The latest live preview of image k (latent-sized PNG), nullopt when there is none (the job
+  // did not ask for previews, the image has not started, or the job has left memory).
+  virtual std::optional<EncodedImage> preview(const std::string& /*id*/, int /*k*/) const {
+    return std::nullopt;
+  }
+  // The unfinished jobs a caller submitted (SubmitContext::client == client; "" = the callers
+  // without a key), oldest first.
+  virtual std::vector<JobView> client_jobs(const std::string& client) const = 0;
 
   virtual std::vector<DeviceView> devices() const = 0;
   // Why the service cannot take work now, nullopt when it can (every replica loaded, a healthy

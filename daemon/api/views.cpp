@@ -1,5 +1,7 @@
 #include "daemon/api/views.h"
 
+#include "daemon/api/service.h"
+
 namespace diffusiond {
 
 const char* to_string(JobEvent::Kind k) {
@@ -38,6 +40,41 @@ std::string sampler_display(const std::vector<SchedulerName>& schedulers,
   for (const auto& s : schedulers)
     if (s.name == canonical) return s.aliases.empty() ? s.name : s.aliases.front();
   return canonical;
+}
+
+}  // namespace diffusiond
+
+namespace diffusiond {
+
+const char* to_string(ImageFormat format) {
+  switch (format) {
+    case ImageFormat::png:
+      return "png";
+    case ImageFormat::jpeg:
+      return "jpeg";
+    case ImageFormat::webp:
+      return "webp";
+  }
+  return "png";
+}
+
+const char* content_type_of(ImageFormat format) {
+  switch (format) {
+    case ImageFormat::png:
+      return "image/png";
+    case ImageFormat::jpeg:
+      return "image/jpeg";
+    case ImageFormat::webp:
+      return "image/webp";
+  }
+  return "image/png";
+}
+
+std::optional<ImageFormat> image_format_named(std::string_view name) {
+  if (name == "png") return ImageFormat::png;
+  if (name == "jpeg" || name == "jpg") return ImageFormat::jpeg;
+  if (name == "webp") return ImageFormat::webp;
+  return std::nullopt;
 }
 
 }  // namespace diffusiond

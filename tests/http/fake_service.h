@@ -48,6 +48,16 @@ class FakeImageService : public ImageService {
   std::optional<std::string> image_path(const std::string& id, int k) const override;
   std::unique_ptr<Subscription> subscribe(const std::string& job_id,
                                           std::function<void(const JobEvent&)> on_event) override;
+  // The fake keeps no image files of other formats and reads no metadata.
+  std::optional<EncodedImage> encoded_image(const std::string&, int, ImageFormat,
+                                            int) const override {
+    return std::nullopt;
+  }
+  std::vector<std::pair<std::string, std::string>> image_text(std::string_view) const override {
+    throw ServiceError(ErrorCode::invalid_request, "the fake reads no images", "invalid_image",
+                       "image");
+  }
+  std::vector<JobView> client_jobs(const std::string&) const override { return {}; }
   std::vector<DeviceView> devices() const override;
   std::optional<ServiceError> not_ready() const override {
     if (ready_) return std::nullopt;
