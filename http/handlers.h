@@ -27,6 +27,7 @@ void handle_readyz(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_metrics(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_devices(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_model(ServerContext& c, Exchange& ex, const RouteParams& p);
+void handle_models(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_schedulers(ServerContext& c, Exchange& ex, const RouteParams& p);
 // handlers_assets.cpp
 void handle_asset(ServerContext& c, Exchange& ex, const RouteParams& p);
