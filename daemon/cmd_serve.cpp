@@ -107,14 +107,14 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   const auto& api_keys = keys.all;
   const std::string data_dir = options.data_dir.empty() ? default_data_dir() : options.data_dir;
 
-  const ServedModels served =
-      choose_served_models(options.model, options.models_dir, options.variant,
-                           options.default_steps, executable_path());
+  const ServedModels served = choose_served_models(
+      options.model, options.models_dir, options.variant, options.default_steps, executable_path());
   const ModelChoice& model = served.choice;
   std::vector<ModelSource> sources = served.models;
   for (const auto& m : sources)
     spdlog::info("model {}: {} ({}, {} MB){}", m.info.name, m.info.path, m.info.format,
-                 m.info.size_bytes >> 20, m.info.is_default ? ", the default (from " + model.source + ")" : "");
+                 m.info.size_bytes >> 20,
+                 m.info.is_default ? ", the default (from " + model.source + ")" : "");
   if (model.is_test_model) warn_test_model(model);
 
   int cpu_workers = 0;
@@ -151,7 +151,8 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   }
   auto backend = make_torch_backend(sources, backend_options);
   // The model hashes (PNG "Model hash", /models), once per file, cached in the data dir.
-  auto hasher = std::make_shared<ModelHasher>(std::filesystem::path(data_dir) / "model-hashes.json");
+  auto hasher =
+      std::make_shared<ModelHasher>(std::filesystem::path(data_dir) / "model-hashes.json");
   {
     std::vector<std::string> files;
     for (const auto& m : sources) files.push_back(m.info.hash_file);

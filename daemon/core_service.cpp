@@ -122,8 +122,8 @@ void CoreService::start() {
         if (inserted.model < 0) {  // its model left the models dir
           fail_unstarted_locked(inserted, k,
                                 "unknown_model: model '" + inserted.record.view.model +
-                                    "' is not served any more (serving: " +
-                                    model_names(models_) + ")",
+                                    "' is not served any more (serving: " + model_names(models_) +
+                                    ")",
                                 to_flush);
           continue;
         }
@@ -278,8 +278,11 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
     const std::string id = record.view.id;
     const auto created = record.view.created_ms;
     ActiveJob job{std::move(record),
-                  std::vector<std::int64_t>(static_cast<std::size_t>(count), created), false,
-                  ticket, false, model_id};
+                  std::vector<std::int64_t>(static_cast<std::size_t>(count), created),
+                  false,
+                  ticket,
+                  false,
+                  model_id};
     auto& inserted = active_.emplace(id, std::move(job)).first->second;
     emit_locked(inserted, make_event(JobEvent::Kind::queued, id), to_flush);
     for (int k = 0; k < count; ++k) dispatcher_.enqueue(task_ref(inserted, k));

@@ -194,7 +194,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   const PngEncoder encoder_;
   const std::vector<ModelInfo> models_;  // by id (ModelBackend::models())
   const int default_model_;
-  const ModelInfo model_info_;           // the default one
+  const ModelInfo model_info_;  // the default one
 
   Dispatcher dispatcher_;
   std::unique_ptr<StoreWriter> writer_;    // made in the constructor, stopped by drain()

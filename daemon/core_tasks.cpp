@@ -100,7 +100,8 @@ void CoreService::task_succeeded(int worker, const TaskRef& task, RgbImage image
     // first image of a model waits here for it, never a device thread).
     if (options_.hasher) {
       info.model_sha256 = options_.hasher->wait(hash_file);
-      info.model_hash = info.model_sha256.substr(0, std::min<std::size_t>(10, info.model_sha256.size()));
+      info.model_hash =
+          info.model_sha256.substr(0, std::min<std::size_t>(10, info.model_sha256.size()));
     }
     write_png(task, device, *shared, info);
   };

@@ -116,8 +116,8 @@ void DeviceWorker::run_task(const TaskRef& task) {
     }
   }
   if (!generator) {
-    const std::string error = "cannot load model '" + spec->model + "' on " + spec_.name + ": " +
-                              load_error;
+    const std::string error =
+        "cannot load model '" + spec->model + "' on " + spec_.name + ": " + load_error;
     spdlog::error("{}", error);
     try {
       host_.task_model_failed(index_, task, error);

@@ -106,8 +106,8 @@ class DeviceWorker {
   Dispatcher& dispatcher_;
   TaskHost& host_;
   const int max_loaded_models_;
-  std::unique_ptr<ModelCache> cache_;          // touched only by the worker thread
-  std::int64_t largest_done_pixels_ = 0;       // worker thread: width x height it generated
+  std::unique_ptr<ModelCache> cache_;     // touched only by the worker thread
+  std::int64_t largest_done_pixels_ = 0;  // worker thread: width x height it generated
   std::thread thread_;
   std::atomic<bool> running_{false};
   Histogram step_seconds_{Histogram::step_seconds_buckets()};

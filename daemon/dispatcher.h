@@ -58,9 +58,9 @@ struct TaskRef {
   std::string job_id;
   int image = 0;
   int priority = 0;
-  std::int64_t seq = 0;   // job submission order
-  int avoid_device = -1;  // device it failed on (retry elsewhere), -1 = none
-  int model = 0;          // model id (ModelBackend::models() index); part of any batch key
+  std::int64_t seq = 0;         // job submission order
+  int avoid_device = -1;        // device it failed on (retry elsewhere), -1 = none
+  int model = 0;                // model id (ModelBackend::models() index); part of any batch key
   mutable int passed_over = 0;  // least_loaded: times a device took a later task instead
 
   bool operator==(const TaskRef& o) const { return job_id == o.job_id && image == o.image; }

@@ -64,10 +64,10 @@ std::optional<ModelHasher::Stamp> ModelHasher::stamp_of(const std::string& file)
   if (ec) return std::nullopt;
   const auto mtime = std::filesystem::last_write_time(file, ec);
   if (ec) return std::nullopt;
-  return Stamp{size, static_cast<std::int64_t>(
-                         std::chrono::duration_cast<std::chrono::nanoseconds>(
-                             mtime.time_since_epoch())
-                             .count())};
+  return Stamp{
+      size,
+      static_cast<std::int64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(mtime.time_since_epoch()).count())};
 }
 
 std::optional<std::string> ModelHasher::known_locked(const std::string& file,
@@ -152,8 +152,9 @@ void ModelHasher::load_cache() {
   try {
     const auto j = nlohmann::json::parse(in);
     for (const auto& [path, entry] : j.at("files").items())
-      known_[path] = {{entry.at("size").get<std::uintmax_t>(), entry.at("mtime_ns").get<std::int64_t>()},
-                      entry.at("sha256").get<std::string>()};
+      known_[path] = {
+          {entry.at("size").get<std::uintmax_t>(), entry.at("mtime_ns").get<std::int64_t>()},
+          entry.at("sha256").get<std::string>()};
   } catch (const std::exception& e) {
     spdlog::warn("model hash cache {} is unreadable ({}); hashing again", cache_file_.string(),
                  e.what());
@@ -168,7 +169,8 @@ void ModelHasher::save_cache() {
     std::lock_guard lock(mu_);
     for (const auto& [path, k] : known_)
       if (!k.sha256.empty())
-        files[path] = {{"size", k.stamp.size}, {"mtime_ns", k.stamp.mtime_ns}, {"sha256", k.sha256}};
+        files[path] = {
+            {"size", k.stamp.size}, {"mtime_ns", k.stamp.mtime_ns}, {"sha256", k.sha256}};
   }
   try {
     write_file_atomically(cache_file_, nlohmann::json{{"version", 1}, {"files", files}}.dump(1));

@@ -18,7 +18,8 @@ bool hidden(const fs::path& p) {
 }
 bool checkpoint_file(const fs::path& p) {
   auto ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
   return ext == ".safetensors" || ext == ".ckpt";
 }
 std::int64_t file_bytes(const fs::path& p) {
@@ -63,7 +64,8 @@ ModelSource describe_single_file(const fs::path& file, const std::string& name,
   info.default_steps = default_steps > 0 ? default_steps : defaults.steps;
   info.default_guidance_scale = defaults.guidance_scale;
   info.default_scheduler = "pndm";  // what the SD 1.x diffusers folders ship
-  for (const auto& entry : scheduler_registry()) info.schedulers.push_back({entry.name, entry.aliases});
+  for (const auto& entry : scheduler_registry())
+    info.schedulers.push_back({entry.name, entry.aliases});
   info.size_presets = size_presets(ModelFamily::kSD, 512);
   return m;
 }

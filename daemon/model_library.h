@@ -26,7 +26,7 @@
 namespace diffusiond {
 
 struct ModelSource {
-  ModelInfo info;     // name, format, path, defaults, size, hash_file
+  ModelInfo info;      // name, format, path, defaults, size, hash_file
   ModelFolder folder;  // diffusers: the resolved folder; single_file: root = the file
 };
 

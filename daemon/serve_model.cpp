@@ -89,7 +89,8 @@ ServedModels choose_served_models(const std::string& model_option, const std::st
     out.models = served_models(nullptr, std::move(library), spec);
     for (const auto& m : out.models)
       if (m.info.is_default) out.choice.folder = m.folder;
-    out.choice.source = spec.empty() ? "the first entry of --models-dir" : source + " in --models-dir";
+    out.choice.source =
+        spec.empty() ? "the first entry of --models-dir" : source + " in --models-dir";
     return out;
   }
   out.choice = choose_model(spec, variant, executable);

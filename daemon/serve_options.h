@@ -17,8 +17,8 @@ namespace diffusiond {
 struct ServeOptions {
   std::string config;
   std::string model;
-  std::string models_dir;      // "" = only --model
-  int max_loaded_models = 0;   // per device; 0 = auto (1 CPU, 3 CUDA)
+  std::string models_dir;     // "" = only --model
+  int max_loaded_models = 0;  // per device; 0 = auto (1 CPU, 3 CUDA)
   std::string variant;
   std::string devices = "auto";
   std::string dtype = "auto";
@@ -48,7 +48,7 @@ struct ServeOptions {
   int threads = 0;  // total intra-op CPU threads for CPU workers; 0 = all cores
   int io_threads = 2;
   int drain_timeout_s = 30;
-  int default_steps = 0;  // 0: the model family's default (SD 50, SDXL 30, Turbo 1)
+  int default_steps = 0;             // 0: the model family's default (SD 50, SDXL 30, Turbo 1)
   int device_failure_threshold = 3;  // consecutive failures that make a device unhealthy
   int device_probe_interval_s = 60;  // then it is probed; doubles per failed probe (16x at most)
   std::string inject_faults;         // hidden, a test facility (daemon/fault_injection.h)

@@ -49,8 +49,8 @@ void handle_models(ServerContext& c, Exchange& ex, const RouteParams&) {
     if (m.is_default) default_name = m.name;
     list.push_back(model_json(m));
   }
-  ex.respond(json_response(http::status::ok,
-                           {{"default", default_name}, {"models", std::move(list)}}));
+  ex.respond(
+      json_response(http::status::ok, {{"default", default_name}, {"models", std::move(list)}}));
 }
 
 void handle_schedulers(ServerContext& c, Exchange& ex, const RouteParams&) {

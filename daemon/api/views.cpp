@@ -53,9 +53,8 @@ std::string without_hash_suffix(const std::string& s) {
   return open == std::string::npos ? s : s.substr(0, open);
 }
 bool is_hex(const std::string& s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) {
-    return std::isxdigit(c) != 0;
-  });
+  return !s.empty() &&
+         std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isxdigit(c) != 0; });
 }
 }  // namespace
 
@@ -82,9 +81,7 @@ std::optional<std::size_t> find_model(const std::vector<ModelInfo>& models,
       [&](const ModelInfo& m) { return model_title(m) == asked; },
       [&](const ModelInfo& m) { return m.name == bare || m.path == bare; },
       [&](const ModelInfo& m) { return !m.file_name.empty() && m.file_name == bare; },
-      [&](const ModelInfo& m) {
-        return !m.file_name.empty() && basename_of(m.file_name) == bare;
-      },
+      [&](const ModelInfo& m) { return !m.file_name.empty() && basename_of(m.file_name) == bare; },
       [&](const ModelInfo& m) { return basename_of(m.name) == bare; },
       [&](const ModelInfo& m) {
         const std::string l = lower(bare);

@@ -72,10 +72,10 @@ struct DeviceView {
   std::string current_job;  // empty when idle
   std::int64_t images_done = 0;
   std::int64_t steps_done = 0;
-  double steps_per_second = 0;  // recent average
-  double busy_ratio = 0;        // since start, 0..1
-  std::vector<std::string> models;  // model names loaded on it, most recently used first
-  std::int64_t model_loads = 0;     // models it loaded (the start-up one included)
+  double steps_per_second = 0;       // recent average
+  double busy_ratio = 0;             // since start, 0..1
+  std::vector<std::string> models;   // model names loaded on it, most recently used first
+  std::int64_t model_loads = 0;      // models it loaded (the start-up one included)
   std::int64_t model_evictions = 0;  // models it dropped to make room (LRU)
   std::int64_t model_load_failures = 0;
 };
@@ -98,8 +98,8 @@ struct ModelInfo {
   std::string sha256;           // of hash_file; "" until computed (in the background)
   bool is_default = false;      // what a request without `model` gets
   std::vector<std::string> loaded_on;  // devices holding it now (ImageService::models())
-  bool is_test_model = false;  // the bundled random-weight model: images are noise
-  std::string notice;          // plain words for the UI when is_test_model
+  bool is_test_model = false;          // the bundled random-weight model: images are noise
+  std::string notice;                  // plain words for the UI when is_test_model
   int default_width = 512;
   int default_height = 512;
   int default_steps = 50;

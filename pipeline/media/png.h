@@ -62,9 +62,9 @@ struct PngGenerationInfo {
   std::string model_name;
   std::string model_hash;    // A1111's short hash (10 hex digits); "" when unknown
   std::string model_sha256;  // the full sha256 it comes from; "" when unknown
-  std::string device;      // "cpu", "cuda:0", ...
-  std::string dtype;       // "fp32", "fp16", "bf16"
-  int image_index = 0;     // position of this image in its request
+  std::string device;        // "cpu", "cuda:0", ...
+  std::string dtype;         // "fp32", "fp16", "bf16"
+  int image_index = 0;       // position of this image in its request
   nlohmann::json request = nlohmann::json::object();
   // SDXL micro-conditioning, (height, width) / (top, left) as diffusers; unset for other models.
   std::optional<std::array<int, 2>> original_size, crops_coords_top_left, target_size;

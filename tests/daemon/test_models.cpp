@@ -4,9 +4,9 @@
 // the model hasher.
 #include <catch2/catch.hpp>
 
+#include <openssl/evp.h>
 #include <fstream>
 #include <map>
-#include <openssl/evp.h>
 
 #include "daemon/model_cache.h"
 #include "daemon/model_hasher.h"
