@@ -150,14 +150,12 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
     backend_options.faults = std::make_shared<FaultInjector>(rules);
   }
   auto backend = make_torch_backend(sources, backend_options);
-  // The model hashes (PNG "Model hash", /models), once per file, cached in the data dir.
+  // The model hashes (PNG "Model hash", /models), once per file, cached in the data dir: the
+  // default's now, every other model's at its first request (never all of a big models dir).
   auto hasher =
       std::make_shared<ModelHasher>(std::filesystem::path(data_dir) / "model-hashes.json");
-  {
-    std::vector<std::string> files;
-    for (const auto& m : sources) files.push_back(m.info.hash_file);
-    hasher->hash_in_background(files);
-  }
+  for (const auto& m : sources)
+    if (m.info.is_default) hasher->hash_in_background({m.info.hash_file});
 
   CoreOptions core;
   core.dispatch = *dispatch;

@@ -214,6 +214,7 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
   }
   const ModelInfo& model = models_[static_cast<std::size_t>(model_id)];
   const JobRequest request = normalise_for(model);  // defaults from the model asked for
+  if (options_.hasher) options_.hasher->hash_in_background({model.hash_file});  // first use
   // No LoRA and plain prompts, until those land (issues 13 and 14).
   if (!request.loras.empty())
     throw ServiceError(ErrorCode::invalid_request, "this daemon has no LoRA support yet",

@@ -2,8 +2,9 @@
 // and in a JSON file in the data dir (keyed by path, size and mtime, so a changed file is hashed
 // again). A1111's short hash is its first 10 hex digits (views.h short_hash).
 // Hashing a multi-GB checkpoint takes seconds to minutes: it never runs on a device thread, an
-// HTTP thread or under a lock shared with them. wait() is for the PNG pool (the first image of
-// a model not hashed yet waits there for its hash; requested files jump the queue).
+// HTTP thread or under a lock shared with them (hash_in_background only queues). wait() is for
+// the PNG pool (the first image of a model not hashed yet waits there for its hash; requested
+// files jump the queue).
 // Owner: cmd_serve (shared with CoreService). Thread-safety: every method from any thread.
 #pragma once
 

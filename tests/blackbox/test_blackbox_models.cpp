@@ -155,7 +155,9 @@ TEST_CASE("a models dir: GET /models, alternating models on cpu*2, each its gene
     REQUIRE(job["status"] == "done");
     const bool xl = asks[i].folder == kSdxl;
     CHECK(job["model"] == (xl ? "sdxl/tiny-sdxl" : "tiny-sd1"));
-    CHECK(job["request"]["width"] == (xl ? 64 : 32));  // that model's own defaults
+    CHECK(job["request"]["guidance_scale"] == (xl ? 5.0 : 7.5));  // that model's own defaults
+    CHECK(job["request"]["scheduler"] ==
+          (xl ? by_name["sdxl/tiny-sdxl"] : by_name["tiny-sd1"])["defaults"]["scheduler"]);
     const std::string bytes = image_bytes(d.port(), job);
     const DecodedImage served = decode_png(bytes);
     const DecodedImage twin =
