@@ -91,10 +91,10 @@ std::string image_bytes(std::uint16_t port, const json& job, int k = 0) {
   return r.body;
 }
 
-json device_named(std::uint16_t port, const std::string& name) {
-  for (const auto& d : get_json(port, "/devices")["devices"])
-    if (d["name"] == name) return d;
-  throw std::runtime_error("no device " + name);
+json only_device(std::uint16_t port) {
+  const json devices = get_json(port, "/devices")["devices"];
+  if (devices.size() != 1) throw std::runtime_error("not one device: " + devices.dump());
+  return devices[0];
 }
 
 }  // namespace
@@ -225,14 +225,14 @@ TEST_CASE("at --max-loaded-models 1 a device evicts and reloads, images stay rig
     REQUIRE(job["status"] == "done");
     return decode_png(image_bytes(d.port(), job));
   };
-  CHECK(device_named(d.port(), "cpu")["models"] == json::array({"tiny-sd1"}));
+  CHECK(only_device(d.port())["models"] == json::array({"tiny-sd1"}));
   const DecodedImage first = run("tiny-sd1", 5);
   const DecodedImage xl = run("sdxl/tiny-sdxl", 6);
-  json dev = device_named(d.port(), "cpu");
+  json dev = only_device(d.port());
   CHECK(dev["models"] == json::array({"sdxl/tiny-sdxl"}));
   CHECK(dev["model_evictions"] == 1);
   const DecodedImage again = run("tiny-sd1", 5);  // reloaded after its eviction
-  dev = device_named(d.port(), "cpu");
+  dev = only_device(d.port());
   CHECK(dev["models"] == json::array({"tiny-sd1"}));
   CHECK(dev["model_loads"] == 3);
   CHECK(dev["model_evictions"] == 2);
@@ -241,6 +241,8 @@ TEST_CASE("at --max-loaded-models 1 a device evicts and reloads, images stay rig
   CHECK(max_abs_diff(xl, generate_twin(dir.path, kSdxl, "a boat", 6, 3)) == 0);
   const MetricFamilies metrics =
       parse_prometheus_text(http_request(d.port(), "GET", "/metrics").body);
-  CHECK(metrics.value("diffusiond_device_model_evictions_total", {{"device", "cpu"}}) == 2);
-  CHECK(metrics.value("diffusiond_device_models_loaded", {{"device", "cpu"}}) == 1);
+  const std::string name = only_device(d.port())["name"];
+  CHECK(metrics.value("diffusiond_device_model_evictions_total", {{"device", name}}) == 2);
+  CHECK(metrics.value("diffusiond_device_model_loads_total", {{"device", name}}) == 3);
+  CHECK(metrics.value("diffusiond_device_models_loaded", {{"device", name}}) == 1);
 }
