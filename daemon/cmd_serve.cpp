@@ -28,6 +28,7 @@
 #include "daemon/dtype.h"
 #include "daemon/fault_injection.h"
 #include "daemon/job_store.h"
+#include "daemon/model_hasher.h"
 #include "daemon/sd_notify.h"
 #include "daemon/serve_logging.h"
 #include "daemon/serve_model.h"
@@ -106,10 +107,15 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   const auto& api_keys = keys.all;
   const std::string data_dir = options.data_dir.empty() ? default_data_dir() : options.data_dir;
 
-  const ModelChoice model =
-      choose_model(options.model, options.variant, executable_path(), options.model_config);
-  spdlog::info("diffusiond {} starting: model {} ({}, from {})", DIFFUSIOND_VERSION,
-               model.folder.name, model.folder.location().string(), model.source);
+  const ServedModels served =
+      choose_served_models(options.model, options.models_dir, options.variant,
+                           options.default_steps, executable_path(), options.model_config);
+  const ModelChoice& model = served.choice;
+  std::vector<ModelSource> sources = served.models;
+  for (const auto& m : sources)
+    spdlog::info("model {}: {} ({}, {} MB){}", m.info.name, m.info.path, m.info.format,
+                 m.info.size_bytes >> 20,
+                 m.info.is_default ? ", the default (from " + model.source + ")" : "");
   if (model.folder.is_single_file())
     spdlog::info("single-file checkpoint: {}", model.folder.config_source);
   if (model.is_test_model) warn_test_model(model);
@@ -138,7 +144,6 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   backend_options.threads_per_worker = per_worker;
   backend_options.is_test_model = model.is_test_model;
   backend_options.notice = model.notice;
-  backend_options.default_steps = options.default_steps;
   backend_options.pad_cond_uncond = options.pad_cond_uncond;
   if (!options.inject_faults.empty()) {
     std::vector<std::string> names;
@@ -148,7 +153,13 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
       spdlog::warn("--inject-faults (a test facility): generations on {}", describe(rule));
     backend_options.faults = std::make_shared<FaultInjector>(rules);
   }
-  auto backend = make_torch_backend(model.folder, backend_options);
+  auto backend = make_torch_backend(sources, backend_options);
+  // The model hashes (PNG "Model hash", /models), once per file, cached in the data dir: the
+  // default's now, every other model's at its first request (never all of a big models dir).
+  auto hasher =
+      std::make_shared<ModelHasher>(std::filesystem::path(data_dir) / "model-hashes.json");
+  for (const auto& m : sources)
+    if (m.info.is_default) hasher->hash_in_background({m.info.hash_file});
 
   CoreOptions core;
   core.dispatch = *dispatch;
@@ -160,6 +171,8 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   core.min_free_bytes = std::uint64_t(options.min_free_mb) << 20;
   core.unhealthy_after = options.device_failure_threshold;
   core.probe_interval = std::chrono::seconds(options.device_probe_interval_s);
+  core.max_loaded_models = options.max_loaded_models;
+  core.hasher = hasher;
   core.dtype = resolve_dtype(options.dtype, devices.front().kind == DeviceSpec::Kind::cuda);
   const int compression = options.png_compression;
   CoreService service(*store, *backend, devices, core,
@@ -214,8 +227,8 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
       throw std::runtime_error("the model could not be loaded on any device (see the log above)");
     }
     notify_systemd("READY=1\nSTATUS=" + service.status_line());
-    spdlog::info("ready: the model is loaded on {} device(s); open {}/ in a browser",
-                 devices.size(), url);
+    spdlog::info("ready: {} is loaded on {} device(s), {} model(s) served; open {}/ in a browser",
+                 model.folder.name, devices.size(), sources.size(), url);
     if (model.is_test_model) warn_test_model(model);
     while (sig == 0) sig = wait_signal(std::chrono::seconds(3600));
   }
@@ -234,6 +247,7 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   service.drain(std::chrono::seconds(options.drain_timeout_s));
   supervisor.stop();
   http.stop();
+  hasher->stop();
   spdlog::info("stopped; {} image(s) stay queued for the next start", service.queued_images());
 }
 

@@ -119,6 +119,25 @@ std::string CoreService::metrics_text() const {
   for (const auto& d : views)
     w.sample("diffusiond_device_memory_used_bytes", {{"device", d.name}},
              static_cast<double>(d.memory_used_bytes));
+  w.header("diffusiond_device_models_loaded", "gauge", "Models the device holds now");
+  for (const auto& d : views)
+    w.sample("diffusiond_device_models_loaded", {{"device", d.name}},
+             static_cast<double>(d.models.size()));
+  w.header("diffusiond_device_model_loads_total", "counter",
+           "Models loaded onto the device (the start-up load included)");
+  for (const auto& d : views)
+    w.sample("diffusiond_device_model_loads_total", {{"device", d.name}},
+             static_cast<double>(d.model_loads));
+  w.header("diffusiond_device_model_evictions_total", "counter",
+           "Models dropped from the device to make room (least recently used)");
+  for (const auto& d : views)
+    w.sample("diffusiond_device_model_evictions_total", {{"device", d.name}},
+             static_cast<double>(d.model_evictions));
+  w.header("diffusiond_device_model_load_failures_total", "counter",
+           "Model loads that failed on the device");
+  for (const auto& d : views)
+    w.sample("diffusiond_device_model_load_failures_total", {{"device", d.name}},
+             static_cast<double>(d.model_load_failures));
 
   w.header("diffusiond_step_seconds", "histogram", "Time per denoising step");
   for (const auto& worker : workers_)

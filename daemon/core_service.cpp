@@ -23,6 +23,26 @@ std::uint64_t random_seed() {  // a random 32-bit seed, as A1111 and diffusers u
 }
 }  // namespace
 
+int loaded_models_limit(int max_loaded_models, const DeviceSpec& device) {
+  if (max_loaded_models > 0) return max_loaded_models;
+  return device.kind == DeviceSpec::Kind::cuda ? 3 : 1;
+}
+
+TaskRef CoreService::task_ref(const ActiveJob& job, int k) const {
+  TaskRef task{job.record.view.id, k, job.record.view.request.priority, job.record.seq, -1};
+  task.model = job.model;
+  return task;
+}
+
+int CoreService::resolve_model(const GenerateRequest& asked) const {
+  if (const auto found = find_model(models_, asked.model.value_or("")))
+    return static_cast<int>(*found);
+  throw ServiceError(ErrorCode::invalid_request,
+                     "unknown model '" + asked.model.value_or("").substr(0, 100) +
+                         "'; this daemon serves: " + model_names(models_) + " (GET /models)",
+                     "unknown_model", "model");
+}
+
 CoreService::CoreService(JobStore& store, ModelBackend& backend, std::vector<DeviceSpec> devices,
                          CoreOptions options, PngEncoder encoder)
     : store_(store),
@@ -30,7 +50,9 @@ CoreService::CoreService(JobStore& store, ModelBackend& backend, std::vector<Dev
       devices_(std::move(devices)),
       options_(std::move(options)),
       encoder_(std::move(encoder)),
-      model_info_(backend.model_info()),
+      models_(backend.models()),
+      default_model_(backend.default_model()),
+      model_info_(models_.at(static_cast<std::size_t>(default_model_))),
       dispatcher_(static_cast<int>(devices_.size()), options_.dispatch,
                   DeviceHealthOptions{options_.unhealthy_after, options_.probe_interval}),
       png_pool_(std::make_unique<ThreadPool>(options_.png_threads, "png encoder")) {
@@ -46,8 +68,9 @@ CoreService::CoreService(JobStore& store, ModelBackend& backend, std::vector<Dev
           spdlog::info("storage available again: images run and jobs are accepted");
       });
   for (std::size_t i = 0; i < devices_.size(); ++i)
-    workers_.push_back(std::make_unique<DeviceWorker>(static_cast<int>(i), devices_[i], backend_,
-                                                      dispatcher_, static_cast<TaskHost&>(*this)));
+    workers_.push_back(std::make_unique<DeviceWorker>(
+        static_cast<int>(i), devices_[i], backend_, dispatcher_, static_cast<TaskHost&>(*this),
+        loaded_models_limit(options_.max_loaded_models, devices_[i])));
 }
 
 CoreService::~CoreService() {
@@ -70,6 +93,8 @@ void CoreService::start() {
       const std::string id = record.view.id;
       ActiveJob job{std::move(record), {}, false};
       job.queued_since_ms.assign(job.record.view.images.size(), now);
+      const auto model = find_model(models_, job.record.view.model);
+      job.model = model ? static_cast<int>(*model) : -1;
       auto& inserted = active_.emplace(id, std::move(job)).first->second;
       if (!inserted.record.idempotency_key.empty())
         idempotency_[{inserted.record.client, inserted.record.idempotency_key}] = id;
@@ -85,15 +110,23 @@ void CoreService::start() {
         // An image that was running whenever the daemon died (a crash, the OOM killer) has
         // used its attempts: it fails instead of killing every restart (no crash loop).
         if (inserted.record.attempts[static_cast<std::size_t>(image.index)] >=
-            options_.max_attempts) {
+                options_.max_attempts ||
+            inserted.model < 0) {
           exhausted.push_back(image.index);
           continue;
         }
-        dispatcher_.enqueue(
-            {id, image.index, inserted.record.view.request.priority, inserted.record.seq, -1});
+        dispatcher_.enqueue(task_ref(inserted, image.index));
         ++requeued;
       }
       for (int k : exhausted) {
+        if (inserted.model < 0) {  // its model left the models dir
+          fail_unstarted_locked(inserted, k,
+                                "unknown_model: model '" + inserted.record.view.model +
+                                    "' is not served any more (serving: " + model_names(models_) +
+                                    ")",
+                                to_flush);
+          continue;
+        }
         const int attempts = inserted.record.attempts[static_cast<std::size_t>(k)];
         spdlog::error("job {} image {}: started {} time(s) without finishing; failed", id, k,
                       attempts);
@@ -146,7 +179,19 @@ void CoreService::drain(std::chrono::milliseconds grace) {
 // ---- ImageService ----------------------------------------------------------------------------
 
 ModelInfo CoreService::model_info() const {
-  return model_info_;
+  return models().at(static_cast<std::size_t>(default_model_));
+}
+
+std::vector<ModelInfo> CoreService::models() const {
+  std::vector<ModelInfo> out = models_;
+  for (const auto& worker : workers_)
+    for (int id : dispatcher_.models(worker->index()))
+      if (id >= 0 && id < static_cast<int>(out.size()))
+        out[static_cast<std::size_t>(id)].loaded_on.push_back(worker->spec().name);
+  if (options_.hasher)
+    for (auto& m : out)
+      if (auto hash = options_.hasher->peek(m.hash_file)) m.sha256 = *hash;
+  return out;
 }
 
 std::optional<std::string> CoreService::canonical_scheduler(const std::string& name) const {
@@ -154,16 +199,23 @@ std::optional<std::string> CoreService::canonical_scheduler(const std::string& n
 }
 
 Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext& context) {
-  const JobRequest request = normalise(
-      asked, request_defaults(model_info_),
-      [this](const std::string& name) { return backend_.canonical_scheduler(name); },
-      options_.limits, random_seed(), scheduler_names(model_info_));
-  // One model per daemon and no LoRA, until those land (issue 13).
-  if (!request.model.empty() && request.model != model_info_.name)
-    throw ServiceError(ErrorCode::invalid_request,
-                       "unknown model '" + request.model.substr(0, 100) +
-                           "'; this daemon serves '" + model_info_.name + "'",
-                       "unknown_model", "model");
+  auto normalise_for = [&](const ModelInfo& model) {
+    return normalise(
+        asked, request_defaults(model),
+        [this](const std::string& name) { return backend_.canonical_scheduler(name); },
+        options_.limits, random_seed(), scheduler_names(model));
+  };
+  int model_id = 0;
+  try {
+    model_id = resolve_model(asked);
+  } catch (const ServiceError&) {
+    normalise_for(model_info_);  // a malformed `model` is reported as such first
+    throw;
+  }
+  const ModelInfo& model = models_[static_cast<std::size_t>(model_id)];
+  const JobRequest request = normalise_for(model);  // defaults from the model asked for
+  if (options_.hasher) options_.hasher->hash_in_background({model.hash_file});  // first use
+  // No LoRA until it lands (issue 13).
   if (!request.loras.empty())
     throw ServiceError(ErrorCode::invalid_request, "this daemon has no LoRA support yet",
                        "unknown_lora", "loras");
@@ -197,7 +249,7 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
                          "the queue holds " + std::to_string(depth) + " images (max " +
                              std::to_string(options_.max_queue) + "); retry later",
                          "queue_full", {}, retry_after_seconds_locked());
-    record = make_job(request, make_job_id(), unix_ms_now(), model_info_.name);
+    record = make_job(request, make_job_id(), unix_ms_now(), model.name);
     record.seq = next_seq_++;
     record.client = context.client;
     record.idempotency_key = context.idempotency_key;
@@ -224,17 +276,19 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
     const std::string id = record.view.id;
     const auto created = record.view.created_ms;
     ActiveJob job{std::move(record),
-                  std::vector<std::int64_t>(static_cast<std::size_t>(count), created), false,
-                  ticket, false};
+                  std::vector<std::int64_t>(static_cast<std::size_t>(count), created),
+                  false,
+                  ticket,
+                  false,
+                  model_id};
     auto& inserted = active_.emplace(id, std::move(job)).first->second;
     emit_locked(inserted, make_event(JobEvent::Kind::queued, id), to_flush);
-    for (int k = 0; k < count; ++k)
-      dispatcher_.enqueue({id, k, inserted.record.view.request.priority, inserted.record.seq, -1});
+    for (int k = 0; k < count; ++k) dispatcher_.enqueue(task_ref(inserted, k));
     view = inserted.record.view;
   }
   flush(to_flush);
-  spdlog::info("job {} queued: {} image(s), {} steps, {}x{}, priority {}", view.id, count,
-               request.steps, request.width, request.height, request.priority);
+  spdlog::info("job {} queued: {} image(s) of {}, {} steps, {}x{}, priority {}", view.id, count,
+               model.name, request.steps, request.width, request.height, request.priority);
   return {view, false};
 }
 
@@ -341,6 +395,12 @@ std::vector<DeviceView> CoreService::devices() const {
     d.steps_done = s.steps_done;
     d.steps_per_second = s.steps_per_second;
     d.busy_ratio = s.uptime_seconds > 0 ? std::min(1.0, s.busy_seconds / s.uptime_seconds) : 0;
+    for (int id : s.models)
+      if (id >= 0 && id < static_cast<int>(models_.size()))
+        d.models.push_back(models_[static_cast<std::size_t>(id)].name);
+    d.model_loads = s.model_loads;
+    d.model_evictions = s.model_evictions;
+    d.model_load_failures = s.model_load_failures;
     out.push_back(std::move(d));
   }
   return out;

@@ -44,6 +44,7 @@
 #include "daemon/job.h"
 #include "daemon/job_store.h"
 #include "daemon/metrics.h"
+#include "daemon/model_hasher.h"
 #include "daemon/png_info.h"
 #include "daemon/storage_guard.h"
 #include "daemon/store_writer.h"
@@ -68,7 +69,15 @@ struct CoreOptions {
   std::uint64_t min_free_bytes = 100ull << 20;          // below: storage full (StorageGuard)
   std::chrono::milliseconds storage_check_every{1000};  // statvfs period; store write retries
   RequestLimits limits;                                 // every bound on a request (normalise())
+  // Models held per device (ModelCache); 0 = auto: 1 on a CPU device (each CPU worker holds its
+  // own replicas in host RAM, shared by every worker), 3 on a CUDA device (its memory bounds it
+  // further: a load that runs out of memory evicts).
+  int max_loaded_models = 0;
+  std::shared_ptr<ModelHasher> hasher;  // model sha256s for PNGs and /models; null = none
 };
+
+// The models-per-device bound `max_loaded_models` (0 = auto) means for one device.
+int loaded_models_limit(int max_loaded_models, const DeviceSpec& device);
 
 class CoreService final : public ImageService, private TaskHost, private StoreWriter::Listener {
  public:
@@ -101,6 +110,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
 
   // ImageService
   ModelInfo model_info() const override;
+  std::vector<ModelInfo> models() const override;
   std::optional<std::string> canonical_scheduler(const std::string& name) const override;
   using ImageService::submit;
   Submission submit(const GenerateRequest& request, const SubmitContext& context) override;
@@ -130,7 +140,11 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
     StoreWriter::Ticket last_write = 0;  // the job's newest queued store write
     bool retiring = false;               // finished: leaves memory once last_write commits
     std::map<int, RgbImage> previews;    // image -> its latest live preview (previews asked)
+    int model = 0;                       // model id (models_ index)
   };
+  TaskRef task_ref(const ActiveJob& job, int k) const;
+  // The model id a request's `model` names. Throws invalid_request (unknown_model) listing a few.
+  int resolve_model(const GenerateRequest& asked) const;
 
   // TaskHost (worker threads)
   void replica_loaded(int worker, const std::string& error) override;
@@ -140,6 +154,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   void task_stopped(int worker, const TaskRef& task) override;
   void task_failed(int worker, const TaskRef& task, const std::string& error) override;
   void task_preview(int worker, const TaskRef& task, RgbImage preview) override;
+  void task_model_failed(int worker, const TaskRef& task, const std::string& error) override;
 
   // StoreWriter::Listener (the store writer thread)
   void writes_committed(StoreWriter::Ticket last) override;
@@ -186,7 +201,9 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   const std::vector<DeviceSpec> devices_;
   const CoreOptions options_;
   const PngEncoder encoder_;
-  const ModelInfo model_info_;
+  const std::vector<ModelInfo> models_;  // by id (ModelBackend::models())
+  const int default_model_;
+  const ModelInfo model_info_;  // the default one
 
   Dispatcher dispatcher_;
   std::unique_ptr<StoreWriter> writer_;    // made in the constructor, stopped by drain()

@@ -54,6 +54,7 @@ std::optional<ImageSpec> CoreService::begin_task(int worker, const TaskRef& task
     emit_locked(*job, started, to_flush);
     spec = image_spec(view.request, task.image);
     spec.previews = job->record.previews;
+    spec.model = models_[static_cast<std::size_t>(job->model)].name;  // resolved
     commit_locked(*job, {task.image}, to_flush);
   }
   flush(to_flush);
@@ -82,6 +83,7 @@ bool CoreService::task_progress(int, const TaskRef& task, int step, int steps) {
 void CoreService::task_succeeded(int worker, const TaskRef& task, RgbImage image) {
   const std::string device = devices_[static_cast<std::size_t>(worker)].name;
   PngGenerationInfo info;
+  std::string hash_file;
   {
     std::lock_guard lock(mu_);
     ActiveJob* job = find_locked(task.job_id);
@@ -91,9 +93,19 @@ void CoreService::task_succeeded(int worker, const TaskRef& task, RgbImage image
         make_png_info(image_spec(view.request, task.image), view.request,
                       {view.model, sampler_display(model_info_.schedulers, view.request.scheduler),
                        device, options_.dtype, view.id});
+    hash_file = models_[static_cast<std::size_t>(job->model)].hash_file;
   }
   auto shared = std::make_shared<RgbImage>(std::move(image));
-  auto work = [this, task, device, shared, info] { write_png(task, device, *shared, info); };
+  auto work = [this, task, device, shared, info, hash_file]() mutable {
+    // On the PNG pool: the model's sha256 (computed once per file by the hasher's thread; the
+    // first image of a model waits here for it, never a device thread).
+    if (options_.hasher) {
+      info.model_sha256 = options_.hasher->wait(hash_file);
+      info.model_hash =
+          info.model_sha256.substr(0, std::min<std::size_t>(10, info.model_sha256.size()));
+    }
+    write_png(task, device, *shared, info);
+  };
   if (!png_pool_->post(work)) work();
 }
 
@@ -139,8 +151,7 @@ void CoreService::image_written(const TaskRef& task, const std::string& error, b
       image.step = 0;
       job->queued_since_ms[k] = unix_ms_now();
       commit_locked(*job, {task.image}, to_flush);
-      dispatcher_.enqueue(
-          {task.job_id, task.image, job->record.view.request.priority, job->record.seq, -1});
+      dispatcher_.enqueue(task_ref(*job, task.image));
     } else if (!error.empty()) {
       fail_image_locked(*job, task.image, error, to_flush);
     } else {
@@ -224,6 +235,32 @@ void CoreService::task_failed(int worker, const TaskRef& task, const std::string
         fail_image_locked(*job, task.image, error + " (on " + name + ")", to_flush);
       }
     }
+  }
+  flush(to_flush);
+}
+
+void CoreService::task_model_failed(int worker, const TaskRef& task, const std::string& error) {
+  // The model's fault, not the device's: no retry elsewhere (every device would read the same
+  // file), no health verdict. The job's queued images fail with the same message; a later job of
+  // the model tries to load it again (a fixed file works without a restart).
+  (void)worker;
+  std::vector<std::string> to_flush;
+  {
+    std::lock_guard lock(mu_);
+    ActiveJob* job = find_locked(task.job_id);
+    if (!job) return;
+    const auto k = static_cast<std::size_t>(task.image);
+    if (job->record.view.images[k].status == ImageStatus::running) {
+      if (job->record.cancel_requested) {
+        set_image_status(job->record, task.image, ImageStatus::cancelled);
+        job->record.view.images[k].finished_ms = unix_ms_now();
+        commit_locked(*job, {task.image}, to_flush);
+      } else {
+        fail_image_locked(*job, task.image, error, to_flush);
+      }
+    }
+    for (const auto& queued : dispatcher_.cancel_job(task.job_id))
+      fail_unstarted_locked(*find_locked(task.job_id), queued.image, error, to_flush);
   }
   flush(to_flush);
 }

@@ -17,12 +17,13 @@ void blend(double& average, double sample) {  // exponential moving average, alp
 }  // namespace
 
 DeviceWorker::DeviceWorker(int index, DeviceSpec spec, ModelBackend& backend,
-                           Dispatcher& dispatcher, TaskHost& host)
+                           Dispatcher& dispatcher, TaskHost& host, int max_loaded_models)
     : index_(index),
       spec_(std::move(spec)),
       backend_(backend),
       dispatcher_(dispatcher),
-      host_(host) {
+      host_(host),
+      max_loaded_models_(max_loaded_models) {
   stats_.name = spec_.name;
   started_at_ = last_progress_ = Clock::now();
 }
@@ -43,11 +44,19 @@ void DeviceWorker::join() {
 void DeviceWorker::run() {
   std::string load_error;
   try {
-    generator_ = backend_.load_replica(spec_);
+    cache_ = std::make_unique<ModelCache>(
+        max_loaded_models_, [this](int model) { return backend_.load_replica(spec_, model); },
+        [this](const std::vector<int>& held) {
+          dispatcher_.set_models(index_, held);
+          std::lock_guard lock(mu_);
+          stats_.models = held;
+        });
+    ImageGenerator& generator = cache_->acquire(backend_.default_model());
     std::lock_guard lock(mu_);
     stats_.loaded = true;
-    stats_.description = generator_->description();
-    stats_.memory = generator_->memory();
+    stats_.description = generator.description();
+    stats_.memory = generator.memory();
+    stats_.model_loads = cache_->loads();
   } catch (const std::exception& e) {
     load_error = e.what();
   } catch (...) {
@@ -63,7 +72,7 @@ void DeviceWorker::run() {
     while (auto task = dispatcher_.take(index_)) run_task(*task);
   }
   try {
-    generator_.reset();  // frees the replica on its own thread (and CUDA stream)
+    cache_.reset();  // frees the replicas on their own thread (and CUDA stream)
   } catch (...) {
   }
   running_ = false;
@@ -83,6 +92,40 @@ void DeviceWorker::run_task(const TaskRef& task) {
     stats_.busy = true;
     stats_.current_job = task.job_id;
     busy_since_ = last_progress_ = begin;
+  }
+  ImageGenerator* generator = nullptr;
+  std::string load_error;
+  try {
+    generator = &cache_->acquire(task.model);  // loads (and evicts) here, on this thread
+  } catch (const std::exception& e) {
+    load_error = e.what();
+  } catch (...) {
+    load_error = "unknown error";
+  }
+  {
+    std::lock_guard lock(mu_);
+    last_progress_ = Clock::now();  // a load is progress (the stall check)
+    stats_.model_loads = cache_->loads();
+    stats_.model_evictions = cache_->evictions();
+    stats_.model_load_failures = cache_->load_failures();
+    if (generator) stats_.description = generator->description();
+    if (!load_error.empty()) {
+      stats_.busy = false;
+      stats_.current_job.clear();
+      stats_.busy_seconds += seconds(Clock::now() - begin);
+    }
+  }
+  if (!generator) {
+    const std::string error =
+        "cannot load model '" + spec->model + "' on " + spec_.name + ": " + load_error;
+    spdlog::error("{}", error);
+    try {
+      host_.task_model_failed(index_, task, error);
+    } catch (const std::exception& e) {
+      spdlog::error("{}: cannot record the end of {}/{}: {}", spec_.name, task.job_id, task.image,
+                    e.what());
+    }
+    return;
   }
   auto previous_step = begin;
   auto progress = [&](int step, int steps) {
@@ -105,12 +148,12 @@ void DeviceWorker::run_task(const TaskRef& task) {
   RgbImage image;
   try {
     if (spec->previews)
-      generator_->set_previews([this, &task](RgbImage preview) {
+      generator->set_previews([this, &task](RgbImage preview) {
         host_.task_preview(index_, task, std::move(preview));
       });
     else
-      generator_->set_previews({});
-    image = generator_->generate_one(*spec, progress);
+      generator->set_previews({});
+    image = generator->generate_one(*spec, progress);
     outcome = Outcome::done;
   } catch (const GenerationStopped&) {
     outcome = Outcome::stopped;
@@ -142,7 +185,7 @@ void DeviceWorker::run_task(const TaskRef& task) {
     }
   }
   try {
-    const DeviceMemory memory = generator_->memory();
+    const DeviceMemory memory = generator->memory();
     std::lock_guard lock(mu_);
     stats_.memory = memory;
   } catch (...) {

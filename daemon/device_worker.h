@@ -1,5 +1,10 @@
 // One device worker: one thread that loads its own model replica (on that thread, so replicas
 // of all devices load in parallel), then takes image tasks from the dispatcher and runs them.
+// Several models: the worker's ModelCache (model_cache.h) holds up to max_loaded_models
+// replicas; a task of a model it does not hold loads it first, on this thread (evicting the
+// least recently used one). The start-up load is the default model's: if it fails the device
+// is disabled (as before). A later load that fails fails that task through task_model_failed
+// (the model's fault, not the device's: it does not count against the device's health).
 // It never touches HTTP, the store or job state: it reports to a TaskHost (the CoreService).
 // A failure inside generation (exception, out of memory) is reported, never propagated.
 // Device health: it gives the dispatcher the verdict of every generation before telling the
@@ -19,11 +24,13 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "daemon/device_spec.h"
 #include "daemon/dispatcher.h"
 #include "daemon/image_generator.h"
 #include "daemon/metrics.h"
+#include "daemon/model_cache.h"
 
 namespace diffusiond {
 
@@ -42,6 +49,8 @@ class TaskHost {
   // A cheap preview of the image being made (only for tasks whose ImageSpec asks for previews),
   // on the worker thread. Default: dropped.
   virtual void task_preview(int /*worker*/, const TaskRef& /*task*/, RgbImage /*preview*/) {}
+  // The task's model could not be loaded on this device (`error` has the loader's message).
+  virtual void task_model_failed(int worker, const TaskRef& task, const std::string& error) = 0;
 };
 
 struct WorkerStats {
@@ -63,12 +72,16 @@ struct WorkerStats {
   double uptime_seconds = 0;
   double steps_per_second = 0;   // exponential moving average over recent steps
   double seconds_per_image = 0;  // moving average of generation time per image
+  std::vector<int> models;       // model ids held, most recently used first
+  std::int64_t model_loads = 0;
+  std::int64_t model_evictions = 0;
+  std::int64_t model_load_failures = 0;
 };
 
 class DeviceWorker {
  public:
   DeviceWorker(int index, DeviceSpec spec, ModelBackend& backend, Dispatcher& dispatcher,
-               TaskHost& host);
+               TaskHost& host, int max_loaded_models = 1);
   ~DeviceWorker();  // join()
   DeviceWorker(const DeviceWorker&) = delete;
   DeviceWorker& operator=(const DeviceWorker&) = delete;
@@ -95,8 +108,9 @@ class DeviceWorker {
   ModelBackend& backend_;
   Dispatcher& dispatcher_;
   TaskHost& host_;
-  std::unique_ptr<ImageGenerator> generator_;  // touched only by the worker thread
-  std::int64_t largest_done_pixels_ = 0;       // worker thread: width x height it generated
+  const int max_loaded_models_;
+  std::unique_ptr<ModelCache> cache_;     // touched only by the worker thread
+  std::int64_t largest_done_pixels_ = 0;  // worker thread: width x height it generated
   std::thread thread_;
   std::atomic<bool> running_{false};
   Histogram step_seconds_{Histogram::step_seconds_buckets()};

@@ -1,6 +1,7 @@
 #include "daemon/dispatcher.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 
 namespace diffusiond {
@@ -51,7 +52,31 @@ void Dispatcher::refresh_locked() {
   }
 }
 
-int Dispatcher::pick_device_locked(int avoid) {
+bool Dispatcher::holds_locked(int device, int model) const {
+  const auto& held = devices_[static_cast<std::size_t>(device)].models;
+  return std::find(held.begin(), held.end(), model) != held.end();
+}
+
+bool Dispatcher::affinity_applies_locked(int model, int avoid) const {
+  int holders = 0, candidates = 0;
+  for (int d = 0; d < num_devices(); ++d) {
+    if (d == avoid || devices_[static_cast<std::size_t>(d)].health != DeviceHealth::healthy)
+      continue;
+    ++candidates;
+    holders += holds_locked(d, model) ? 1 : 0;
+  }
+  return holders > 0 && holders < candidates;
+}
+
+bool Dispatcher::other_holder_locked(int model, int device) const {
+  for (int d = 0; d < num_devices(); ++d)
+    if (d != device && devices_[static_cast<std::size_t>(d)].health == DeviceHealth::healthy &&
+        holds_locked(d, model))
+      return true;
+  return false;
+}
+
+int Dispatcher::pick_device_locked(int avoid, int model) {
   const int n = num_devices();
   int probe_fallback = -1;  // a probing device waiting for its task: it gets the next one
   for (int d = 0; d < n; ++d) {
@@ -59,6 +84,20 @@ int Dispatcher::pick_device_locked(int avoid) {
     if (dev.health != DeviceHealth::probing || dev.probe_running || !dev.queue.empty()) continue;
     if (d != avoid) return d;
     probe_fallback = d;
+  }
+  if (affinity_applies_locked(model, avoid)) {
+    std::size_t shortest = SIZE_MAX;
+    for (int d = 0; d < n; ++d)
+      if (d != avoid && devices_[static_cast<std::size_t>(d)].health == DeviceHealth::healthy)
+        shortest = std::min(shortest, devices_[static_cast<std::size_t>(d)].queue.size());
+    for (int i = 0; i < n; ++i) {
+      const int d = (next_device_ + i) % n;
+      const auto& dev = devices_[static_cast<std::size_t>(d)];
+      if (d == avoid || dev.health != DeviceHealth::healthy || !holds_locked(d, model)) continue;
+      if (dev.queue.size() > shortest + 1) continue;
+      next_device_ = (d + 1) % n;
+      return d;
+    }
   }
   int fallback = -1;
   for (int i = 0; i < n; ++i) {
@@ -83,7 +122,7 @@ bool Dispatcher::place_locked(TaskRef task, int avoid) {
   refresh_locked();
   if (!any_enabled_locked()) return false;
   if (policy_ == DispatchPolicy::round_robin) {
-    const int device = pick_device_locked(avoid);
+    const int device = pick_device_locked(avoid, task.model);
     if (device >= 0) {
       devices_[static_cast<std::size_t>(device)].queue.insert(std::move(task));
       cv_.notify_all();
@@ -146,11 +185,28 @@ std::optional<TaskRef> Dispatcher::pop_locked(int device) {
     // The first task in order that does not avoid this device, unless no other healthy device
     // may take it.
     const bool others = others_healthy_locked(device);
-    for (auto it = shared_.begin(); it != shared_.end(); ++it) {
+    auto chosen = shared_.end();
+    auto first = shared_.end();  // the first task it may take
+    int looked = 0;
+    for (auto it = shared_.begin(); it != shared_.end() && looked < 16; ++it) {
       if (it->avoid_device == device && others) continue;
-      task = *it;
-      shared_.erase(it);
-      break;
+      if (first == shared_.end()) first = it;
+      if (it->priority != first->priority) break;
+      ++looked;
+      // Its model is here, or it may not be passed over: another healthy device holding its
+      // model takes it soon, up to kMaxPassOver times.
+      if (holds_locked(device, it->model) || it->passed_over >= kMaxPassOver ||
+          !other_holder_locked(it->model, device)) {
+        chosen = it;
+        break;
+      }
+    }
+    if (chosen == shared_.end()) chosen = first;
+    if (chosen != shared_.end()) {
+      for (auto it = first; it != chosen; ++it)
+        if (!(it->avoid_device == device && others)) ++it->passed_over;
+      task = *chosen;
+      shared_.erase(chosen);
     }
   }
   if (!task && dev.health == DeviceHealth::probing && policy_ == DispatchPolicy::round_robin)
@@ -283,6 +339,18 @@ std::vector<TaskRef> Dispatcher::move_queue_locked(int device) {
     shared_.clear();
   }
   return orphans;
+}
+
+void Dispatcher::set_models(int device, std::vector<int> models) {
+  std::lock_guard lock(mu_);
+  check_device(device);
+  devices_[static_cast<std::size_t>(device)].models = std::move(models);
+}
+
+std::vector<int> Dispatcher::models(int device) const {
+  std::lock_guard lock(mu_);
+  check_device(device);
+  return devices_[static_cast<std::size_t>(device)].models;
 }
 
 bool Dispatcher::healthy(int device) const {

@@ -21,6 +21,16 @@
 //    the first one.
 //  - mark_disabled() (its model replica failed to load): never given work, never probed.
 //  A retried task avoids the device it failed on while another device can take it.
+// Models (several per daemon): a task names its model by id; each device's worker tells which
+// ids it holds (set_models). Only while some but not all healthy devices hold a task's model
+// does the dispatcher prefer a holder:
+//  - round_robin: the next holder in rotation whose queue is at most one task longer than the
+//    shortest healthy queue (else the plain rotation: a device that must load the model).
+//  - least_loaded: a device takes, among the first 16 tasks of the head's priority, the first
+//    one whose model it holds, passing over tasks whose model another healthy device holds; a
+//    task is passed over at most kMaxPassOver times, then the next device takes it.
+// With one model (or all devices holding the same ones) both policies are exactly as above.
+// Batching (issue 11) must put only tasks of the same `model` into one batch.
 //
 // Owner: CoreService. Thread-safety: every method may be called from any thread; take() blocks.
 #pragma once
@@ -48,8 +58,10 @@ struct TaskRef {
   std::string job_id;
   int image = 0;
   int priority = 0;
-  std::int64_t seq = 0;   // job submission order
-  int avoid_device = -1;  // device it failed on (retry elsewhere), -1 = none
+  std::int64_t seq = 0;         // job submission order
+  int avoid_device = -1;        // device it failed on (retry elsewhere), -1 = none
+  int model = 0;                // model id (ModelBackend::models() index); part of any batch key
+  mutable int passed_over = 0;  // least_loaded: times a device took a later task instead
 
   bool operator==(const TaskRef& o) const { return job_id == o.job_id && image == o.image; }
 };
@@ -103,6 +115,10 @@ class Dispatcher {
   // device can ever take (every device disabled).
   std::vector<TaskRef> mark_disabled(int device);
 
+  // The model ids `device` holds now (its worker's ModelCache), most recently used first.
+  void set_models(int device, std::vector<int> models);
+  std::vector<int> models(int device) const;
+
   bool healthy(int device) const;
   DeviceHealthState health(int device) const;
   int healthy_count() const;
@@ -127,13 +143,19 @@ class Dispatcher {
     std::chrono::milliseconds backoff{0};  // unhealthy: the current probe interval
     bool probe_running = false;            // probing: it holds a task with no verdict yet
     Queue queue;                           // round_robin: its own queue
+    std::vector<int> models;               // model ids it holds
   };
+  static constexpr int kMaxPassOver = 4;
+  bool holds_locked(int device, int model) const;
+  // Some but not all healthy devices (besides `avoid`) hold the model.
+  bool affinity_applies_locked(int model, int avoid) const;
+  bool other_holder_locked(int model, int device) const;  // a healthy device but `device`
 
   Clock::time_point now() const;
   void refresh_locked();  // unhealthy devices whose probe is due become probing
   // round_robin: the device the next task goes to: a probing device waiting for its task, else
   // the next healthy device in rotation, skipping `avoid` when another one exists; -1 if none.
-  int pick_device_locked(int avoid);
+  int pick_device_locked(int avoid, int model);
   bool place_locked(TaskRef task, int avoid);
   std::optional<TaskRef> pop_locked(int device);
   std::optional<TaskRef> steal_locked(int device);  // round_robin probe: from the others

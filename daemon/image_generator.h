@@ -63,14 +63,31 @@ class ImageGenerator {
   virtual DeviceMemory memory() const { return {}; }
 };
 
-// The loaded model description. Thread-safety: every method may be called from any thread;
-// load_replica() is called concurrently, once per device, on that device's worker thread.
+// The models a daemon serves and how to load them. A model is named by its index in models()
+// (its id: the dispatcher and the device caches know models by id only).
+// Thread-safety: every method may be called from any thread; load_replica() is called
+// concurrently, on each device's worker thread (never on an HTTP thread, never under a lock of
+// the core).
 class ModelBackend {
  public:
   virtual ~ModelBackend() = default;
-  virtual ModelInfo model_info() const = 0;
+  // Every model, in id order; the default one has is_default (else id 0 is the default).
+  virtual std::vector<ModelInfo> models() const = 0;
   virtual std::optional<std::string> canonical_scheduler(const std::string& name) const = 0;
-  virtual std::unique_ptr<ImageGenerator> load_replica(const DeviceSpec& device) = 0;
+  // Loads model `model` (an index into models()) onto the device. Throws with the loader's
+  // message when it cannot (DeviceOutOfMemory when the device has no room for it).
+  virtual std::unique_ptr<ImageGenerator> load_replica(const DeviceSpec& device, int model) = 0;
+  std::unique_ptr<ImageGenerator> load_replica(const DeviceSpec& device) {  // the default model
+    return load_replica(device, default_model());
+  }
+  ModelInfo model_info() const {  // the default model's
+    const auto all = models();
+    return all.at(static_cast<std::size_t>(default_model()));
+  }
+  int default_model() const {  // the default model's id
+    const auto i = find_model(models(), "");
+    return i ? static_cast<int>(*i) : 0;
+  }
 };
 
 }  // namespace diffusiond

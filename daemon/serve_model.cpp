@@ -1,5 +1,7 @@
 #include "daemon/serve_model.h"
 
+#include <spdlog/spdlog.h>
+
 #include <cstdlib>
 #include <system_error>
 
@@ -63,6 +65,43 @@ ModelChoice choose_model(const std::string& model_option, const std::string& var
       "no model configured: give --model (a diffusers folder or a Hugging Face cache id) or set "
       "DIFFUSIOND_MODEL; no Stable Diffusion 1.5 was found in the Hugging Face cache (" +
       hf_hub_cache_dir().string() + ") and the bundled test model is not at any of:" + tried);
+}
+
+ServedModels choose_served_models(const std::string& model_option, const std::string& models_dir,
+                                  const std::string& variant, int default_steps,
+                                  const std::filesystem::path& executable,
+                                  const std::string& model_config) {
+  ServedModels out;
+  if (models_dir.empty()) {
+    out.choice = choose_model(model_option, variant, executable, model_config);
+    ModelSource only = describe_folder(out.choice.folder, default_steps);
+    only.info.is_default = true;
+    out.models.push_back(std::move(only));
+    return out;
+  }
+  ModelLibrary library = scan_models_dir(models_dir, variant, default_steps);
+  for (const auto& why : library.skipped) spdlog::warn("--models-dir: skipped {}", why);
+  std::string spec = model_option, source = "--model";
+  if (spec.empty())
+    if (const char* env = std::getenv("DIFFUSIOND_MODEL"); env && *env) {
+      spec = env;
+      source = "$DIFFUSIOND_MODEL";
+    }
+  std::vector<ModelInfo> infos;
+  for (const auto& m : library.models) infos.push_back(m.info);
+  if (spec.empty() || find_model(infos, spec)) {
+    out.models = served_models(nullptr, std::move(library), spec);
+    for (const auto& m : out.models)
+      if (m.info.is_default) out.choice.folder = m.folder;
+    out.choice.source =
+        spec.empty() ? "the first entry of --models-dir" : source + " in --models-dir";
+    return out;
+  }
+  out.choice = choose_model(spec, variant, executable, model_config);
+  out.choice.source = source;
+  const ModelSource first = describe_folder(out.choice.folder, default_steps);
+  out.models = served_models(&first, std::move(library));
+  return out;
 }
 
 }  // namespace diffusiond

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <string>
 
+#include "daemon/model_library.h"
 #include "pipeline/model_folder.h"
 
 namespace diffusiond {
@@ -25,6 +26,20 @@ struct ModelChoice {
 ModelChoice choose_model(const std::string& model_option, const std::string& variant,
                          const std::filesystem::path& executable,
                          const std::string& model_config = "");
+
+// Every model `serve` serves and which is the default. Without --models-dir: the one
+// choose_model() gives. With it: its entries (scan_models_dir), and the default is --model (or
+// $DIFFUSIOND_MODEL) when given: an entry of the dir by find_model's rules, else a folder or HF
+// id loaded as without --models-dir and listed first; when neither is given, the dir's first
+// entry by name. Throws ModelNotFound.
+struct ServedModels {
+  ModelChoice choice;               // the default (its folder; for a dir entry, that entry's)
+  std::vector<ModelSource> models;  // the default has info.is_default
+};
+ServedModels choose_served_models(const std::string& model_option, const std::string& models_dir,
+                                  const std::string& variant, int default_steps,
+                                  const std::filesystem::path& executable,
+                                  const std::string& model_config = "");
 
 // Where the bundled tiny-sd1 may be, in the order tried.
 std::vector<std::filesystem::path> bundled_model_candidates(

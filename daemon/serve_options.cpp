@@ -16,14 +16,26 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                  "the command line wins")
       ->check(CLI::ExistingFile);
   cmd.add_option("--model", o.model,
-                 "Model: a diffusers folder, a Hugging Face repo id in the HF cache (offline), or "
-                 "a single-file checkpoint FILE.safetensors (SD 1.x/2.x/SDXL, original LDM keys). "
-                 "Default: $DIFFUSIOND_MODEL, else Stable Diffusion 1.5 from the HF cache, else "
-                 "the bundled test model (random weights: noise)");
+                 "The default model: a diffusers folder, a Hugging Face repo id in the HF cache "
+                 "(offline), a single-file checkpoint FILE.safetensors (SD 1.x/2.x/SDXL, original "
+                 "LDM keys), or with --models-dir the name of one of its entries. Default: "
+                 "$DIFFUSIOND_MODEL, else with --models-dir its first model by name, else "
+                 "Stable Diffusion 1.5 from the HF cache, else the bundled test model (random "
+                 "weights: noise)");
   cmd.add_option("--model-config", o.model_config,
                  "For a single-file model: take configs, tokenizers and scheduler from this "
                  "diffusers folder (or HF id); default: a sibling FILE.yaml (LDM format), else the "
                  "family recognised from the keys with the configs shipped with diffusiond");
+  cmd.add_option("--models-dir", o.models_dir,
+                 "Folder of models a request may name (`model`): diffusers folders and "
+                 "*.safetensors/*.ckpt files side by side, and one level of sub-folders "
+                 "(\"sub/name\"), as AUTOMATIC1111's models/Stable-diffusion");
+  cmd.add_option("--max-loaded-models", o.max_loaded_models,
+                 "Models each device holds at once, least recently used evicted; 0 = auto: 1 on "
+                 "a CPU device (every CPU worker keeps its own copy in host RAM), 3 on a CUDA "
+                 "device (fewer when its memory runs out: a load that does not fit evicts)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
   cmd.add_option("--variant", o.variant, "Weights variant, e.g. fp16 (*.fp16.safetensors)");
   cmd.add_option("--devices", o.devices,
                  "auto (every CUDA device, else the CPU), cpu, cpu*N (N CPU workers, each with "

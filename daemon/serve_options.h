@@ -17,6 +17,8 @@ namespace diffusiond {
 struct ServeOptions {
   std::string config;
   std::string model;
+  std::string models_dir;     // "" = only --model
+  int max_loaded_models = 0;  // per device; 0 = auto (1 CPU, 3 CUDA)
   std::string variant;
   std::string model_config;  // single-file --model: the diffusers folder with its configs
   std::string devices = "auto";

@@ -73,6 +73,13 @@ void rethrow_generation_error(std::exception_ptr error) {
   }
 }
 
+std::unique_ptr<ModelBackend> make_torch_backend(const ModelFolder& model,
+                                                 TorchBackendOptions options) {
+  ModelSource only = describe_folder(model);
+  only.info.is_default = true;
+  return make_torch_backend(std::vector<ModelSource>{std::move(only)}, std::move(options));
+}
+
 int cuda_device_count() {
   return static_cast<int>(torch::cuda::device_count());
 }
@@ -153,16 +160,29 @@ class TorchGenerator final : public ImageGenerator {
 
 class TorchBackend final : public ModelBackend {
  public:
-  TorchBackend(ModelFolder model, TorchBackendOptions options)
-      : model_(std::move(model)), options_(std::move(options)), info_(read_model_info()) {}
+  TorchBackend(std::vector<ModelSource> models, TorchBackendOptions options)
+      : models_(std::move(models)), options_(std::move(options)) {
+    for (auto& m : models_)
+      if (m.info.is_default) {
+        m.info.is_test_model = options_.is_test_model;
+        m.info.notice = options_.notice;
+      }
+  }
 
-  ModelInfo model_info() const override { return info_; }
+  std::vector<ModelInfo> models() const override {
+    std::vector<ModelInfo> out;
+    for (const auto& m : models_) out.push_back(m.info);
+    return out;
+  }
 
   std::optional<std::string> canonical_scheduler(const std::string& name) const override {
     return canonical_scheduler_name(name);
   }
 
-  std::unique_ptr<ImageGenerator> load_replica(const DeviceSpec& spec) override {
+  std::unique_ptr<ImageGenerator> load_replica(const DeviceSpec& spec, int model) override {
+    if (model < 0 || model >= static_cast<int>(models_.size()))
+      throw std::out_of_range("no model #" + std::to_string(model));
+    const ModelSource& source = models_[static_cast<std::size_t>(model)];
     const std::string dtype = resolve_dtype(options_.dtype, spec.kind == DeviceSpec::Kind::cuda);
     std::unique_ptr<c10::StreamGuard> guard;
     std::string description;
@@ -179,30 +199,28 @@ class TorchBackend final : public ModelBackend {
       if (options_.threads_per_worker > 0) at::set_num_threads(options_.threads_per_worker);
       description = "CPU (" + std::to_string(at::get_num_threads()) + " threads, " + dtype + ")";
     }
-    auto sd = StableDiffusion::load(model_, device, scalar_type(dtype));
-    spdlog::info("{}: loaded {} as {}", spec.name, model_.name, description);
+    std::unique_ptr<StableDiffusion> sd;
+    try {
+      sd = load_pipeline(source, device, scalar_type(dtype));
+    } catch (...) {
+      rethrow_generation_error(std::current_exception());  // OOM -> DeviceOutOfMemory
+    }
+    spdlog::info("{}: loaded {} as {}", spec.name, source.info.name, description);
     return std::make_unique<TorchGenerator>(spec, std::move(guard), std::move(sd), description,
                                             options_.faults, options_.pad_cond_uncond);
   }
 
  private:
-  ModelInfo read_model_info() const {
-    ModelInfo info = diffusiond::model_info(model_, options_.default_steps);
-    info.is_test_model = options_.is_test_model;
-    info.notice = options_.notice;
-    return info;
-  }
-
-  ModelFolder model_;
+  std::vector<ModelSource> models_;
   TorchBackendOptions options_;
-  ModelInfo info_;
 };
 
 }  // namespace
 
-std::unique_ptr<ModelBackend> make_torch_backend(const ModelFolder& model,
+std::unique_ptr<ModelBackend> make_torch_backend(std::vector<ModelSource> models,
                                                  TorchBackendOptions options) {
-  return std::make_unique<TorchBackend>(model, std::move(options));
+  if (models.empty()) throw std::invalid_argument("no model to serve");
+  return std::make_unique<TorchBackend>(std::move(models), std::move(options));
 }
 
 }  // namespace diffusiond

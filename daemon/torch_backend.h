@@ -1,5 +1,6 @@
-// The real ModelBackend: a diffusers folder loaded with pipeline/txt2img.h, one StableDiffusion
-// replica per device. No LibTorch types in this header.
+// The real ModelBackend: the served models (model_library.h), each loaded with load_pipeline
+// (pipeline/txt2img.h) into one StableDiffusion replica per device that asks. No LibTorch types
+// in this header.
 // CUDA workers: each replica gets a stream from LibTorch's pool, made current on its worker
 // thread (with its device) for the thread's lifetime, through the device-generic c10
 // stream/guard API, so the same code builds against CPU-only LibTorch.
@@ -14,7 +15,7 @@
 
 #include "daemon/fault_injection.h"
 #include "daemon/image_generator.h"
-#include "pipeline/model_folder.h"
+#include "daemon/model_library.h"
 
 namespace diffusiond {
 
@@ -23,7 +24,6 @@ struct TorchBackendOptions {
   int threads_per_worker = 0;  // intra-op threads for CPU workers; 0 = LibTorch's default
   bool is_test_model = false;  // the bundled random-weight model
   std::string notice;          // shown by /devices and the UI when is_test_model
-  int default_steps = 0;       // 0: the model family's (pipeline/model_family.h)
   // A1111 long prompts whose prompt and negative prompt differ in chunk count: pad the shorter
   // with the empty prompt's chunks, one batched UNet pass (true), or one pass per length
   // (false, A1111's default). See Txt2ImgParams::pad_cond_uncond.
@@ -39,6 +39,11 @@ struct TorchBackendOptions {
 // with the message (no C++ backtrace) for any other c10::Error; anything else unchanged.
 [[noreturn]] void rethrow_generation_error(std::exception_ptr error);
 
+// `models`: what served_models() gives (the default has is_default).
+std::unique_ptr<ModelBackend> make_torch_backend(std::vector<ModelSource> models,
+                                                 TorchBackendOptions options);
+
+// One diffusers folder as the only (default) model.
 std::unique_ptr<ModelBackend> make_torch_backend(const ModelFolder& model,
                                                  TorchBackendOptions options);
 

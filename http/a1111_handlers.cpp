@@ -27,7 +27,7 @@ json parse_body(const Request& req) {
 }
 
 std::string title_of(const ListedModel& m) {
-  return m.name;  // no hash is computed: the title is the name
+  return m.title;
 }
 
 std::string default_checkpoint(ServerContext& c, const std::string& client) {
@@ -191,8 +191,8 @@ void sd_models(ServerContext& c, Exchange& ex, const RouteParams&) {
   for (const auto& m : listed_models(c.service))
     out.push_back({{"title", title_of(m)},
                    {"model_name", m.name},
-                   {"hash", nullptr},
-                   {"sha256", nullptr},
+                   {"hash", m.hash.empty() ? json(nullptr) : json(m.hash)},
+                   {"sha256", m.sha256.empty() ? json(nullptr) : json(m.sha256)},
                    {"filename", m.path},
                    {"config", nullptr}});
   ex.respond(json_response(http::status::ok, out));

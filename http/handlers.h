@@ -29,6 +29,7 @@ void handle_readyz(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_metrics(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_devices(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_model(ServerContext& c, Exchange& ex, const RouteParams& p);
+void handle_models(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_schedulers(ServerContext& c, Exchange& ex, const RouteParams& p);
 // a1111_handlers.cpp: /sdapi/v1/{name}; false when there is no such A1111 route.
 bool a1111_route(std::string_view name, Handler& get, Handler& post);

@@ -1,4 +1,4 @@
-// /healthz, /readyz, /metrics, /devices, /model, /schedulers
+// /healthz, /readyz, /metrics, /devices, /model, /models, /schedulers
 #include "http/handlers.h"
 #include "http/json_views.h"
 
@@ -40,6 +40,17 @@ void handle_devices(ServerContext& c, Exchange& ex, const RouteParams&) {
 
 void handle_model(ServerContext& c, Exchange& ex, const RouteParams&) {
   ex.respond(json_response(http::status::ok, model_json(c.service.model_info())));
+}
+
+void handle_models(ServerContext& c, Exchange& ex, const RouteParams&) {
+  nlohmann::json list = nlohmann::json::array();
+  std::string default_name;
+  for (const ModelInfo& m : c.service.models()) {
+    if (m.is_default) default_name = m.name;
+    list.push_back(model_json(m));
+  }
+  ex.respond(
+      json_response(http::status::ok, {{"default", default_name}, {"models", std::move(list)}}));
 }
 
 void handle_schedulers(ServerContext& c, Exchange& ex, const RouteParams&) {

@@ -100,14 +100,27 @@ json device_json(const DeviceView& d) {
           {"images_done", d.images_done},
           {"steps_done", d.steps_done},
           {"steps_per_second", d.steps_per_second},
-          {"busy_ratio", d.busy_ratio}};
+          {"busy_ratio", d.busy_ratio},
+          {"models", d.models},
+          {"model_loads", d.model_loads},
+          {"model_evictions", d.model_evictions},
+          {"model_load_failures", d.model_load_failures}};
 }
 
 json model_json(const ModelInfo& m) {
   json presets = json::array();
   for (const auto& wh : m.size_presets) presets.push_back({wh[0], wh[1]});
+  const std::string hash = short_hash(m);
   return {{"name", m.name},
+          {"title", model_title(m)},
           {"path", m.path},
+          {"file_name", text_or_null(m.file_name)},
+          {"format", m.format},
+          {"size_bytes", m.size_bytes},
+          {"sha256", text_or_null(m.sha256)},
+          {"hash", text_or_null(hash)},
+          {"is_default", m.is_default},
+          {"loaded_on", m.loaded_on},
           {"family", m.family},
           {"is_test_model", m.is_test_model},
           {"notice", text_or_null(m.notice)},

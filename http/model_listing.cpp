@@ -3,8 +3,10 @@
 namespace diffusiond::http_api {
 
 std::vector<ListedModel> listed_models(const ImageService& service) {
-  const ModelInfo m = service.model_info();
-  return {{m.name, m.path, m.family}};
+  std::vector<ListedModel> out;
+  for (const ModelInfo& m : service.models())
+    out.push_back({m.name, m.path, m.family, model_title(m), short_hash(m), m.sha256});
+  return out;
 }
 
 std::vector<ListedLora> listed_loras(const ImageService&) {
@@ -13,12 +15,10 @@ std::vector<ListedLora> listed_loras(const ImageService&) {
 
 std::optional<std::string> resolve_listed_model(const ImageService& service,
                                                 const std::string& asked) {
-  std::string name = asked;
-  if (const auto bracket = name.rfind(" ["); bracket != std::string::npos && name.back() == ']')
-    name = name.substr(0, bracket);  // A1111 titles: "name [hash]"
-  for (const auto& m : listed_models(service))
-    if (name == m.name || name == m.path) return m.name;
-  return std::nullopt;
+  const auto models = service.models();
+  const auto found = find_model(models, asked);
+  if (!found) return std::nullopt;
+  return models[*found].name;
 }
 
 }  // namespace diffusiond::http_api

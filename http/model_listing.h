@@ -1,9 +1,7 @@
 // The one place the API dialects (A1111's sd-models/loras/options, OpenAI's /v1/models) learn
 // which models and LoRAs exist and resolve the names clients send back.
-// NOTE for the merge of the `models` and `lora` work: today these serve the one model of
-// ImageService::model_info() and an empty LoRA list; point listed_models / resolve_listed_model
-// at the service's model listing and listed_loras at ImageService::loras() — nothing else in the
-// dialects needs to change.
+// Models come from ImageService::models() and are resolved by the core's one resolver
+// (find_model, daemon/api/views.h); LoRAs from ImageService::loras().
 // Pure functions over the service; any thread.
 #pragma once
 
@@ -19,6 +17,9 @@ struct ListedModel {
   std::string name;  // what GenerateRequest::model takes
   std::string path;
   std::string family;
+  std::string title;   // A1111's "name.safetensors [hash]"
+  std::string hash;    // A1111's short hash, "" until computed
+  std::string sha256;  // "" until computed
 };
 struct ListedLora {
   std::string name;  // a LoraRef name

@@ -96,6 +96,7 @@ std::optional<Route> match(RouteParams& p) {
     if (s == "metrics") return Route{handle_metrics};
     if (s == "devices") return Route{handle_devices};
     if (s == "model") return Route{handle_model};
+    if (s == "models") return Route{handle_models};
     if (s == "schedulers") return Route{handle_schedulers};
   }
   if (parts.size() == 3 && parts[0] == "sdapi" && parts[1] == "v1") {

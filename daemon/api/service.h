@@ -60,7 +60,10 @@ class ImageService {
  public:
   virtual ~ImageService() = default;
 
-  virtual ModelInfo model_info() const = 0;
+  virtual ModelInfo model_info() const = 0;  // the default model
+  // Every model it serves (the default among them, is_default), in listing order (by name), with
+  // where each is loaded now and its sha256 once known. Never waits on a device or a hash.
+  virtual std::vector<ModelInfo> models() const { return {model_info()}; }
   // Canonical scheduler name for a canonical name or alias (case-insensitive); nullopt if unknown.
   virtual std::optional<std::string> canonical_scheduler(const std::string& name) const = 0;
 

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,8 +72,12 @@ struct DeviceView {
   std::string current_job;  // empty when idle
   std::int64_t images_done = 0;
   std::int64_t steps_done = 0;
-  double steps_per_second = 0;  // recent average
-  double busy_ratio = 0;        // since start, 0..1
+  double steps_per_second = 0;       // recent average
+  double busy_ratio = 0;             // since start, 0..1
+  std::vector<std::string> models;   // model names loaded on it, most recently used first
+  std::int64_t model_loads = 0;      // models it loaded (the start-up one included)
+  std::int64_t model_evictions = 0;  // models it dropped to make room (LRU)
+  std::int64_t model_load_failures = 0;
 };
 
 struct SchedulerName {
@@ -79,11 +85,21 @@ struct SchedulerName {
   std::vector<std::string> aliases;  // "Euler a", ...
 };
 
+// One model the daemon can serve: the default (--model) or an entry of --models-dir. A model's
+// name is its --model string (folder or HF repo id), or, in the models dir, the folder name or
+// file stem with its sub-folder prefix ("sub/name", as A1111 shows it).
 struct ModelInfo {
-  std::string name;  // folder or repo id
+  std::string name;  // folder or repo id; models dir: "name" or "sub/name"
   std::string path;
-  bool is_test_model = false;  // the bundled random-weight model: images are noise
-  std::string notice;          // plain words for the UI when is_test_model
+  std::string format = "diffusers";  // "diffusers" (a folder) or "single_file" (.safetensors/.ckpt)
+  std::string file_name;  // models dir: the entry's relative path ("sub/x.safetensors"), else ""
+  std::int64_t size_bytes = 0;  // on disk: the file, or every file of the folder
+  std::string hash_file;        // what the model hash is of: the file, or the folder's UNet weights
+  std::string sha256;           // of hash_file; "" until computed (in the background)
+  bool is_default = false;      // what a request without `model` gets
+  std::vector<std::string> loaded_on;  // devices holding it now (ImageService::models())
+  bool is_test_model = false;          // the bundled random-weight model: images are noise
+  std::string notice;                  // plain words for the UI when is_test_model
   int default_width = 512;
   int default_height = 512;
   int default_steps = 50;
@@ -94,6 +110,21 @@ struct ModelInfo {
   bool micro_conditioning = false;  // SDXL: original_size, crops_coords_top_left, target_size
   std::vector<std::array<int, 2>> size_presets;  // (width, height) a UI offers, first = native
 };
+
+// AUTOMATIC1111's short hash: the first 10 hex digits of the sha256 ("" while unknown).
+std::string short_hash(const ModelInfo& model);
+// AUTOMATIC1111's checkpoint title: "sub/name.safetensors [0123456789]" (file name, or the name
+// of a folder, then the short hash once known).
+std::string model_title(const ModelInfo& model);
+// THE resolver of a user-given model string (request field `model`, A1111's
+// sd_model_checkpoint, OpenAI's `model`): "" -> the default; else, in order, an exact name,
+// title, file name (with or without its sub-folder) or path; a title's " [hash]" suffix is
+// ignored; then a case-insensitive match if unique; a short hash or full sha256 if known.
+// Returns the index into `models`, nullopt when nothing matches.
+std::optional<std::size_t> find_model(const std::vector<ModelInfo>& models,
+                                      const std::string& asked);
+// "a, b, c (and 4 more)": a few names for an unknown-model message.
+std::string model_names(const std::vector<ModelInfo>& models, std::size_t max = 8);
 
 // The request defaults a model implies (for normalise()).
 RequestDefaults request_defaults(const ModelInfo& model);

@@ -291,6 +291,8 @@ nlohmann::json diffusiond_metadata(const PngGenerationInfo& info) {
   nlohmann::json model = {{"name", info.model_name}};
   model["hash"] =
       info.model_hash.empty() ? nlohmann::json(nullptr) : nlohmann::json(info.model_hash);
+  model["sha256"] =
+      info.model_sha256.empty() ? nlohmann::json(nullptr) : nlohmann::json(info.model_sha256);
   nlohmann::json meta = {
       {"request", info.request},
       {"prompt", info.prompt},

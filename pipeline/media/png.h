@@ -60,10 +60,11 @@ struct PngGenerationInfo {
   int width = 0;
   int height = 0;
   std::string model_name;
-  std::string model_hash;  // "" when unknown
-  std::string device;      // "cpu", "cuda:0", ...
-  std::string dtype;       // "fp32", "fp16", "bf16"
-  int image_index = 0;     // position of this image in its request
+  std::string model_hash;    // A1111's short hash (10 hex digits); "" when unknown
+  std::string model_sha256;  // the full sha256 it comes from; "" when unknown
+  std::string device;        // "cpu", "cuda:0", ...
+  std::string dtype;         // "fp32", "fp16", "bf16"
+  int image_index = 0;       // position of this image in its request
   nlohmann::json request = nlohmann::json::object();
   // SDXL micro-conditioning, (height, width) / (top, left) as diffusers; unset for other models.
   std::optional<std::array<int, 2>> original_size, crops_coords_top_left, target_size;
@@ -74,7 +75,7 @@ struct PngGenerationInfo {
 // and model hash omitted when empty, as AUTOMATIC1111 does). SDXL images add, after Size,
 // "Original size: WxH, Crop top left: TOP,LEFT, Target size: WxH".
 std::string a1111_parameters(const PngGenerationInfo& info);
-// The "diffusiond" iTXt payload: {"request", "model": {name, hash}, "scheduler", "sampler",
+// The "diffusiond" iTXt payload: {"request", "model": {name, hash, sha256}, "scheduler", "sampler",
 // "seed", "steps", "guidance_scale", "width", "height", "device", "dtype", "image_index",
 // "version"}, plus "original_size", "crops_coords_top_left", "target_size" ([a, b] in diffusers'
 // order) for SDXL images; "negative_prompt" is null when it was absent.

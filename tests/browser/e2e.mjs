@@ -334,6 +334,60 @@ async function testSdxl(daemon) {
   }
 }
 
+// A models dir with tiny-sd1 and tiny-sdxl side by side (symlinks); removed by the caller.
+function makeModelsDir() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'diffusiond-e2e-models-'));
+  for (const name of ['tiny-sd1', 'tiny-sdxl'])
+    fs.symlinkSync(path.join(sourceDir, 'tests', 'fixtures', name), path.join(dir, name));
+  return dir;
+}
+
+async function testModelPicker(daemon) {
+  const { context, pageErrors, close } = await launch();
+  try {
+    const page = context.pages()[0] || await context.newPage();
+    check('several models: the picker lists GET /models, the default selected');
+    await page.goto(daemon.url);
+    await page.waitForSelector('body[data-ready="true"]', WAIT);
+    const listing = await (await fetch(`${daemon.url}/models`)).json();
+    assert.equal(await page.locator('#model-picker').isVisible(), true);
+    const options = await page.locator('#model-picker option').evaluateAll((os) => os.map((o) => o.value));
+    assert.deepEqual(options, listing.models.map((m) => m.name));
+    assert.equal(await page.inputValue('#model-picker'), listing.default);
+    assert.equal(await page.inputValue('#steps'), '50');
+    assert.equal(await page.locator('#advanced').isVisible(), false);
+
+    check('picking the SDXL model shows its defaults, size presets and micro-conditioning');
+    await page.selectOption('#model-picker', 'tiny-sdxl');
+    const xl = listing.models.find((m) => m.name === 'tiny-sdxl');
+    assert.equal(await page.inputValue('#steps'), String(xl.defaults.steps));
+    assert.equal(await page.inputValue('#width'), String(xl.defaults.width));
+    const sizes = await page.locator('#size-preset option').allTextContents();
+    for (const [w, h] of xl.size_presets) {
+      assert.ok(sizes.some((t) => t.includes(`${w} × ${h}`)), `size preset ${w}x${h} missing: ${sizes}`);
+    }
+    assert.equal(await page.locator('#advanced').isVisible(), true);
+    await page.fill('#prompt', 'a green tram');
+    await page.fill('#steps', '2');
+    const sent = await submit(page);
+    assert.equal(sent.status, 202, JSON.stringify(sent.body));
+    const job = await (await fetch(`${daemon.url}/jobs/${sent.body.id}`)).json();
+    assert.equal(job.model, 'tiny-sdxl');
+    assert.equal(job.request.model, 'tiny-sdxl');
+    assert.equal(job.request.width, xl.defaults.width);
+    await page.waitForSelector(`#queue .job[data-job-id="${sent.body.id}"][data-status="done"]`, WAIT);
+    await shot(page, '10-model-picker');
+
+    check('picking the SD 1.x model again restores its defaults');
+    await page.selectOption('#model-picker', 'tiny-sd1');
+    assert.equal(await page.inputValue('#steps'), '50');
+    assert.equal(await page.locator('#advanced').isVisible(), false);
+    assert.deepEqual(pageErrors, [], 'uncaught errors in the page');
+  } finally {
+    await close();
+  }
+}
+
 async function main() {
   let daemon = null;
   try {
@@ -355,6 +409,17 @@ async function main() {
     await testSdxl(daemon);
     await daemon.stop();
     daemon = null;
+
+    check('start diffusiond with a models dir (tiny-sd1 and tiny-sdxl)');
+    const modelsDir = makeModelsDir();
+    try {
+      daemon = await startDaemon({ model: 'tiny-sd1', extraArgs: ['--models-dir', modelsDir] });
+      await testModelPicker(daemon);
+      await daemon.stop();
+      daemon = null;
+    } finally {
+      fs.rmSync(modelsDir, { recursive: true, force: true });
+    }
     log(`PASS (screenshots in ${shotDir})`);
   } catch (e) {
     console.error(`[browser_e2e] FAILED at "${step}": ${e.stack || e}`);

@@ -22,7 +22,7 @@ class FakeGenerator : public ImageGenerator {
       : backend_(backend), device_(std::move(device)), failing_(failing) {}
 
   RgbImage generate_one(const ImageSpec& task, const StepProgress& progress) override {
-    backend_.record({device_.name, task.prompt, task.seed});
+    backend_.record({device_.name, task.prompt, task.seed, task.model});
     if (failing_) throw std::runtime_error("fake device failure on " + device_.name);
     if (const auto fault = backend_.faults ? backend_.faults->next(device_.name) : std::nullopt) {
       if (*fault == InjectedFault::out_of_memory)
@@ -50,7 +50,7 @@ class FakeGenerator : public ImageGenerator {
 };
 }  // namespace
 
-ModelInfo FakeBackend::model_info() const {
+ModelInfo FakeBackend::fake_model_info() {
   ModelInfo info;
   info.name = "fake-model";
   info.default_width = 16;
@@ -67,13 +67,20 @@ std::optional<std::string> FakeBackend::canonical_scheduler(const std::string& n
   return std::nullopt;
 }
 
-std::unique_ptr<ImageGenerator> FakeBackend::load_replica(const DeviceSpec& device) {
+std::unique_ptr<ImageGenerator> FakeBackend::load_replica(const DeviceSpec& device, int model) {
   {
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return !loads_held_; });
   }
   if (failing_loads.count(device.name))
     throw std::runtime_error("fake load failure on " + device.name);
+  const auto& name = model_list.at(static_cast<std::size_t>(model)).name;
+  if (failing_models.count(name))
+    throw std::runtime_error("fake load failure of model " + name + ": bad header");
+  {
+    std::lock_guard lock(mu_);
+    loads_.push_back({device.name, model});
+  }
   return std::make_unique<FakeGenerator>(*this, device, failing_devices.count(device.name) > 0);
 }
 
@@ -105,6 +112,11 @@ void FakeBackend::block_until_released() {
   ++blocked_;
   cv_.notify_all();
   cv_.wait(lock, [&] { return released_; });
+}
+
+std::vector<FakeLoad> FakeBackend::loads() const {
+  std::lock_guard lock(mu_);
+  return loads_;
 }
 
 std::vector<FakeCall> FakeBackend::calls() const {

@@ -24,6 +24,12 @@ struct FakeCall {
   std::string device;
   std::string prompt;
   std::uint64_t seed = 0;
+  std::string model;  // the ImageSpec's (resolved) model name
+};
+
+struct FakeLoad {
+  std::string device;
+  int model = 0;
 };
 
 class FakeBackend : public ModelBackend {
@@ -31,10 +37,16 @@ class FakeBackend : public ModelBackend {
   std::set<std::string> failing_devices;  // set before start
   std::set<std::string> failing_loads;    // load_replica throws for these
   std::shared_ptr<FaultInjector> faults;  // set before start; null = none
+  // The models served, by id (set before start); default: one, "fake-model" (16x8, 3 steps).
+  std::vector<ModelInfo> model_list = {fake_model_info()};
+  std::set<std::string> failing_models;  // loading these (by name) throws "fake load failure"
 
-  ModelInfo model_info() const override;
+  static ModelInfo fake_model_info();
+  std::vector<ModelInfo> models() const override { return model_list; }
   std::optional<std::string> canonical_scheduler(const std::string& name) const override;
-  std::unique_ptr<ImageGenerator> load_replica(const DeviceSpec& device) override;
+  using ModelBackend::load_replica;
+  std::unique_ptr<ImageGenerator> load_replica(const DeviceSpec& device, int model) override;
+  std::vector<FakeLoad> loads() const;  // load_replica calls that succeeded, in order
 
   void hold_loads();  // load_replica waits until release_loads()
   void release_loads();
@@ -52,6 +64,7 @@ class FakeBackend : public ModelBackend {
   bool loads_held_ = false;
   int blocked_ = 0;
   std::vector<FakeCall> calls_;
+  std::vector<FakeLoad> loads_;
 };
 
 }  // namespace diffusiond::test

@@ -25,7 +25,8 @@ BIN = os.environ.get("DIFFUSIOND_BIN", os.path.join(SOURCE_DIR, "build", "daemon
 EXAMPLE = os.path.join(SOURCE_DIR, "systemd", "diffusiond.conf.example")
 MODEL = os.path.join(SOURCE_DIR, "tests", "fixtures", "tiny-sd1")
 # Keys whose example values name things this machine lacks; the command line gives them instead.
-NOT_RUNNABLE_HERE = {"model", "model-config", "variant", "api-key-file", "data-dir", "listen"}
+NOT_RUNNABLE_HERE = {"model", "model-config", "models-dir", "variant", "api-key-file", "data-dir",
+                     "listen"}
 WAIT_S = 180
 
 

@@ -11,6 +11,7 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const FIELD_INPUTS = {
   prompt: 'prompt', negative_prompt: 'negative-prompt', width: 'width', height: 'height',
   steps: 'steps', guidance_scale: 'guidance', seed: 'seed', scheduler: 'sampler', n: 'count',
+  model: 'model-picker',
   original_size: 'original-height', crops_coords_top_left: 'crop-top', target_size: 'target-height',
   prompt_syntax: 'a1111-syntax',
 };
@@ -131,6 +132,60 @@ function modelDefaults(model) {
 }
 
 let modelLoaded = false;
+let models = [];  // GET /models (several models) or [GET /model]
+
+// Shows a model's notice, defaults and size presets in the form. overwrite: a model picked in the
+// picker replaces the size/steps/guidance of the one before (its own defaults apply).
+function applyModel(model, overwrite) {
+  if (model.name) $('#model-name').textContent = model.name;
+  const notice = $('#test-model-notice');
+  notice.hidden = !model.is_test_model;
+  if (model.is_test_model) {
+    notice.textContent = model.notice ||
+      'This is the bundled test model: its weights are random, so every image is noise. ' +
+      'Start diffusiond with --model pointing at a Stable Diffusion folder or Hugging Face id.';
+  }
+  const defaults = modelDefaults(model);
+  fillSizePresets(defaults, model.size_presets);
+  // SDXL: the micro-conditioning fields and the absent/empty negative prompt choice.
+  $('#advanced').hidden = !model.micro_conditioning;
+  $('#negative-empty-row').hidden = !model.micro_conditioning;
+  const set = (id, v) => {
+    const i = $(`#${id}`);
+    if ((overwrite || i.value === '') && v !== undefined) i.value = v;
+  };
+  set('width', defaults.width || 512);
+  set('height', defaults.height || 512);
+  set('steps', defaults.steps || 30);
+  set('guidance', defaults.guidance_scale ?? 7.5);
+  syncPreset();
+  if (overwrite && defaults.scheduler &&
+      [...$('#sampler').options].some((o) => o.value === defaults.scheduler)) {
+    $('#sampler').value = defaults.scheduler;
+  }
+  return defaults;
+}
+
+function modelLabel(m) {
+  const parts = [m.family, m.format === 'single_file' ? 'single file' : ''].filter(Boolean);
+  const where = Array.isArray(m.loaded_on) && m.loaded_on.length ? ', loaded' : '';
+  return `${m.name}${parts.length ? ` (${parts.join(', ')}${where})` : ''}`;
+}
+
+// The model picker (GET /models): shown when the daemon serves more than one model.
+function fillModelPicker(list, selected) {
+  const picker = $('#model-picker');
+  picker.replaceChildren();
+  for (const m of list) picker.append(new Option(modelLabel(m), m.name));
+  picker.value = selected;
+  $('#model-row').hidden = list.length < 2;
+}
+
+function pickedModel() {
+  const name = $('#model-picker').value;
+  return models.find((m) => m.name === name);
+}
+
 async function loadModel() {
   let model = {};
   try {
@@ -140,25 +195,14 @@ async function loadModel() {
   } catch (e) {
     $('#model-name').textContent = `unknown (${e.message})`;
   }
-  if (model.name) $('#model-name').textContent = model.name;
-  const notice = $('#test-model-notice');
-  if (model.is_test_model) {
-    notice.textContent = model.notice ||
-      'This is the bundled test model: its weights are random, so every image is noise. ' +
-      'Start diffusiond with --model pointing at a Stable Diffusion folder or Hugging Face id.';
-    notice.hidden = false;
-  }
-  const defaults = modelDefaults(model);
-  fillSizePresets(defaults, model.size_presets);
-  // SDXL: the micro-conditioning fields and the absent/empty negative prompt choice.
-  $('#advanced').hidden = !model.micro_conditioning;
-  $('#negative-empty-row').hidden = !model.micro_conditioning;
-  const setIfEmpty = (id, v) => { const i = $(`#${id}`); if (i.value === '' && v !== undefined) i.value = v; };
-  setIfEmpty('width', defaults.width || 512);
-  setIfEmpty('height', defaults.height || 512);
-  setIfEmpty('steps', defaults.steps || 30);
-  setIfEmpty('guidance', defaults.guidance_scale ?? 7.5);
-  syncPreset();
+  models = [model];
+  try {
+    const answer = await getJson('/models');
+    if (Array.isArray(answer.models) && answer.models.length) models = answer.models;
+  } catch { /* an older daemon: the one model */ }
+  const current = models.find((m) => m.name === model.name) || models[0] || model;
+  fillModelPicker(models, current.name);
+  const defaults = applyModel(current, false);
 
   let schedulers = [];
   let preferred = defaults.scheduler;
@@ -205,6 +249,7 @@ function buildRequest() {
   }
   if ($('#sampler').value) body.scheduler = $('#sampler').value;
   if ($('#a1111-syntax').checked) body.prompt_syntax = 'a1111';  // unticked: plain (the default)
+  if (!$('#model-row').hidden && $('#model-picker').value) body.model = $('#model-picker').value;
   const seed = $('#seed').value.trim();
   body.seed = seed === '' ? randomSeed() : seed;  // a digit string is sent as a JSON number
   return body;
@@ -254,6 +299,10 @@ function wireForm() {
     }
   });
   $('#seed-random').addEventListener('click', () => { $('#seed').value = randomSeed(); });
+  $('#model-picker').addEventListener('change', () => {
+    const m = pickedModel();
+    if (m) applyModel(m, true);
+  });
   $('#size-preset').addEventListener('change', () => {
     const v = $('#size-preset').value;
     if (v === 'custom') { $('#width').focus(); return; }
