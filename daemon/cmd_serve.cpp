@@ -144,6 +144,20 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
       spdlog::warn("--inject-faults (a test facility): generations on {}", describe(rule));
     backend_options.faults = std::make_shared<FaultInjector>(rules);
   }
+  const std::filesystem::path lora_dir = options.lora_dir.empty()
+                                             ? std::filesystem::path(data_dir) / "loras"
+                                             : std::filesystem::path(options.lora_dir);
+  auto loras = std::make_shared<const LoraCatalog>(lora_dir);
+  spdlog::info("LoRA folder: {} ({} LoRA(s))", lora_dir.string(), loras->names().size());
+  backend_options.loras = loras;
+  // Hash the folder's LoRAs once in the background, so GET /loras and the first PNGs find them
+  // in the cache (hashing never runs on a device thread).
+  std::thread([loras] {  // co-owns the catalog; nothing else to wait for
+    try {
+      loras->list();
+    } catch (...) {
+    }
+  }).detach();
   auto backend = make_torch_backend(model.folder, backend_options);
 
   CoreOptions core;
@@ -156,6 +170,7 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   core.min_free_bytes = std::uint64_t(options.min_free_mb) << 20;
   core.unhealthy_after = options.device_failure_threshold;
   core.probe_interval = std::chrono::seconds(options.device_probe_interval_s);
+  core.loras = loras;
   core.dtype = resolve_dtype(options.dtype, devices.front().kind == DeviceSpec::Kind::cuda);
   const int compression = options.png_compression;
   CoreService service(*store, *backend, devices, core,

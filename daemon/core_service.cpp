@@ -145,6 +145,31 @@ void CoreService::drain(std::chrono::milliseconds grace) {
 
 // ---- ImageService ----------------------------------------------------------------------------
 
+std::vector<LoraView> CoreService::loras() const {
+  return options_.loras ? options_.loras->list() : std::vector<LoraView>{};
+}
+
+void CoreService::check_loras(const std::vector<LoraRef>& loras) const {
+  for (std::size_t i = 0; i < loras.size(); ++i) {
+    const std::string& name = loras[i].name;
+    if (options_.loras && options_.loras->find(name)) continue;
+    std::string known;
+    if (options_.loras) {
+      const auto names = options_.loras->names();
+      for (std::size_t k = 0; k < names.size() && k < 10; ++k)
+        known += (k ? ", " : "") + names[k];
+      if (names.size() > 10) known += ", ... (" + std::to_string(names.size()) + " in all)";
+    }
+    throw ServiceError(
+        ErrorCode::invalid_request,
+        "unknown LoRA '" + name.substr(0, 100) + "': no " + name.substr(0, 100) +
+            ".safetensors in the LoRA folder" +
+            (options_.loras ? " " + options_.loras->dir().string() : std::string(" (none set)")) +
+            (known.empty() ? "; it holds no LoRA" : "; known: " + known),
+        "unknown_lora", "loras");
+  }
+}
+
 ModelInfo CoreService::model_info() const {
   return model_info_;
 }
@@ -158,15 +183,13 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
       asked, request_defaults(model_info_),
       [this](const std::string& name) { return backend_.canonical_scheduler(name); },
       options_.limits, random_seed(), scheduler_names(model_info_));
-  // One model per daemon, no LoRA and plain prompts, until those land (issues 13 and 14).
+  // One model per daemon and plain prompts, until those land (issues 13 and 14).
   if (!request.model.empty() && request.model != model_info_.name)
     throw ServiceError(ErrorCode::invalid_request,
                        "unknown model '" + request.model.substr(0, 100) +
                            "'; this daemon serves '" + model_info_.name + "'",
                        "unknown_model", "model");
-  if (!request.loras.empty())
-    throw ServiceError(ErrorCode::invalid_request, "this daemon has no LoRA support yet",
-                       "unknown_lora", "loras");
+  check_loras(request.loras);  // a stat per LoRA, outside every lock
   if (request.prompt_syntax != PromptSyntax::plain)
     throw ServiceError(ErrorCode::invalid_request,
                        "prompt_syntax 'a1111' is not supported by this daemon yet", "invalid_field",

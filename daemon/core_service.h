@@ -43,6 +43,7 @@
 #include "daemon/image_generator.h"
 #include "daemon/job.h"
 #include "daemon/job_store.h"
+#include "daemon/lora_catalog.h"
 #include "daemon/metrics.h"
 #include "daemon/png_info.h"
 #include "daemon/storage_guard.h"
@@ -68,6 +69,9 @@ struct CoreOptions {
   std::uint64_t min_free_bytes = 100ull << 20;          // below: storage full (StorageGuard)
   std::chrono::milliseconds storage_check_every{1000};  // statvfs period; store write retries
   RequestLimits limits;                                 // every bound on a request (normalise())
+  // The LoRA folder requests name LoRAs from (shared with the backend, which resolves the same
+  // names on the device threads); null: no LoRA folder, every LoRA name is unknown.
+  std::shared_ptr<const LoraCatalog> loras;
 };
 
 class CoreService final : public ImageService, private TaskHost, private StoreWriter::Listener {
@@ -112,6 +116,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   std::unique_ptr<Subscription> subscribe(const std::string& job_id,
                                           std::function<void(const JobEvent&)> on_event) override;
   std::vector<DeviceView> devices() const override;
+  std::vector<LoraView> loras() const override;
   std::optional<ServiceError> not_ready() const override;
   std::string metrics_text() const override;  // core_metrics.cpp
 
@@ -145,6 +150,8 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
                      std::int64_t file_bytes);
 
   // Helpers; *_locked need mu_. They queue events and note the job ids to flush after unlock.
+  // Throws ServiceError unknown_lora (field "loras") for the first name not in the folder.
+  void check_loras(const std::vector<LoraRef>& loras) const;
   ActiveJob* find_locked(const std::string& id);
   void emit_locked(ActiveJob& job, JobEvent event, std::vector<std::string>& flush);
   // After a change: stamps job times and error, queues the write of the job row and the listed

@@ -92,15 +92,35 @@ class TorchGenerator final : public ImageGenerator {
  public:
   TorchGenerator(DeviceSpec device, std::unique_ptr<c10::StreamGuard> stream_guard,
                  std::unique_ptr<StableDiffusion> model, std::string description,
-                 std::shared_ptr<FaultInjector> faults)
+                 std::shared_ptr<FaultInjector> faults, std::shared_ptr<const LoraCatalog> loras)
       : device_(std::move(device)),
         stream_guard_(std::move(stream_guard)),
         model_(std::move(model)),
         description_(std::move(description)),
-        faults_(std::move(faults)) {}
+        faults_(std::move(faults)),
+        loras_(std::move(loras)) {}
 
   RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) override {
-    const Txt2ImgParams params = txt2img_params(image);
+    Txt2ImgParams params = txt2img_params(image);
+    params.loras = lora_set(image.loras);
+    // The replica's weights become the task's LoRA set here, on this device thread, before the
+    // task (the same set as the previous task costs nothing; none: the exact base weights).
+    // Batches: tasks with different LoRA sets must never share a UNet batch. This tree runs one
+    // image per task (no cross-request batches yet); a batch key, once there, must include
+    // ImageSpec::loras (names and weights).
+    try {
+      const LoraApplyReport report = model_->apply_loras(params.loras);
+      if (report.changed)
+        spdlog::info("{}: LoRA set now [{}] ({} weights merged)", device_.name,
+                     describe(image.loras), report.merged_weights);
+      for (const auto& [file, keys] : report.ignored)
+        spdlog::warn("{}: LoRA {}: {} key(s) name no layer of the model and were ignored (first: {})",
+                     device_.name, file, keys.size(), keys.front());
+    } catch (const LoraError& e) {
+      throw TaskInputError(e.what());
+    } catch (...) {
+      rethrow_generation_error(std::current_exception());
+    }
     const auto fault = faults_ ? faults_->next(device_.name) : std::nullopt;
     std::vector<RgbImage> images;
     try {
@@ -133,6 +153,23 @@ class TorchGenerator final : public ImageGenerator {
   std::unique_ptr<StableDiffusion> model_;
   std::string description_;
   std::shared_ptr<FaultInjector> faults_;  // --inject-faults; null = none
+  std::shared_ptr<const LoraCatalog> loras_;
+
+  static std::string describe(const std::vector<LoraRef>& loras) {
+    std::string s;
+    for (const auto& l : loras) s += (s.empty() ? "" : ", ") + l.name + ":" + std::to_string(l.weight);
+    return s;
+  }
+
+  std::vector<LoraApplication> lora_set(const std::vector<LoraRef>& loras) const {
+    std::vector<LoraApplication> set;
+    for (const LoraRef& lora : loras) {
+      const auto path = loras_ ? loras_->find(lora.name) : std::nullopt;
+      if (!path) throw TaskInputError("unknown LoRA '" + lora.name + "': not in the LoRA folder");
+      set.push_back({*path, lora.weight});
+    }
+    return set;
+  }
 };
 
 class TorchBackend final : public ModelBackend {
@@ -166,7 +203,7 @@ class TorchBackend final : public ModelBackend {
     auto sd = StableDiffusion::load(model_, device, scalar_type(dtype));
     spdlog::info("{}: loaded {} as {}", spec.name, model_.name, description);
     return std::make_unique<TorchGenerator>(spec, std::move(guard), std::move(sd), description,
-                                            options_.faults);
+                                            options_.faults, options_.loras);
   }
 
  private:

@@ -28,6 +28,7 @@ void handle_metrics(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_devices(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_model(ServerContext& c, Exchange& ex, const RouteParams& p);
 void handle_schedulers(ServerContext& c, Exchange& ex, const RouteParams& p);
+void handle_loras(ServerContext& c, Exchange& ex, const RouteParams& p);
 // handlers_assets.cpp
 void handle_asset(ServerContext& c, Exchange& ex, const RouteParams& p);
 bool is_asset_path(const std::string& path);

@@ -95,6 +95,7 @@ std::optional<Route> match(RouteParams& p) {
     if (s == "devices") return Route{handle_devices};
     if (s == "model") return Route{handle_model};
     if (s == "schedulers") return Route{handle_schedulers};
+    if (s == "loras") return Route{handle_loras};
   }
   if (is_asset_path(p.path)) return Route{handle_asset, nullptr, nullptr, false};
   if (parts.size() < 2 || parts[0] != "jobs" || !plain_segment(parts[1])) return std::nullopt;

@@ -19,6 +19,7 @@
 #include <torch/torch.h>
 
 #include "pipeline/clip_text_model.h"
+#include "pipeline/lora.h"
 #include "pipeline/model_folder.h"
 #include "pipeline/text/clip_tokenizer.h"
 
@@ -39,6 +40,11 @@ class PromptEncoder {
   PromptEmbedding encode(const std::string& prompt);
   // The same shapes as encode(), all zeros (force_zeros_for_empty_prompt).
   PromptEmbedding zeros();
+
+  // Forgets every cached embedding (the text encoders' weights changed: a LoRA set).
+  void clear_cache();
+  // The text encoders as LoRA targets ("text_encoder", "text_encoder_2" for SDXL).
+  std::vector<LoraTarget> lora_targets() const;
 
   bool xl() const { return static_cast<bool>(text_encoder_2_); }
   int64_t pooled_dim() const;  // projection_dim of text_encoder_2 (0 for SD 1.x/2.x)

@@ -15,6 +15,7 @@
 
 #include <torch/torch.h>
 
+#include "pipeline/lora.h"
 #include "pipeline/media/image.h"
 #include "pipeline/model_folder.h"
 
@@ -43,6 +44,9 @@ struct Txt2ImgParams {
   // instead of the generators' draw, cast to the model's dtype and device, then scaled by the
   // scheduler's init_noise_sigma. The generators still draw the samplers' step noise.
   torch::Tensor latents;
+  // The LoRA set (in order) merged into the weights before this generation (pipeline/lora.h);
+  // empty: the base weights. The same set as the previous call costs nothing.
+  std::vector<LoraApplication> loras;
 };
 
 // Called after every denoising step of every image of the batch (step in 1..steps, where steps is
@@ -77,6 +81,10 @@ class StableDiffusion {
   virtual std::vector<RgbImage> generate(const Txt2ImgParams& params,
                                          const StepCallback& on_step = {},
                                          const DumpSink& dump = {}) = 0;
+
+  // Merges a LoRA set into this replica's weights (empty: back to the exact base weights);
+  // generate() calls it with params.loras. Throws LoraError (weights unchanged) on a bad file.
+  virtual LoraApplyReport apply_loras(const std::vector<LoraApplication>& set) = 0;
 
   virtual int default_width() const = 0;  // unet sample_size * vae scale factor
   virtual int default_height() const = 0;

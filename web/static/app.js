@@ -4,6 +4,7 @@
 
 import { allowKeyPrompt, ApiError, getJson, onKeyNeeded, sendJson } from './api.js';
 import { addImage, initGallery } from './gallery.js';
+import { initLoras, loadLoras, loraRequest } from './loras.js';
 import { initQueue, trackJob } from './queue.js';
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -11,6 +12,7 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const FIELD_INPUTS = {
   prompt: 'prompt', negative_prompt: 'negative-prompt', width: 'width', height: 'height',
   steps: 'steps', guidance_scale: 'guidance', seed: 'seed', scheduler: 'sampler', n: 'count',
+  loras: 'lora-pick',
   original_size: 'original-height', crops_coords_top_left: 'crop-top', target_size: 'target-height',
 };
 // Used only when the daemon's /model gives no size_presets (an older daemon).
@@ -169,6 +171,7 @@ async function loadModel() {
   if (schedulers.length === 0) schedulers = model.schedulers || [];
   if (schedulers.length === 0 && preferred) schedulers = [preferred];
   fillSamplers(schedulers, preferred);
+  await loadLoras();
 }
 
 // ---- the form ------------------------------------------------------------------------------
@@ -203,6 +206,8 @@ function buildRequest() {
     if (v !== undefined) body[field] = v;
   }
   if ($('#sampler').value) body.scheduler = $('#sampler').value;
+  const loras = loraRequest();
+  if (loras.length > 0) body.loras = loras;
   const seed = $('#seed').value.trim();
   body.seed = seed === '' ? randomSeed() : seed;  // a digit string is sent as a JSON number
   return body;
@@ -347,6 +352,7 @@ async function start() {
   initGallery({ samplerLabel, onReuseSeed: reuseSeed, notify });
   initQueue({ samplerLabel, onImage: addImage });
   wireForm();
+  initLoras();
   await loadModel();  // first, so that a 401 asks for the key only once
   loadHistory();
   pollDevices();
