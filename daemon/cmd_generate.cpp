@@ -155,14 +155,14 @@ void run_generate(const GenerateOptions& o) {
   std::map<std::string, fs::path> lora_paths;
   for (const LoraRef& lora : request.loras) {
     auto it = lora_files.find(lora.name);
-    std::optional<fs::path> path = it != lora_files.end() ? std::optional<fs::path>(it->second)
-                                                          : std::nullopt;
+    std::optional<fs::path> path =
+        it != lora_files.end() ? std::optional<fs::path>(it->second) : std::nullopt;
     if (!path && !o.lora_dir.empty()) path = catalog.find(lora.name);
     if (!path)
       throw std::invalid_argument("unknown LoRA '" + lora.name + "' (a <lora:...> tag): " +
-                                  (o.lora_dir.empty() ? std::string("give --lora-dir DIR")
-                                                      : "no " + lora.name + ".safetensors in " +
-                                                            o.lora_dir));
+                                  (o.lora_dir.empty()
+                                       ? std::string("give --lora-dir DIR")
+                                       : "no " + lora.name + ".safetensors in " + o.lora_dir));
     lora_paths[lora.name] = *path;
     params.loras.push_back({*path, lora.weight});
   }

@@ -157,7 +157,8 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
       loras->list();
     } catch (...) {
     }
-  }).detach();
+  })
+      .detach();
   auto backend = make_torch_backend(model.folder, backend_options);
 
   CoreOptions core;

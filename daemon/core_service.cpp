@@ -156,8 +156,7 @@ void CoreService::check_loras(const std::vector<LoraRef>& loras) const {
     std::string known;
     if (options_.loras) {
       const auto names = options_.loras->names();
-      for (std::size_t k = 0; k < names.size() && k < 10; ++k)
-        known += (k ? ", " : "") + names[k];
+      for (std::size_t k = 0; k < names.size() && k < 10; ++k) known += (k ? ", " : "") + names[k];
       if (names.size() > 10) known += ", ... (" + std::to_string(names.size()) + " in all)";
     }
     throw ServiceError(

@@ -53,11 +53,13 @@ LoraHashes hash_lora_file(const std::filesystem::path& file) {
   char len_bytes[8];
   if (in.read(len_bytes, 8)) {
     whole.update(len_bytes, 8);
-    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(len_bytes[i]);
+    for (int i = 7; i >= 0; --i)
+      header_len = (header_len << 8) | static_cast<unsigned char>(len_bytes[i]);
   }
   std::uint64_t left = header_len;
   while (in && left > 0) {
-    in.read(buffer.data(), static_cast<std::streamsize>(std::min<std::uint64_t>(left, buffer.size())));
+    in.read(buffer.data(),
+            static_cast<std::streamsize>(std::min<std::uint64_t>(left, buffer.size())));
     const auto n = static_cast<std::size_t>(in.gcount());
     whole.update(buffer.data(), n);
     if (header.size() < (64u << 20)) header.append(buffer.data(), n);

@@ -114,8 +114,9 @@ class TorchGenerator final : public ImageGenerator {
         spdlog::info("{}: LoRA set now [{}] ({} weights merged)", device_.name,
                      describe(image.loras), report.merged_weights);
       for (const auto& [file, keys] : report.ignored)
-        spdlog::warn("{}: LoRA {}: {} key(s) name no layer of the model and were ignored (first: {})",
-                     device_.name, file, keys.size(), keys.front());
+        spdlog::warn(
+            "{}: LoRA {}: {} key(s) name no layer of the model and were ignored (first: {})",
+            device_.name, file, keys.size(), keys.front());
     } catch (const LoraError& e) {
       throw TaskInputError(e.what());
     } catch (...) {
@@ -157,7 +158,8 @@ class TorchGenerator final : public ImageGenerator {
 
   static std::string describe(const std::vector<LoraRef>& loras) {
     std::string s;
-    for (const auto& l : loras) s += (s.empty() ? "" : ", ") + l.name + ":" + std::to_string(l.weight);
+    for (const auto& l : loras)
+      s += (s.empty() ? "" : ", ") + l.name + ":" + std::to_string(l.weight);
     return s;
   }
 

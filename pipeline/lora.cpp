@@ -35,12 +35,15 @@ bool is_number(const std::string& s) {
 // `up_attn`: the up blocks that have attentions (their upsampler sits at index 2, else 1).
 std::string ldm_unet_path(const std::string& path, int layers, const std::set<int>& up_attn) {
   static const std::map<std::string, std::string> resnet = {
-      {"norm1", "in_layers.0"},     {"conv1", "in_layers.2"},  {"time_emb_proj", "emb_layers.1"},
-      {"norm2", "out_layers.0"},    {"conv2", "out_layers.3"}, {"conv_shortcut", "skip_connection"}};
+      {"norm1", "in_layers.0"},  {"conv1", "in_layers.2"},  {"time_emb_proj", "emb_layers.1"},
+      {"norm2", "out_layers.0"}, {"conv2", "out_layers.3"}, {"conv_shortcut", "skip_connection"}};
   static const std::map<std::string, std::string> top = {
-      {"conv_in", "input_blocks.0.0"},           {"time_embedding.linear_1", "time_embed.0"},
-      {"time_embedding.linear_2", "time_embed.2"}, {"add_embedding.linear_1", "label_emb.0.0"},
-      {"add_embedding.linear_2", "label_emb.0.2"}, {"conv_norm_out", "out.0"},
+      {"conv_in", "input_blocks.0.0"},
+      {"time_embedding.linear_1", "time_embed.0"},
+      {"time_embedding.linear_2", "time_embed.2"},
+      {"add_embedding.linear_1", "label_emb.0.0"},
+      {"add_embedding.linear_2", "label_emb.0.2"},
+      {"conv_norm_out", "out.0"},
       {"conv_out", "out.2"}};
   if (auto it = top.find(path); it != top.end()) return it->second;
   const auto p = split(path, '.');
@@ -115,7 +118,8 @@ const std::vector<std::pair<std::string, Part>>& suffixes() {
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 std::string shape(const torch::Tensor& t) {
@@ -204,9 +208,10 @@ LoraFileLayers read_lora(const SafetensorsFile& file, const LoraTargetIndex& ind
       continue;
     }
     if (h.down.empty() || h.up.empty())
-      throw LoraError(where + ": layer '" + stem + "' has " +
-                      (h.down.empty() ? "no down (lora_down / lora_A)" : "no up (lora_up / lora_B)") +
-                      " weight");
+      throw LoraError(
+          where + ": layer '" + stem + "' has " +
+          (h.down.empty() ? "no down (lora_down / lora_A)" : "no up (lora_up / lora_B)") +
+          " weight");
     LoraLayer layer;
     layer.target = target;
     layer.down = file.tensor(h.down);

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <optional>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 
 #include "daemon/api/errors.h"
@@ -109,8 +109,8 @@ void add_lora(std::vector<LoraRef>& set, const LoraRef& lora, const std::string&
   for (const LoraRef& earlier : set) {
     if (earlier.name != lora.name) continue;
     if (earlier.weight == lora.weight) return;
-    invalid(field, "field '" + field + "': LoRA '" + lora.name + "' is asked for with weight " + number(earlier.weight) +
-                       " and with weight " + number(lora.weight) +
+    invalid(field, "field '" + field + "': LoRA '" + lora.name + "' is asked for with weight " +
+                       number(earlier.weight) + " and with weight " + number(lora.weight) +
                        " (loras[] and <lora:...> tags of one job); a LoRA has one weight per job");
   }
   set.push_back(lora);
@@ -189,9 +189,8 @@ std::vector<LoraRef> take_lora_tags(std::string& text, const std::string& field,
     }
     std::size_t j = i + 1;
     while (j < text.size() && word_byte(text[j])) ++j;
-    const std::size_t close = j < text.size() && text[j] == ':' && j > i + 1
-                                  ? text.find('>', j + 1)
-                                  : std::string::npos;
+    const std::size_t close =
+        j < text.size() && text[j] == ':' && j > i + 1 ? text.find('>', j + 1) : std::string::npos;
     if (close == std::string::npos || close == j + 1) {  // no match at this '<'
       out += text[i++];
       continue;
@@ -274,7 +273,8 @@ JobRequest normalise(const GenerateRequest& in, const RequestDefaults& defaults,
   // A1111's <lora:...> tags, for every prompt syntax: out of the text, into the job's set.
   std::vector<std::pair<LoraRef, std::string>> tags;
   for (std::size_t i = 0; i < r.prompts.size(); ++i) {
-    const std::string field = r.prompts.size() == 1 ? "prompt" : "prompts[" + std::to_string(i) + "]";
+    const std::string field =
+        r.prompts.size() == 1 ? "prompt" : "prompts[" + std::to_string(i) + "]";
     for (auto& tag : take_lora_tags(r.prompts[i], field, limits)) tags.emplace_back(tag, field);
   }
   if (r.negative_prompt)

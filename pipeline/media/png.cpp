@@ -1,5 +1,7 @@
 #include "pipeline/media/png.h"
 
+#include <algorithm>
+
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
@@ -286,7 +288,11 @@ std::string a1111_parameters(const PngGenerationInfo& info) {
   std::string lora_hashes;  // A1111 extra_networks_lora.py: "name: shorthash, ..." quoted
   for (const auto& lora : info.loras) {
     if (lora.short_hash.empty()) continue;
-    lora_hashes += (lora_hashes.empty() ? "" : ", ") + lora.name + ": " + lora.short_hash;
+    std::string name = lora.name;  // A1111 drops ':' and ',' from the name here
+    name.erase(
+        std::remove_if(name.begin(), name.end(), [](char c) { return c == ':' || c == ','; }),
+        name.end());
+    lora_hashes += (lora_hashes.empty() ? "" : ", ") + name + ": " + lora.short_hash;
   }
   if (!lora_hashes.empty()) text += ", Lora hashes: \"" + lora_hashes + "\"";
   text += ", Version: diffusiond " DIFFUSIOND_VERSION;

@@ -23,10 +23,10 @@ json golden() {
 
 std::string body(const json& extra) {
   const json g = golden();
-  json b = {{"prompt", g["prompt"]},     {"negative_prompt", g["negative_prompt"]},
-            {"seed", g["seed"]},         {"steps", g["steps"]},
-            {"guidance_scale", g["guidance_scale"]}, {"width", g["width"]},
-            {"height", g["height"]}};
+  json b = {
+      {"prompt", g["prompt"]}, {"negative_prompt", g["negative_prompt"]}, {"seed", g["seed"]},
+      {"steps", g["steps"]},   {"guidance_scale", g["guidance_scale"]},   {"width", g["width"]},
+      {"height", g["height"]}};
   b.update(extra);
   return b.dump();
 }
@@ -37,7 +37,8 @@ std::pair<json, std::string> run(std::uint16_t port, const std::string& request)
   REQUIRE(r.status == 200);
   json job = r.json();
   REQUIRE(job["status"] == "done");
-  HttpReply png = http_request(port, "GET", "/jobs/" + job["id"].get<std::string>() + "/images/0.png");
+  HttpReply png =
+      http_request(port, "GET", "/jobs/" + job["id"].get<std::string>() + "/images/0.png");
   REQUIRE(png.status == 200);
   return {job, png.body};
 }
@@ -79,7 +80,8 @@ TEST_CASE("LoRAs by name and by <lora:...> tag give the golden LoRA image", "[bl
   const auto by_tag = run(d.port(), body({{"prompt", g["cases"][0]["a1111_prompt"]}}));
   CHECK(decode_png(by_tag.second).pixels == decode_png(by_name.second).pixels);
   CHECK(by_tag.first["request"]["prompts"][0] == g["cases"][0]["a1111_parse"]["after_tag_removal"]);
-  CHECK(by_tag.first["request"]["loras"] == json::array({{{"name", "style_kohya"}, {"weight", 0.8}}}));
+  CHECK(by_tag.first["request"]["loras"] ==
+        json::array({{{"name", "style_kohya"}, {"weight", 0.8}}}));
 
   // PNG metadata: Lora hashes in `parameters`, the LoRAs in the JSON chunk.
   const PngChunks chunks = read_png_chunks(by_name.second);
@@ -98,8 +100,9 @@ TEST_CASE("LoRAs by name and by <lora:...> tag give the golden LoRA image", "[bl
         std::string::npos);
 
   // Two at once and a negative weight run (the merge math is test_lora's).
-  const auto two = run(d.port(), body({{"loras", json::array({{{"name", "style_kohya"}, {"weight", 0.8}},
-                                                               {{"name", "style_peft"}, {"weight", -0.8}}})}}));
+  const auto two =
+      run(d.port(), body({{"loras", json::array({{{"name", "style_kohya"}, {"weight", 0.8}},
+                                                 {{"name", "style_peft"}, {"weight", -0.8}}})}}));
   CHECK(max_abs_diff(decode_png(two.second), decode_png(base_before.second)) <= 1);  // they cancel
 
   // Unknown names and traversal attempts: 4xx naming the problem; nothing queued.
@@ -111,13 +114,16 @@ TEST_CASE("LoRAs by name and by <lora:...> tag give the golden LoRA image", "[bl
       {{{"loras", json::array({{{"name", "nope"}, {"weight", 1}}})}}, "unknown_lora", "'nope'"},
       {{{"prompt", "x <lora:nope:0.5>"}}, "unknown_lora", "style_kohya"},
       {{{"loras", json::array({{{"name", "subdir"}, {"weight", 1}}})}}, "unknown_lora", "subdir"},
-      {{{"loras", json::array({{{"name", "../data/x"}, {"weight", 1}}})}}, "invalid_field", "not a path"},
+      {{{"loras", json::array({{{"name", "../data/x"}, {"weight", 1}}})}},
+       "invalid_field",
+       "not a path"},
       {{{"loras", json::array({{{"name", ".."}, {"weight", 1}}})}}, "invalid_field", "not a path"},
       {{{"prompt", "x <lora:../my loras/style_kohya:1>"}}, "invalid_field", "not a path"},
       {{{"prompt", "x <lora:style_kohya:lots>"}}, "invalid_field", "not a number"},
       {{{"prompt", "x <lora:style_kohya:0.5>"},
         {"loras", json::array({{{"name", "style_kohya"}, {"weight", 0.8}}})}},
-       "invalid_field", "one weight per job"},
+       "invalid_field",
+       "one weight per job"},
   };
   for (const Case& c : cases) {
     INFO(c.extra.dump());

@@ -64,7 +64,8 @@ StableDiffusion& pipeline() {
 }
 
 struct TempDir {
-  fs::path path = fs::temp_directory_path() / ("diffusiond_test_lora_" + std::to_string(::getpid()));
+  fs::path path =
+      fs::temp_directory_path() / ("diffusiond_test_lora_" + std::to_string(::getpid()));
   TempDir() { fs::create_directories(path); }
   ~TempDir() {
     std::error_code ec;
@@ -79,9 +80,9 @@ struct Modules {
   Modules() {
     const ModelFolder folder = resolve_model(kModel.string());
     unet = load_unet(folder, torch::kCPU, torch::kFloat32);
-    text_encoder = load_clip_text_model(folder.config_path("text_encoder"),
-                                        folder.weights_path("text_encoder"), torch::kCPU,
-                                        torch::kFloat32);
+    text_encoder =
+        load_clip_text_model(folder.config_path("text_encoder"),
+                             folder.weights_path("text_encoder"), torch::kCPU, torch::kFloat32);
   }
   std::vector<LoraTarget> targets() const {
     return {{"unet", unet.ptr()}, {"text_encoder", text_encoder.ptr()}};
@@ -97,8 +98,7 @@ struct Modules {
   std::map<std::string, torch::Tensor> snapshot() const {  // deep copies
     std::map<std::string, torch::Tensor> all;
     for (const auto& p : unet->named_parameters()) all["unet." + p.key()] = p.value().clone();
-    for (const auto& p : text_encoder->named_parameters())
-      all["te." + p.key()] = p.value().clone();
+    for (const auto& p : text_encoder->named_parameters()) all["te." + p.key()] = p.value().clone();
     return all;
   }
 };
@@ -106,8 +106,7 @@ struct Modules {
 // The deltas of a file, computed here from its tensors: module ("unet:..." / "text_encoder:...")
 // -> scale * up @ down, for the PEFT file (keys unet.<module>.lora_A.weight) and the kohya file
 // (keys lora_unet_<module with '_'>, the module list from golden/lora.json).
-std::map<std::string, torch::Tensor> expected_deltas(const fs::path& file,
-                                                     const Modules& modules) {
+std::map<std::string, torch::Tensor> expected_deltas(const fs::path& file, const Modules& modules) {
   const auto f = SafetensorsFile::open(file);
   std::map<std::string, torch::Tensor> deltas;
   auto delta = [&](const std::string& down_key, const std::string& up_key,
@@ -115,14 +114,13 @@ std::map<std::string, torch::Tensor> expected_deltas(const fs::path& file,
     auto down = f->tensor(down_key).to(torch::kFloat32);
     auto up = f->tensor(up_key).to(torch::kFloat32);
     const double r = static_cast<double>(down.size(0));
-    const double scale = f->contains(alpha_key)
-                             ? f->tensor(alpha_key).to(torch::kFloat64).item<double>() / r
-                             : 1.0;
+    const double scale =
+        f->contains(alpha_key) ? f->tensor(alpha_key).to(torch::kFloat64).item<double>() / r : 1.0;
     return torch::mm(up.flatten(1), down.flatten(1)).reshape(w.sizes()) * scale;
   };
   const auto golden = read_json_file(kExtras / "golden" / "lora.json");
-  for (const auto& entry :
-       golden["lora_files"]["style_kohya.safetensors"]["module_paths"].get<std::vector<std::string>>()) {
+  for (const auto& entry : golden["lora_files"]["style_kohya.safetensors"]["module_paths"]
+                               .get<std::vector<std::string>>()) {
     const bool te = entry.rfind("te:", 0) == 0;
     const std::string module = entry.substr(entry.find(':') + 1);
     const std::string component = te ? "text_encoder" : "unet";
@@ -231,12 +229,14 @@ TEST_CASE("two LoRAs at once and a negative weight merge as the math says", "[lo
 TEST_CASE("removing a LoRA restores the exact original tensors", "[lora]") {
   Modules modules;
   const auto base = modules.snapshot();
-  const auto to_q = modules.weight("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q");
+  const auto to_q =
+      modules.weight("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q");
   const void* original_storage = to_q.data_ptr();
   LoraState state(modules.targets());
   state.apply({{kKohya, 0.8}});
   CHECK(to_q.data_ptr() != original_storage);  // a new tensor, swapped in
-  CHECK_FALSE(torch::equal(to_q, base.at("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight")));
+  CHECK_FALSE(torch::equal(
+      to_q, base.at("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight")));
   state.apply({{kPeft, 1.5}, {kKohya, -2.0}});
   CHECK(state.apply({}).changed);
   CHECK(to_q.data_ptr() == original_storage);  // the original storage itself, not W + d - d
@@ -295,12 +295,16 @@ TEST_CASE("LoCon conv layers and LDM-named UNet keys", "[lora]") {
   // Independent: the conv delta as a sum over the rank of up[o, k] * down[k, i, y, x].
   const auto expected = base.at("unet.down_blocks.0.resnets.0.conv1.weight") +
                         torch::einsum("ok,kiyx->oiyx", {up.flatten(1), down}) * (2.0 / 3.0) * -0.5;
-  CHECK((modules.weight("unet", "down_blocks.0.resnets.0.conv1") - expected).abs().max().item<double>() <=
-        1e-6);
+  CHECK((modules.weight("unet", "down_blocks.0.resnets.0.conv1") - expected)
+            .abs()
+            .max()
+            .item<double>() <= 1e-6);
   const auto expected_u = base.at("unet.up_blocks.0.upsamplers.0.conv.weight") +
                           torch::einsum("ok,kiyx->oiyx", {up_u.flatten(1), down_u}) * -0.5;
-  CHECK((modules.weight("unet", "up_blocks.0.upsamplers.0.conv") - expected_u).abs().max().item<double>() <=
-        1e-6);
+  CHECK((modules.weight("unet", "up_blocks.0.upsamplers.0.conv") - expected_u)
+            .abs()
+            .max()
+            .item<double>() <= 1e-6);
 }
 
 TEST_CASE("LoRA files that do not fit the model are clear errors", "[lora]") {
@@ -380,11 +384,13 @@ TEST_CASE("diffusiond generate --lora gives the golden LoRA image", "[lora][cli]
   CHECK(meta["loras"][0]["sha256"] ==
         golden["lora_files"]["style_kohya.safetensors"]["sha256"].get<std::string>());
   CHECK(meta["loras"][0]["short_hash"] == short_hash);
-  const auto tag_meta = nlohmann::json::parse(read_png_text_chunks(read_file(dir.path / "tag.png"))[1].text);
+  const auto tag_meta =
+      nlohmann::json::parse(read_png_text_chunks(read_file(dir.path / "tag.png"))[1].text);
   CHECK(tag_meta["prompt"] == golden["cases"][0]["a1111_parse"]["after_tag_removal"]);
 
   // Errors: a missing file, a file that is no LoRA, a tag without --lora-dir.
-  CHECK(run("--prompt x --lora " + (dir.path / "none.safetensors").string() + ":0.5", "e1.png") != 0);
+  CHECK(run("--prompt x --lora " + (dir.path / "none.safetensors").string() + ":0.5", "e1.png") !=
+        0);
   CHECK_THAT(read_file(dir.path / "e1.png.log"), Catch::Contains("no such LoRA file"));
   const auto unet = resolve_model(kModel.string()).weights_path("unet");
   CHECK(run("--prompt x --lora " + unet.string(), "e2.png") != 0);
