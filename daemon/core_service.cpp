@@ -159,13 +159,11 @@ void CoreService::check_loras(const std::vector<LoraRef>& loras) const {
       for (std::size_t k = 0; k < names.size() && k < 10; ++k) known += (k ? ", " : "") + names[k];
       if (names.size() > 10) known += ", ... (" + std::to_string(names.size()) + " in all)";
     }
-    throw ServiceError(
-        ErrorCode::invalid_request,
-        "unknown LoRA '" + name.substr(0, 100) + "': no " + name.substr(0, 100) +
-            ".safetensors in the LoRA folder" +
-            (options_.loras ? " " + options_.loras->dir().string() : std::string(" (none set)")) +
-            (known.empty() ? "; it holds no LoRA" : "; known: " + known),
-        "unknown_lora", "loras");
+    throw ServiceError(ErrorCode::invalid_request,
+                       "unknown LoRA '" + name.substr(0, 100) + "': no " + name.substr(0, 100) +
+                           ".safetensors in the LoRA folder (--lora-dir)" +
+                           (known.empty() ? "; it holds no LoRA" : "; known: " + known),
+                       "unknown_lora", "loras");
   }
 }
 

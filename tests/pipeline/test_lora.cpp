@@ -89,7 +89,9 @@ struct Modules {
   }
   // "unet", "down_blocks.0....to_q" -> its weight parameter.
   torch::Tensor weight(const std::string& component, const std::string& module) const {
-    const auto& root = component == "unet" ? *unet.ptr() : *text_encoder.ptr();
+    const torch::nn::Module& root =
+        component == "unet" ? static_cast<const torch::nn::Module&>(*unet.ptr())
+                            : static_cast<const torch::nn::Module&>(*text_encoder.ptr());
     const auto params = root.named_parameters();
     const auto* w = params.find(module + ".weight");
     REQUIRE(w != nullptr);
