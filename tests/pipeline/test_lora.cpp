@@ -403,3 +403,78 @@ TEST_CASE("diffusiond generate --lora gives the golden LoRA image", "[lora][cli]
             "e4.png") != 0);
   CHECK_THAT(read_file(dir.path / "e4.png.log"), Catch::Contains("must be a name, not a path"));
 }
+
+TEST_CASE("SDXL LoRAs: lora_te1_/lora_te2_, text_encoder_2.* and SGM UNet names", "[lora][sdxl]") {
+  TempDir dir;
+  const ModelFolder folder = resolve_model((fs::path(DIFFUSIOND_FIXTURES) / "tiny-sdxl").string());
+  auto unet = load_unet(folder, torch::kCPU, torch::kFloat32);
+  auto te1 =
+      load_clip_text_model(folder.config_path("text_encoder"), folder.weights_path("text_encoder"),
+                           torch::kCPU, torch::kFloat32);
+  auto te2 = load_clip_text_model(folder.config_path("text_encoder_2"),
+                                  folder.weights_path("text_encoder_2"), torch::kCPU,
+                                  torch::kFloat32, /*with_projection=*/true);
+  auto weight = [](const torch::nn::Module& m, const std::string& module) {
+    const auto params = m.named_parameters();
+    const auto* w = params.find(module + ".weight");
+    REQUIRE(w != nullptr);
+    return *w;
+  };
+  // key stem -> (module tree, diffusers module path). The SGM names as kohya writes them for
+  // SDXL (tiny-sdxl: down blocks [Down, CrossAttn], up blocks [CrossAttn, Up], 2 layers each).
+  struct Layer {
+    std::string stem;
+    const torch::nn::Module* root;
+    std::string module;
+    bool peft;
+  };
+  const std::vector<Layer> layers = {
+      {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj", te1.ptr().get(),
+       "text_model.encoder.layers.0.self_attn.q_proj", false},
+      {"lora_te2_text_model_encoder_layers_0_mlp_fc1", te2.ptr().get(),
+       "text_model.encoder.layers.0.mlp.fc1", false},
+      {"text_encoder_2.text_model.encoder.layers.1.self_attn.out_proj", te2.ptr().get(),
+       "text_model.encoder.layers.1.self_attn.out_proj", true},
+      {"lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_k", unet.ptr().get(),
+       "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k", false},
+      {"lora_unet_middle_block_1_proj_in", unet.ptr().get(), "mid_block.attentions.0.proj_in",
+       false},
+      {"lora_unet_output_blocks_2_2_conv", unet.ptr().get(), "up_blocks.0.upsamplers.0.conv",
+       false},
+      {"lora_unet_output_blocks_3_0_skip_connection", unet.ptr().get(),
+       "up_blocks.1.resnets.0.conv_shortcut", false},
+      {"lora_unet_label_emb_0_0", unet.ptr().get(), "add_embedding.linear_1", false},
+  };
+  torch::manual_seed(11);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  std::vector<torch::Tensor> base, deltas;
+  for (const Layer& l : layers) {
+    const auto w = weight(*l.root, l.module);
+    base.push_back(w.clone());
+    const int64_t r = 2;
+    std::vector<int64_t> down_shape = {r, w.size(1)}, up_shape = {w.size(0), r};
+    if (w.dim() == 4) {
+      down_shape = {r, w.size(1), w.size(2), w.size(3)};
+      up_shape = {w.size(0), r, 1, 1};
+    }
+    const auto down = torch::randn(down_shape) * 0.1, up = torch::randn(up_shape) * 0.1;
+    tensors.emplace_back(l.stem + (l.peft ? ".lora_A.weight" : ".lora_down.weight"), down);
+    tensors.emplace_back(l.stem + (l.peft ? ".lora_B.weight" : ".lora_up.weight"), up);
+    deltas.push_back(torch::mm(up.flatten(1), down.flatten(1)).reshape(w.sizes()));
+  }
+  const fs::path file = dir.path / "xl.safetensors";
+  write_safetensors(file, tensors);
+  LoraState state(
+      {{"text_encoder", te1.ptr()}, {"text_encoder_2", te2.ptr()}, {"unet", unet.ptr()}});
+  const auto report = state.apply({{file, 0.7}});
+  CHECK(report.merged_weights == static_cast<int>(layers.size()));
+  CHECK(report.ignored.empty());
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    INFO(layers[i].stem);
+    const auto w = weight(*layers[i].root, layers[i].module);
+    CHECK((w - (base[i] + deltas[i] * 0.7)).abs().max().item<double>() <= 1e-6);
+  }
+  state.apply({});
+  for (std::size_t i = 0; i < layers.size(); ++i)
+    CHECK(torch::equal(weight(*layers[i].root, layers[i].module), base[i]));
+}
