@@ -27,7 +27,7 @@ std::string body(const json& extra) {
       {"prompt", g["prompt"]}, {"negative_prompt", g["negative_prompt"]}, {"seed", g["seed"]},
       {"steps", g["steps"]},   {"guidance_scale", g["guidance_scale"]},   {"width", g["width"]},
       {"height", g["height"]}};
-  b.update(extra);
+  if (extra.is_object()) b.update(extra);
   return b.dump();
 }
 
