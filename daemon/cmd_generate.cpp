@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <random>
 
@@ -14,6 +15,7 @@
 #include "daemon/api/views.h"
 #include "daemon/commands.h"
 #include "daemon/dtype.h"
+#include "daemon/lora_catalog.h"
 #include "daemon/pipeline_params.h"
 #include "daemon/png_info.h"
 #include "pipeline/media/png.h"
@@ -47,7 +49,32 @@ struct GenerateOptions {
   int png_level = 1;
   std::string prompt_syntax = "plain";  // plain | a1111
   bool pad_cond_uncond = false;
+  std::vector<std::string> loras;  // FILE[:WEIGHT], repeatable
+  std::string lora_dir;            // where <lora:NAME> tags of the prompts resolve
 };
+
+// --lora FILE[:WEIGHT]: the weight is what follows the last ':' when it is a number (1.0
+// without one). The LoRA's name is the file's stem.
+std::pair<fs::path, double> parse_lora_option(const std::string& spec) {
+  double weight = 1.0;
+  std::string file = spec;
+  if (const auto colon = spec.rfind(':'); colon != std::string::npos) {
+    const std::string tail = spec.substr(colon + 1);
+    std::size_t used = 0;
+    try {
+      const double w = std::stod(tail, &used);
+      if (used == tail.size()) {
+        weight = w;
+        file = spec.substr(0, colon);
+      }
+    } catch (const std::exception&) {
+    }
+  }
+  std::error_code ec;
+  if (file.empty() || !fs::is_regular_file(file, ec))
+    throw std::invalid_argument("--lora " + spec + ": no such LoRA file '" + file + "'");
+  return {fs::path(file), weight};
+}
 
 fs::path output_path(const fs::path& out, int index, int count) {
   if (count == 1) return out;
@@ -107,6 +134,16 @@ void run_generate(const GenerateOptions& o) {
   if (o.height > 0) asked.height = o.height;
   if (!o.scheduler.empty()) asked.scheduler = o.scheduler;
   asked.prompt_syntax = o.prompt_syntax;
+  std::map<std::string, fs::path> lora_files;  // name (stem) -> file, from --lora
+  for (const std::string& spec : o.loras) {
+    const auto [file, weight] = parse_lora_option(spec);
+    const std::string name = file.stem().string();
+    if (auto it = lora_files.find(name); it != lora_files.end() && it->second != file)
+      throw std::invalid_argument("--lora " + spec + ": another --lora file is also named '" +
+                                  name + "' (" + it->second.string() + ")");
+    lora_files[name] = file;
+    asked.loras.push_back({name, weight});
+  }
   const ModelInfo model = model_info(folder);
   const std::vector<SchedulerName>& schedulers = model.schedulers;
   JobRequest request;
@@ -114,6 +151,32 @@ void run_generate(const GenerateOptions& o) {
     request = normalise(asked, request_defaults(model), canonical_scheduler_name, cli_limits(),
                         std::random_device{}(), scheduler_names(model));
   } catch (const ServiceError& e) {
+    throw std::invalid_argument(e.what());
+  }
+  // The LoRA set: --lora files by their stem, <lora:NAME> tags of the prompts from --lora-dir.
+  const LoraCatalog catalog(o.lora_dir);
+  Txt2ImgParams params = txt2img_params(request);
+  std::map<std::string, fs::path> lora_paths;
+  for (const LoraRef& lora : request.loras) {
+    auto it = lora_files.find(lora.name);
+    std::optional<fs::path> path =
+        it != lora_files.end() ? std::optional<fs::path>(it->second) : std::nullopt;
+    if (!path && !o.lora_dir.empty()) path = catalog.find(lora.name);
+    if (!path)
+      throw std::invalid_argument("unknown LoRA '" + lora.name + "' (a <lora:...> tag): " +
+                                  (o.lora_dir.empty()
+                                       ? std::string("give --lora-dir DIR")
+                                       : "no " + lora.name + ".safetensors in " + o.lora_dir));
+    lora_paths[lora.name] = *path;
+    params.loras.push_back({*path, lora.weight});
+  }
+  try {
+    const LoraApplyReport report = pipe->apply_loras(params.loras);
+    for (const auto& [file, keys] : report.ignored)
+      std::cerr << "LoRA " << file << ": " << keys.size()
+                << " key(s) name no layer of the model and were ignored (first: " << keys.front()
+                << ")\n";
+  } catch (const LoraError& e) {
     throw std::invalid_argument(e.what());
   }
 
@@ -152,8 +215,11 @@ void run_generate(const GenerateOptions& o) {
     const ImageSpec image = image_spec(request, static_cast<int>(k));
     const fs::path path =
         output_path(o.output, static_cast<int>(k), static_cast<int>(images.size()));
-    write_file(path, encode_png_with_metadata(images[k], make_png_info(image, request, context),
-                                              o.png_level));
+    PngGenerationInfo info = make_png_info(image, request, context);
+    add_lora_hashes(info, [&](const std::string& name) -> std::optional<LoraHashes> {
+      return hash_lora_file(lora_paths.at(name));
+    });
+    write_file(path, encode_png_with_metadata(images[k], info, o.png_level));
     std::cout << path.string() << "\n";
   }
 }
@@ -220,6 +286,12 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--png-compression", options->png_level, "zlib level 0-9")
       ->check(CLI::Range(0, 9))
       ->capture_default_str();
+  cmd->add_option("--lora", options->loras,
+                  "LoRA file (kohya/A1111 or diffusers/PEFT .safetensors) with an optional "
+                  "multiplier, FILE[:WEIGHT] (default 1; negative allowed; repeatable, applied "
+                  "in order)");
+  cmd->add_option("--lora-dir", options->lora_dir,
+                  "Folder where <lora:NAME:WEIGHT> tags of the prompts find NAME.safetensors");
   cmd->add_option("-o,--output", options->output, "Output PNG (several images: OUT-0.png, ...)")
       ->capture_default_str();
   cmd->callback([options] { run_generate(*options); });

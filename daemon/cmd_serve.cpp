@@ -153,6 +153,21 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
       spdlog::warn("--inject-faults (a test facility): generations on {}", describe(rule));
     backend_options.faults = std::make_shared<FaultInjector>(rules);
   }
+  const std::filesystem::path lora_dir = options.lora_dir.empty()
+                                             ? std::filesystem::path(data_dir) / "loras"
+                                             : std::filesystem::path(options.lora_dir);
+  auto loras = std::make_shared<const LoraCatalog>(lora_dir);
+  spdlog::info("LoRA folder: {} ({} LoRA(s))", lora_dir.string(), loras->names().size());
+  backend_options.loras = loras;
+  // Hash the folder's LoRAs once in the background, so GET /loras and the first PNGs find them
+  // in the cache (hashing never runs on a device thread).
+  std::thread([loras] {  // co-owns the catalog; nothing else to wait for
+    try {
+      loras->list();
+    } catch (...) {
+    }
+  })
+      .detach();
   auto backend = make_torch_backend(sources, backend_options);
   // The model hashes (PNG "Model hash", /models), once per file, cached in the data dir: the
   // default's now, every other model's at its first request (never all of a big models dir).
@@ -173,6 +188,7 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   core.probe_interval = std::chrono::seconds(options.device_probe_interval_s);
   core.max_loaded_models = options.max_loaded_models;
   core.hasher = hasher;
+  core.loras = loras;
   core.dtype = resolve_dtype(options.dtype, devices.front().kind == DeviceSpec::Kind::cuda);
   const int compression = options.png_compression;
   CoreService service(*store, *backend, devices, core,

@@ -178,6 +178,28 @@ void CoreService::drain(std::chrono::milliseconds grace) {
 
 // ---- ImageService ----------------------------------------------------------------------------
 
+std::vector<LoraView> CoreService::loras() const {
+  return options_.loras ? options_.loras->list() : std::vector<LoraView>{};
+}
+
+void CoreService::check_loras(const std::vector<LoraRef>& loras) const {
+  for (std::size_t i = 0; i < loras.size(); ++i) {
+    const std::string& name = loras[i].name;
+    if (options_.loras && options_.loras->find(name)) continue;
+    std::string known;
+    if (options_.loras) {
+      const auto names = options_.loras->names();
+      for (std::size_t k = 0; k < names.size() && k < 10; ++k) known += (k ? ", " : "") + names[k];
+      if (names.size() > 10) known += ", ... (" + std::to_string(names.size()) + " in all)";
+    }
+    throw ServiceError(ErrorCode::invalid_request,
+                       "unknown LoRA '" + name.substr(0, 100) + "': no " + name.substr(0, 100) +
+                           ".safetensors in the LoRA folder (--lora-dir)" +
+                           (known.empty() ? "; it holds no LoRA" : "; known: " + known),
+                       "unknown_lora", "loras");
+  }
+}
+
 ModelInfo CoreService::model_info() const {
   return models().at(static_cast<std::size_t>(default_model_));
 }
@@ -215,10 +237,7 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
   const ModelInfo& model = models_[static_cast<std::size_t>(model_id)];
   const JobRequest request = normalise_for(model);  // defaults from the model asked for
   if (options_.hasher) options_.hasher->hash_in_background({model.hash_file});  // first use
-  // No LoRA until it lands (issue 13).
-  if (!request.loras.empty())
-    throw ServiceError(ErrorCode::invalid_request, "this daemon has no LoRA support yet",
-                       "unknown_lora", "loras");
+  check_loras(request.loras);  // a stat per LoRA, outside every lock
   if (request.priority > 0 && !context.may_prioritise)
     throw ServiceError(ErrorCode::forbidden,
                        "priority " + std::to_string(request.priority) +

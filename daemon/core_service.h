@@ -43,6 +43,7 @@
 #include "daemon/image_generator.h"
 #include "daemon/job.h"
 #include "daemon/job_store.h"
+#include "daemon/lora_catalog.h"
 #include "daemon/metrics.h"
 #include "daemon/model_hasher.h"
 #include "daemon/png_info.h"
@@ -74,6 +75,9 @@ struct CoreOptions {
   // further: a load that runs out of memory evicts).
   int max_loaded_models = 0;
   std::shared_ptr<ModelHasher> hasher;  // model sha256s for PNGs and /models; null = none
+  // The LoRA folder requests name LoRAs from (shared with the backend, which resolves the same
+  // names on the device threads); null: no LoRA folder, every LoRA name is unknown.
+  std::shared_ptr<const LoraCatalog> loras;
 };
 
 // The models-per-device bound `max_loaded_models` (0 = auto) means for one device.
@@ -129,6 +133,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   std::unique_ptr<Subscription> subscribe(const std::string& job_id,
                                           std::function<void(const JobEvent&)> on_event) override;
   std::vector<DeviceView> devices() const override;
+  std::vector<LoraView> loras() const override;
   std::optional<ServiceError> not_ready() const override;
   std::string metrics_text() const override;  // core_metrics.cpp
 
@@ -169,6 +174,8 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
                      std::int64_t file_bytes);
 
   // Helpers; *_locked need mu_. They queue events and note the job ids to flush after unlock.
+  // Throws ServiceError unknown_lora (field "loras") for the first name not in the folder.
+  void check_loras(const std::vector<LoraRef>& loras) const;
   ActiveJob* find_locked(const std::string& id);
   void emit_locked(ActiveJob& job, JobEvent event, std::vector<std::string>& flush);
   // After a change: stamps job times and error, queues the write of the job row and the listed

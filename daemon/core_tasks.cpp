@@ -104,6 +104,17 @@ void CoreService::task_succeeded(int worker, const TaskRef& task, RgbImage image
       info.model_hash =
           info.model_sha256.substr(0, std::min<std::size_t>(10, info.model_sha256.size()));
     }
+    // LoRA hashes: read (once per file, cached) here on the PNG pool, never on a device thread.
+    add_lora_hashes(info, [this](const std::string& name) -> std::optional<LoraHashes> {
+      const auto path = options_.loras ? options_.loras->find(name) : std::nullopt;
+      if (!path) return std::nullopt;
+      try {
+        return options_.loras->hash(*path);
+      } catch (const std::exception& e) {
+        spdlog::warn("LoRA {}: cannot hash {}: {}", name, path->string(), e.what());
+        return std::nullopt;
+      }
+    });
     write_png(task, device, *shared, info);
   };
   if (!png_pool_->post(work)) work();

@@ -145,6 +145,7 @@ void DeviceWorker::run_task(const TaskRef& task) {
   enum class Outcome { done, stopped, failed } outcome = Outcome::failed;
   std::string error;
   bool out_of_memory = false;
+  bool input_error = false;  // the task's fault (TaskInputError): not the device's
   RgbImage image;
   try {
     if (spec->previews)
@@ -160,6 +161,9 @@ void DeviceWorker::run_task(const TaskRef& task) {
   } catch (const DeviceOutOfMemory& e) {
     error = std::string(DeviceOutOfMemory::reason) + ": " + e.what();
     out_of_memory = true;
+  } catch (const TaskInputError& e) {
+    error = e.what();
+    input_error = true;
   } catch (const std::exception& e) {
     error = e.what();
   } catch (...) {
@@ -190,7 +194,7 @@ void DeviceWorker::run_task(const TaskRef& task) {
     stats_.memory = memory;
   } catch (...) {
   }
-  if (outcome != Outcome::stopped)
+  if (outcome != Outcome::stopped && !input_error)
     report_health(outcome == Outcome::done, out_of_memory,
                   static_cast<std::int64_t>(spec->width) * spec->height);
   try {

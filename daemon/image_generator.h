@@ -43,6 +43,14 @@ class DeviceOutOfMemory : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The task's own input cannot run on this model (a LoRA file that does not fit it, or that
+// holds no LoRA layer): the image fails with the message, and the failure does not count
+// against the device's health.
+class TaskInputError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 struct DeviceMemory {
   std::int64_t total_bytes = 0;  // 0 = unknown
   std::int64_t used_bytes = 0;

@@ -25,7 +25,18 @@ PngGenerationInfo make_png_info(const ImageSpec& image, const JobRequest& reques
   info.crops_coords_top_left = image.crops_coords_top_left;
   info.target_size = image.target_size;
   if (!context.job_id.empty()) info.request["job_id"] = context.job_id;
+  for (const LoraRef& lora : image.loras) info.loras.push_back({lora.name, lora.weight, "", ""});
   return info;
+}
+
+void add_lora_hashes(PngGenerationInfo& info,
+                     const std::function<std::optional<LoraHashes>(const std::string&)>& hashes) {
+  for (auto& lora : info.loras) {
+    if (const auto h = hashes(lora.name)) {
+      lora.short_hash = h->short_hash;
+      lora.sha256 = h->sha256;
+    }
+  }
 }
 
 }  // namespace diffusiond

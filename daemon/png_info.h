@@ -4,9 +4,12 @@
 // Torch-free. Thread-safety: pure function.
 #pragma once
 
+#include <functional>
+#include <optional>
 #include <string>
 
 #include "daemon/api/request.h"
+#include "daemon/lora_catalog.h"
 #include "pipeline/media/png.h"
 
 namespace diffusiond {
@@ -19,7 +22,13 @@ struct PngContext {
   std::string job_id;   // empty outside the daemon; else added to the request JSON
 };
 
+// info.loras gets the image's LoRAs (name, weight) without hashes: see add_lora_hashes.
 PngGenerationInfo make_png_info(const ImageSpec& image, const JobRequest& request,
                                 const PngContext& context);
+
+// Fills the hashes of info.loras (A1111's `Lora hashes`) from `hashes` (name -> hashes, nullopt
+// when unknown). Reads files: call it on the PNG pool or the CLI, never on a device thread.
+void add_lora_hashes(PngGenerationInfo& info,
+                     const std::function<std::optional<LoraHashes>(const std::string&)>& hashes);
 
 }  // namespace diffusiond

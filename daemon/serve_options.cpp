@@ -50,6 +50,9 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
   cmd.add_option("--data-dir", o.data_dir,
                  "Job store (SQLite) and PNG files. Default: $STATE_DIRECTORY, else "
                  "$XDG_STATE_HOME/diffusiond, else ~/.local/state/diffusiond");
+  cmd.add_option("--lora-dir", o.lora_dir,
+                 "Folder of LoRA files (NAME.safetensors, kohya/A1111 or diffusers/PEFT) that "
+                 "requests name in `loras` or <lora:NAME:WEIGHT>. Default: loras/ in the data dir");
   cmd.add_option("--api-key", o.api_keys,
                  "Require `Authorization: Bearer KEY` on every route but /healthz and the UI "
                  "files (repeatable)");

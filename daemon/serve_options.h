@@ -25,6 +25,7 @@ struct ServeOptions {
   std::string dtype = "auto";
   std::string listen = "127.0.0.1:7860";
   std::string data_dir;  // "" = default_data_dir()
+  std::string lora_dir;  // "" = <data dir>/loras
   std::vector<std::string> api_keys;
   std::vector<std::string> priority_api_keys;  // keys that may also use priority > 0
   std::string api_key_file;

@@ -100,13 +100,15 @@ class TorchGenerator final : public ImageGenerator {
  public:
   TorchGenerator(DeviceSpec device, std::unique_ptr<c10::StreamGuard> stream_guard,
                  std::unique_ptr<StableDiffusion> model, std::string description,
-                 std::shared_ptr<FaultInjector> faults, bool pad_cond_uncond)
+                 std::shared_ptr<FaultInjector> faults, bool pad_cond_uncond,
+                 std::shared_ptr<const LoraCatalog> loras)
       : device_(std::move(device)),
         stream_guard_(std::move(stream_guard)),
         model_(std::move(model)),
         description_(std::move(description)),
         faults_(std::move(faults)),
-        pad_cond_uncond_(pad_cond_uncond) {}
+        pad_cond_uncond_(pad_cond_uncond),
+        loras_(std::move(loras)) {}
 
   RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) override {
     Txt2ImgParams params = txt2img_params(image);
@@ -120,6 +122,25 @@ class TorchGenerator final : public ImageGenerator {
         last = now;
         previews_(cheap_latent_preview(latents[0], model_->is_xl()));
       };
+    }
+    params.loras = lora_set(image.loras);
+    // The replica's weights become the task's LoRA set here, on this device thread, before the
+    // task (the same set as the previous task costs nothing; none: the exact base weights).
+    // Batches: tasks with different LoRA sets never share a UNet batch (the batch key has
+    // ImageSpec::loras, names and weights).
+    try {
+      const LoraApplyReport report = model_->apply_loras(params.loras);
+      if (report.changed)
+        spdlog::info("{}: LoRA set now [{}] ({} weights merged)", device_.name,
+                     describe(image.loras), report.merged_weights);
+      for (const auto& [file, keys] : report.ignored)
+        spdlog::warn(
+            "{}: LoRA {}: {} key(s) name no layer of the model and were ignored (first: {})",
+            device_.name, file, keys.size(), keys.front());
+    } catch (const LoraError& e) {
+      throw TaskInputError(e.what());
+    } catch (...) {
+      rethrow_generation_error(std::current_exception());
     }
     const auto fault = faults_ ? faults_->next(device_.name) : std::nullopt;
     std::vector<RgbImage> images;
@@ -156,6 +177,24 @@ class TorchGenerator final : public ImageGenerator {
   PreviewSink previews_;                   // set by the worker per image; empty: no previews
   std::shared_ptr<FaultInjector> faults_;  // --inject-faults; null = none
   bool pad_cond_uncond_;                   // serve --pad-cond-uncond
+  std::shared_ptr<const LoraCatalog> loras_;
+
+  static std::string describe(const std::vector<LoraRef>& loras) {
+    std::string s;
+    for (const auto& l : loras)
+      s += (s.empty() ? "" : ", ") + l.name + ":" + std::to_string(l.weight);
+    return s;
+  }
+
+  std::vector<LoraApplication> lora_set(const std::vector<LoraRef>& loras) const {
+    std::vector<LoraApplication> set;
+    for (const LoraRef& lora : loras) {
+      const auto path = loras_ ? loras_->find(lora.name) : std::nullopt;
+      if (!path) throw TaskInputError("unknown LoRA '" + lora.name + "': not in the LoRA folder");
+      set.push_back({*path, lora.weight});
+    }
+    return set;
+  }
 };
 
 class TorchBackend final : public ModelBackend {
@@ -207,7 +246,8 @@ class TorchBackend final : public ModelBackend {
     }
     spdlog::info("{}: loaded {} as {}", spec.name, source.info.name, description);
     return std::make_unique<TorchGenerator>(spec, std::move(guard), std::move(sd), description,
-                                            options_.faults, options_.pad_cond_uncond);
+                                            options_.faults, options_.pad_cond_uncond,
+                                            options_.loras);
   }
 
  private:

@@ -16,6 +16,7 @@
 #include "daemon/fault_injection.h"
 #include "daemon/image_generator.h"
 #include "daemon/model_library.h"
+#include "daemon/lora_catalog.h"
 
 namespace diffusiond {
 
@@ -31,6 +32,8 @@ struct TorchBackendOptions {
   // A test facility (--inject-faults): the chosen generations fail inside the pipeline with
   // LibTorch's own errors (c10::Error, c10::OutOfMemoryError), as real ones do. null = none.
   std::shared_ptr<FaultInjector> faults;
+  // Where LoRA names resolve to files (the core checks the same names at submit). null: none.
+  std::shared_ptr<const LoraCatalog> loras;
 };
 
 // What a replica throws when the pipeline failed: DeviceOutOfMemory for c10::OutOfMemoryError

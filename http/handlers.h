@@ -40,6 +40,7 @@ void handle_openai_model(ServerContext& c, Exchange& ex, const RouteParams& p);
 // The native error answer `r` in OpenAI's shape {"error":{"message","type","param","code"}}
 // (other answers unchanged).
 Response openai_error_shape(Response r);
+void handle_loras(ServerContext& c, Exchange& ex, const RouteParams& p);
 // handlers_assets.cpp
 void handle_asset(ServerContext& c, Exchange& ex, const RouteParams& p);
 bool is_asset_path(const std::string& path);

@@ -1,4 +1,4 @@
-// /healthz, /readyz, /metrics, /devices, /model, /models, /schedulers
+// /healthz, /readyz, /metrics, /devices, /model, /models, /schedulers, /loras
 #include "http/handlers.h"
 #include "http/json_views.h"
 
@@ -55,6 +55,10 @@ void handle_models(ServerContext& c, Exchange& ex, const RouteParams&) {
 
 void handle_schedulers(ServerContext& c, Exchange& ex, const RouteParams&) {
   ex.respond(json_response(http::status::ok, schedulers_json(c.service.model_info())));
+}
+
+void handle_loras(ServerContext& c, Exchange& ex, const RouteParams&) {
+  ex.respond(json_response(http::status::ok, loras_json(c.service.loras())));
 }
 
 }  // namespace diffusiond::http_api

@@ -134,6 +134,16 @@ json model_json(const ModelInfo& m) {
             {"scheduler", m.default_scheduler}}}};
 }
 
+json loras_json(const std::vector<LoraView>& loras) {
+  json list = json::array();
+  for (const LoraView& l : loras)
+    list.push_back({{"name", l.name},
+                    {"size_bytes", l.size_bytes},
+                    {"sha256", l.sha256},
+                    {"short_hash", l.short_hash}});
+  return {{"loras", std::move(list)}};
+}
+
 json schedulers_json(const ModelInfo& m) {
   json list = json::array();
   for (const SchedulerName& s : m.schedulers) {

@@ -21,5 +21,7 @@ nlohmann::json job_json(const JobView& job);
 nlohmann::json device_json(const DeviceView& d);
 nlohmann::json model_json(const ModelInfo& m);
 nlohmann::json schedulers_json(const ModelInfo& m);
+// {"loras": [{"name", "size_bytes", "sha256", "short_hash"}]} (no paths).
+nlohmann::json loras_json(const std::vector<LoraView>& loras);
 
 }  // namespace diffusiond::http_api

@@ -1,5 +1,7 @@
 #include "http/model_listing.h"
 
+#include <filesystem>
+
 namespace diffusiond::http_api {
 
 std::vector<ListedModel> listed_models(const ImageService& service) {
@@ -9,8 +11,12 @@ std::vector<ListedModel> listed_models(const ImageService& service) {
   return out;
 }
 
-std::vector<ListedLora> listed_loras(const ImageService&) {
-  return {};
+std::vector<ListedLora> listed_loras(const ImageService& service) {
+  std::vector<ListedLora> out;
+  // The file name only: clients never learn the daemon's folders.
+  for (const LoraView& l : service.loras())
+    out.push_back({l.name, std::filesystem::path(l.path).filename().string()});
+  return out;
 }
 
 std::optional<std::string> resolve_listed_model(const ImageService& service,

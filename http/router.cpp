@@ -98,6 +98,7 @@ std::optional<Route> match(RouteParams& p) {
     if (s == "model") return Route{handle_model};
     if (s == "models") return Route{handle_models};
     if (s == "schedulers") return Route{handle_schedulers};
+    if (s == "loras") return Route{handle_loras};
   }
   if (parts.size() == 3 && parts[0] == "sdapi" && parts[1] == "v1") {
     Route r;

@@ -71,6 +71,17 @@ PromptEncoder::PromptEncoder(const ModelFolder& model, bool xl, torch::Device de
   }
 }
 
+void PromptEncoder::clear_cache() {
+  entries_.clear();
+  index_.clear();
+}
+
+std::vector<LoraTarget> PromptEncoder::lora_targets() const {
+  std::vector<LoraTarget> targets = {{"text_encoder", text_encoder_.ptr()}};
+  if (text_encoder_2_) targets.push_back({"text_encoder_2", text_encoder_2_.ptr()});
+  return targets;
+}
+
 int64_t PromptEncoder::pooled_dim() const {
   return text_encoder_2_ ? text_encoder_2_->config().projection_dim : 0;
 }

@@ -31,6 +31,7 @@
 #include <torch/torch.h>
 
 #include "pipeline/clip_text_model.h"
+#include "pipeline/lora.h"
 #include "pipeline/model_folder.h"
 #include "pipeline/text/clip_tokenizer.h"
 
@@ -54,6 +55,11 @@ class PromptEncoder {
   // The sequence length encode(prompt, a1111) gives (77; a1111: 77 x chunks) from the
   // tokenizers alone (no encoder run): what a batch of prompts must share.
   int64_t sequence_length(const std::string& prompt, bool a1111) const;
+
+  // Forgets every cached embedding (the text encoders' weights changed: a LoRA set).
+  void clear_cache();
+  // The text encoders as LoRA targets ("text_encoder", "text_encoder_2" for SDXL).
+  std::vector<LoraTarget> lora_targets() const;
 
   bool xl() const { return static_cast<bool>(text_encoder_2_); }
   int64_t pooled_dim() const;  // projection_dim of text_encoder_2 (0 for SD 1.x/2.x)

@@ -70,6 +70,15 @@ class StableDiffusionPipeline final : public StableDiffusion {
     }
     unet_->eval();
     vae_->eval();
+    std::vector<LoraTarget> targets = prompts_.lora_targets();
+    targets.push_back({"unet", unet_.ptr()});
+    loras_ = std::make_unique<LoraState>(std::move(targets));
+  }
+
+  LoraApplyReport apply_loras(const std::vector<LoraApplication>& set) override {
+    LoraApplyReport report = loras_->apply(set);
+    if (report.changed) prompts_.clear_cache();  // the text encoders' weights changed
+    return report;
   }
 
   std::vector<RgbImage> generate(const Txt2ImgParams& params, const StepCallback& on_step,
@@ -117,6 +126,7 @@ class StableDiffusionPipeline final : public StableDiffusion {
   std::string default_scheduler_;
   GenerationTimings timings_;
   bool profiling_ = false;
+  std::unique_ptr<LoraState> loras_;  // this replica's LoRA set (pipeline/lora.h)
 };
 
 void StableDiffusionPipeline::validate(const Txt2ImgParams& params) const {
@@ -226,6 +236,7 @@ std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& par
                                                         const StepCallback& on_step,
                                                         const DumpSink& dump) {
   validate(params);
+  apply_loras(params.loras);  // before InferenceMode: swaps parameters (set_data)
   c10::InferenceMode inference;
   timings_ = {};
   const auto start = Clock::now();

@@ -15,6 +15,7 @@
 
 #include <torch/torch.h>
 
+#include "pipeline/lora.h"
 #include "pipeline/media/image.h"
 #include "pipeline/model_folder.h"
 
@@ -56,6 +57,9 @@ struct Txt2ImgParams {
   // model's device, for previews (pipeline/latent_preview.h). Called on the calling thread; it
   // must not keep the tensor.
   std::function<void(int step, const torch::Tensor& latents)> on_latents;
+  // The LoRA set (in order) merged into the weights before this generation (pipeline/lora.h);
+  // empty: the base weights. The same set as the previous call costs nothing.
+  std::vector<LoraApplication> loras;
 };
 
 // Called after every denoising step of every image of the batch (step in 1..steps, where steps is
@@ -90,6 +94,10 @@ class StableDiffusion {
   virtual std::vector<RgbImage> generate(const Txt2ImgParams& params,
                                          const StepCallback& on_step = {},
                                          const DumpSink& dump = {}) = 0;
+
+  // Merges a LoRA set into this replica's weights (empty: back to the exact base weights);
+  // generate() calls it with params.loras. Throws LoraError (weights unchanged) on a bad file.
+  virtual LoraApplyReport apply_loras(const std::vector<LoraApplication>& set) = 0;
 
   virtual int default_width() const = 0;  // unet sample_size * vae scale factor
   virtual int default_height() const = 0;

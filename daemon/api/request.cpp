@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 
 #include "daemon/api/errors.h"
@@ -95,7 +97,28 @@ void check_name(const std::string& name, const std::string& field, const Request
             "field '" + field + "' must be a name, not a path: '" + name.substr(0, 100) + "'");
 }
 
-void models_and_loras(const GenerateRequest& in, const RequestLimits& limits, JobRequest& r) {
+void check_lora_weight(double w, const std::string& field, const RequestLimits& limits) {
+  if (!(w >= -limits.max_lora_weight && w <= limits.max_lora_weight))
+    invalid(field, "field '" + field + "': a LoRA weight must be between -" +
+                       number(limits.max_lora_weight) + " and " + number(limits.max_lora_weight) +
+                       ", got " + number(w));
+}
+
+// Adds `lora` to the job's set: a name once; the same name again with another weight is refused.
+void add_lora(std::vector<LoraRef>& set, const LoraRef& lora, const std::string& field) {
+  for (const LoraRef& earlier : set) {
+    if (earlier.name != lora.name) continue;
+    if (earlier.weight == lora.weight) return;
+    invalid(field, "field '" + field + "': LoRA '" + lora.name + "' is asked for with weight " +
+                       number(earlier.weight) + " and with weight " + number(lora.weight) +
+                       " (loras[] and <lora:...> tags of one job); a LoRA has one weight per job");
+  }
+  set.push_back(lora);
+}
+
+// `tags`: the prompts' and negative prompt's <lora:...> tags, with the field each came from.
+void models_and_loras(const GenerateRequest& in, const RequestLimits& limits,
+                      const std::vector<std::pair<LoraRef, std::string>>& tags, JobRequest& r) {
   if (in.model) {
     check_text(*in.model, "model", limits.max_name_chars);
     r.model = *in.model;
@@ -106,13 +129,14 @@ void models_and_loras(const GenerateRequest& in, const RequestLimits& limits, Jo
   for (std::size_t i = 0; i < in.loras.size(); ++i) {
     const std::string field = "loras[" + std::to_string(i) + "]";
     check_name(in.loras[i].name, field + ".name", limits);
-    const double w = in.loras[i].weight;
-    if (!(w >= -limits.max_lora_weight && w <= limits.max_lora_weight))
-      invalid(field + ".weight", "field '" + field + ".weight' must be between -" +
-                                     number(limits.max_lora_weight) + " and " +
-                                     number(limits.max_lora_weight) + ", got " + number(w));
+    check_lora_weight(in.loras[i].weight, field + ".weight", limits);
+    add_lora(r.loras, in.loras[i], "loras");
   }
-  r.loras = in.loras;
+  for (const auto& [lora, field] : tags) add_lora(r.loras, lora, field);
+  if (r.loras.size() > static_cast<std::size_t>(limits.max_loras))
+    invalid("loras", "this request applies " + std::to_string(r.loras.size()) +
+                         " LoRAs (loras[] and <lora:...> tags); at most " +
+                         std::to_string(limits.max_loras));
   if (in.prompt_syntax) {
     std::string s = *in.prompt_syntax;
     std::transform(s.begin(), s.end(), s.begin(),
@@ -127,7 +151,96 @@ void models_and_loras(const GenerateRequest& in, const RequestLimits& limits, Jo
   }
 }
 
+// Python's \w, closely enough: ASCII letters, digits, '_' and every non-ASCII byte (UTF-8).
+bool word_byte(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  return u >= 0x80 || std::isalnum(u) || c == '_';
+}
+
+// A1111's float(x): optional sign, digits with one '.', optional exponent; surrounding spaces.
+std::optional<double> parse_weight(const std::string& text) {
+  const auto first = text.find_first_not_of(" \t");
+  if (first == std::string::npos) return std::nullopt;
+  const std::string t = text.substr(first, text.find_last_not_of(" \t") - first + 1);
+  std::size_t used = 0;
+  try {
+    const double w = std::stod(t, &used);
+    if (used != t.size() || !std::isfinite(w)) return std::nullopt;
+    return w;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
 }  // namespace
+
+std::vector<LoraRef> take_lora_tags(std::string& text, const std::string& field,
+                                    const RequestLimits& limits) {
+  // Ref: A1111 modules/extra_networks.py parse_prompt (re_extra_net = <(\w+):([^>]+)>, re.sub
+  // to ""), extensions-builtin/Lora/extra_networks_lora.py activate (te = args[1] or 1.0,
+  // unet = args[2] or te).
+  std::vector<LoraRef> tags;
+  std::string out;
+  std::size_t i = 0;
+  while (i < text.size()) {
+    if (text[i] != '<') {
+      out += text[i++];
+      continue;
+    }
+    std::size_t j = i + 1;
+    while (j < text.size() && word_byte(text[j])) ++j;
+    const std::size_t close =
+        j < text.size() && text[j] == ':' && j > i + 1 ? text.find('>', j + 1) : std::string::npos;
+    if (close == std::string::npos || close == j + 1) {  // no match at this '<'
+      out += text[i++];
+      continue;
+    }
+    const std::string type = text.substr(i + 1, j - i - 1);
+    const std::string args = text.substr(j + 1, close - j - 1);
+    if (type != "lora") {  // another extra network: not ours, left in the text
+      out.append(text, i, close + 1 - i);
+      i = close + 1;
+      continue;
+    }
+    std::vector<std::string> parts;
+    std::size_t from = 0;
+    for (std::size_t k = 0; k <= args.size(); ++k)
+      if (k == args.size() || args[k] == ':') {
+        parts.push_back(args.substr(from, k - from));
+        from = k + 1;
+      }
+    const std::string tag = text.substr(i, close + 1 - i);
+    const std::string shown = "'" + tag.substr(0, 120) + "'";
+    for (std::size_t k = 1; k < parts.size(); ++k)
+      if (parts[k].find('=') != std::string::npos)
+        invalid(field, "field '" + field + "': LoRA tag " + shown +
+                           ": named arguments (te=, unet=, dyn=) are not supported; write "
+                           "<lora:NAME:WEIGHT>");
+    if (parts.size() > 3)
+      invalid(field, "field '" + field + "': LoRA tag " + shown + " has too many arguments");
+    LoraRef lora;
+    lora.name = parts[0];
+    check_name(lora.name, field, limits);
+    if (parts.size() >= 2) {
+      const auto w = parse_weight(parts[1]);
+      if (!w)
+        invalid(field, "field '" + field + "': LoRA tag " + shown + ": the weight '" +
+                           parts[1].substr(0, 40) + "' is not a number");
+      lora.weight = *w;
+    }
+    if (parts.size() == 3) {
+      const auto unet = parse_weight(parts[2]);
+      if (!unet || *unet != lora.weight)
+        invalid(field, "field '" + field + "': LoRA tag " + shown +
+                           ": a separate UNet weight is not supported (one weight per LoRA)");
+    }
+    check_lora_weight(lora.weight, field, limits);
+    tags.push_back(lora);
+    i = close + 1;
+  }
+  text = std::move(out);
+  return tags;
+}
 
 const char* to_string(PromptSyntax syntax) {
   return syntax == PromptSyntax::a1111 ? "a1111" : "plain";
@@ -157,6 +270,16 @@ JobRequest normalise(const GenerateRequest& in, const RequestDefaults& defaults,
   if (in.negative_prompt)
     check_text(*in.negative_prompt, "negative_prompt", limits.max_prompt_chars);
   r.negative_prompt = in.negative_prompt;
+  // A1111's <lora:...> tags, for every prompt syntax: out of the text, into the job's set.
+  std::vector<std::pair<LoraRef, std::string>> tags;
+  for (std::size_t i = 0; i < r.prompts.size(); ++i) {
+    const std::string field =
+        r.prompts.size() == 1 ? "prompt" : "prompts[" + std::to_string(i) + "]";
+    for (auto& tag : take_lora_tags(r.prompts[i], field, limits)) tags.emplace_back(tag, field);
+  }
+  if (r.negative_prompt)
+    for (auto& tag : take_lora_tags(*r.negative_prompt, "negative_prompt", limits))
+      tags.emplace_back(tag, "negative_prompt");
 
   r.n = bounded(in.n, "n", 1, limits.max_n);
   const std::size_t images = r.prompts.size() * static_cast<std::size_t>(r.n);
@@ -202,7 +325,7 @@ JobRequest normalise(const GenerateRequest& in, const RequestDefaults& defaults,
 
   r.priority = bounded(in.priority, "priority", -limits.max_priority, limits.max_priority);
   micro_conditioning(in, defaults, limits, r);
-  models_and_loras(in, limits, r);
+  models_and_loras(in, limits, tags, r);
   return r;
 }
 

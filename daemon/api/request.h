@@ -76,6 +76,9 @@ struct JobRequest {
   std::optional<std::array<int, 2>> crops_coords_top_left;
   std::optional<std::array<int, 2>> target_size;
   std::string model;  // as asked; empty: the daemon's default model
+  // The job's LoRA set, applied to every image: loras[] then the `<lora:...>` tags of the
+  // prompts (in order) and of the negative prompt, each name once (prompts keep their text
+  // without the tags).
   std::vector<LoraRef> loras;
   PromptSyntax prompt_syntax = PromptSyntax::plain;
 };
@@ -118,6 +121,16 @@ using SchedulerResolver = std::function<std::optional<std::string>(const std::st
 JobRequest normalise(const GenerateRequest& request, const RequestDefaults& defaults,
                      const SchedulerResolver& resolve_scheduler, const RequestLimits& limits,
                      std::uint64_t random_seed, const std::string& known_schedulers = {});
+
+// A1111's LoRA tags (`<lora:NAME>`, `<lora:NAME:WEIGHT>`) taken out of a prompt text: every
+// match of A1111's extra-network pattern `<(\w+):([^>]+)>` whose type is `lora` becomes "" (the
+// text around it stays as it is, as extra_networks.parse_prompt leaves it); other types stay
+// in the text. Returns the tags in order. `<lora:NAME:TE:UNET>` with TE != UNET and named
+// arguments (`te=`, `unet=`, `dyn=`) are refused (one multiplier per LoRA). Throws
+// ServiceError (invalid_request, field `field`) on a bad tag; the name is checked as a name.
+// normalise() calls it on every prompt and the negative prompt.
+std::vector<LoraRef> take_lora_tags(std::string& text, const std::string& field,
+                                    const RequestLimits& limits);
 
 // prompts x n.
 int image_count(const JobRequest& request);

@@ -117,6 +117,9 @@ class ImageService {
   virtual std::vector<JobView> client_jobs(const std::string& client) const = 0;
 
   virtual std::vector<DeviceView> devices() const = 0;
+  // The LoRAs requests may name (the LoRA folder), sorted by name, with their hashes (a file not
+  // hashed before is read once, on the calling thread). GET /loras, A1111's /sdapi/v1/loras.
+  virtual std::vector<LoraView> loras() const = 0;
   // Why the service cannot take work now, nullopt when it can (every replica loaded, a healthy
   // device left, the store writable, space on the disk). The error's code is unavailable or
   // storage_full; its reason names the cause ("loading", "draining", "store_error",

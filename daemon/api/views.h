@@ -80,6 +80,15 @@ struct DeviceView {
   std::int64_t model_load_failures = 0;
 };
 
+// A LoRA of the daemon's LoRA folder (GET /loras, A1111's /sdapi/v1/loras).
+struct LoraView {
+  std::string name;  // the file stem, what requests name
+  std::string path;  // absolute or as configured (--lora-dir)
+  std::int64_t size_bytes = 0;
+  std::string sha256;      // of the file
+  std::string short_hash;  // A1111's shorthash (12 hex digits), what `Lora hashes` records
+};
+
 struct SchedulerName {
   std::string name;                  // canonical: "euler_a"
   std::vector<std::string> aliases;  // "Euler a", ...

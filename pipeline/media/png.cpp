@@ -1,5 +1,7 @@
 #include "pipeline/media/png.h"
 
+#include <algorithm>
+
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
@@ -283,6 +285,16 @@ std::string a1111_parameters(const PngGenerationInfo& info) {
   if (info.target_size) text += ", Target size: " + w_x_h(*info.target_size);
   if (!info.model_hash.empty()) text += ", Model hash: " + info.model_hash;
   if (!info.model_name.empty()) text += ", Model: " + info.model_name;
+  std::string lora_hashes;  // A1111 extra_networks_lora.py: "name: shorthash, ..." quoted
+  for (const auto& lora : info.loras) {
+    if (lora.short_hash.empty()) continue;
+    std::string name = lora.name;  // A1111 drops ':' and ',' from the name here
+    name.erase(
+        std::remove_if(name.begin(), name.end(), [](char c) { return c == ':' || c == ','; }),
+        name.end());
+    lora_hashes += (lora_hashes.empty() ? "" : ", ") + name + ": " + lora.short_hash;
+  }
+  if (!lora_hashes.empty()) text += ", Lora hashes: \"" + lora_hashes + "\"";
   text += ", Version: diffusiond " DIFFUSIOND_VERSION;
   return text;
 }
@@ -313,6 +325,19 @@ nlohmann::json diffusiond_metadata(const PngGenerationInfo& info) {
   if (info.original_size) meta["original_size"] = *info.original_size;
   if (info.crops_coords_top_left) meta["crops_coords_top_left"] = *info.crops_coords_top_left;
   if (info.target_size) meta["target_size"] = *info.target_size;
+  if (!info.loras.empty()) {
+    auto loras = nlohmann::json::array();
+    for (const auto& lora : info.loras) {
+      auto hash = [](const std::string& h) {
+        return h.empty() ? nlohmann::json(nullptr) : nlohmann::json(h);
+      };
+      loras.push_back({{"name", lora.name},
+                       {"weight", lora.weight},
+                       {"short_hash", hash(lora.short_hash)},
+                       {"sha256", hash(lora.sha256)}});
+    }
+    meta["loras"] = loras;
+  }
   return meta;
 }
 

@@ -68,16 +68,26 @@ struct PngGenerationInfo {
   nlohmann::json request = nlohmann::json::object();
   // SDXL micro-conditioning, (height, width) / (top, left) as diffusers; unset for other models.
   std::optional<std::array<int, 2>> original_size, crops_coords_top_left, target_size;
+  // The LoRAs applied, in order: name (file stem), multiplier, A1111 short hash (the first 12
+  // hex digits of the file's SHA-256; "" when unknown) and the full SHA-256.
+  struct Lora {
+    std::string name;
+    double weight = 1.0;
+    std::string short_hash;
+    std::string sha256;
+  };
+  std::vector<Lora> loras;
 };
 
 // "PROMPT\nNegative prompt: NEG\nSteps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 42,
-// Size: 512x512, Model hash: H, Model: NAME, Version: diffusiond X" (the negative prompt line
-// and model hash omitted when empty, as AUTOMATIC1111 does). SDXL images add, after Size,
+// Size: 512x512, Model hash: H, Model: NAME, Lora hashes: "a: H1, b: H2", Version: diffusiond X"
+// (the negative prompt line, model hash and Lora hashes omitted when empty, as AUTOMATIC1111
+// does; Lora hashes lists the LoRAs with a known hash). SDXL images add, after Size,
 // "Original size: WxH, Crop top left: TOP,LEFT, Target size: WxH".
 std::string a1111_parameters(const PngGenerationInfo& info);
 // The "diffusiond" iTXt payload: {"request", "model": {name, hash, sha256}, "scheduler", "sampler",
 // "seed", "steps", "guidance_scale", "width", "height", "device", "dtype", "image_index",
-// "version"}, plus "original_size", "crops_coords_top_left", "target_size" ([a, b] in diffusers'
+// "version"}, "loras" ([{name, weight, short_hash, sha256}], only when LoRAs were applied), plus "original_size", "crops_coords_top_left", "target_size" ([a, b] in diffusers'
 // order) for SDXL images; "negative_prompt" is null when it was absent.
 nlohmann::json diffusiond_metadata(const PngGenerationInfo& info);
 // encode_png with "parameters" (tEXt, or iTXt when not Latin-1) and "diffusiond" (iTXt).

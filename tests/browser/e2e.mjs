@@ -186,6 +186,23 @@ async function testUi(daemon) {
       return d && /Images done\s*[1-9]/.test(d.textContent);
     }, device, POLL);
 
+    check('LoRA list: add a LoRA with a weight; the job and its PNG carry it');
+    const loras = (await (await fetch(`${daemon.url}/loras`)).json()).loras;
+    assert.deepEqual(loras.map((l) => l.name), ['style_kohya', 'style_peft']);
+    await page.locator('#loras summary').click();
+    await page.selectOption('#lora-pick', 'style_kohya');
+    await page.locator('#lora-add').click();
+    await page.fill('#lora-list .lora[data-name="style_kohya"] .lora-weight', '0.8');
+    await page.fill('#steps', '4');
+    await page.fill('#seed', '42');
+    const withLora = await submit(page);
+    assert.equal(withLora.status, 202, JSON.stringify(withLora.body));
+    assert.deepEqual(withLora.body.request.loras, [{ name: 'style_kohya', weight: 0.8 }]);
+    await page.waitForSelector(`#queue .job[data-job-id="${withLora.body.id}"][data-status="done"]`, WAIT);
+    await shot(page, '02b-lora');
+    await page.locator('#lora-list .lora-remove').first().click();
+    assert.equal(await page.locator('#lora-list .lora').count(), 0);
+
     check('cancel a long job while it runs');
     await page.fill('#steps', '150');
     await page.fill('#count', '16');
@@ -392,7 +409,9 @@ async function main() {
   let daemon = null;
   try {
     check('start diffusiond');
-    daemon = await startDaemon();
+    daemon = await startDaemon({
+      extraArgs: ['--lora-dir', path.join(sourceDir, 'tests', 'fixtures', 'tiny-sd1-extras', 'lora')],
+    });
     await testUi(daemon);
     assert.deepEqual(await daemon.stop(), { code: 0, signal: null }, 'diffusiond did not exit 0 on SIGTERM');
     daemon = null;

@@ -59,6 +59,8 @@ class FakeImageService : public ImageService {
   }
   std::vector<JobView> client_jobs(const std::string&) const override { return {}; }
   std::vector<DeviceView> devices() const override;
+  std::vector<LoraView> loras() const override { return loras_list; }
+  std::vector<LoraView> loras_list;  // what loras() returns
   std::optional<ServiceError> not_ready() const override {
     if (ready_) return std::nullopt;
     return ServiceError(ErrorCode::unavailable, "the fake is set not ready", "loading", {}, 5);

@@ -311,3 +311,43 @@ TEST_CASE("model, loras and prompt_syntax are read and checked", "[http][validat
   ValidationError e = bad(R"({"prompt":"x","loras":[{"name":"a"},{"name":"b"}]})", few);
   CHECK(e.field == "loras");
 }
+
+TEST_CASE("<lora:...> tags move from the prompts into the job's LoRA set", "[http][validation]") {
+  // As A1111's extra_networks.parse_prompt: the tag becomes "", nothing else changes.
+  JobRequest tag = ok(R"({"prompt":"a photograph of a horse <lora:style:0.8>"})");
+  JobRequest named =
+      ok(R"({"prompt":"a photograph of a horse ","loras":[{"name":"style","weight":0.8}]})");
+  CHECK(tag.prompts == named.prompts);
+  CHECK(tag.prompts[0] == "a photograph of a horse ");
+  CHECK(tag.loras == named.loras);
+  // <lora:NAME> = weight 1; te == unet weight accepted; tags of every prompt and the negative
+  // prompt, after loras[], each name once; other extra networks stay in the text.
+  JobRequest r =
+      ok(R"({"prompts":["a, <lora:a>, b <hypernet:h:1>", "<lora:b:-0.5:-0.5>c<lora:a:1>"],
+      "negative_prompt":"ugly <lora:c:2>","loras":[{"name":"z","weight":0.1}]})");
+  CHECK(r.prompts == std::vector<std::string>{"a, , b <hypernet:h:1>", "c"});
+  REQUIRE(r.negative_prompt);
+  CHECK(*r.negative_prompt == "ugly ");
+  CHECK(r.loras == std::vector<LoraRef>{{"z", 0.1}, {"a", 1.0}, {"b", -0.5}, {"c", 2.0}});
+  // Not tags: no ':' after the type, nothing after it, no closing '>'.
+  JobRequest plain = ok(R"({"prompt":"<lora> <lora:> <lora:x"})");
+  CHECK(plain.prompts[0] == "<lora> <lora:> <lora:x");
+  CHECK(plain.loras.empty());
+  // The same syntax whatever prompt_syntax says.
+  CHECK(ok(R"({"prompt":"x <lora:s:0.3>","prompt_syntax":"a1111"})").loras ==
+        std::vector<LoraRef>{{"s", 0.3}});
+
+  expect_field(R"({"prompt":"x <lora:../etc/passwd:1>"})", "prompt");
+  expect_field(R"({"prompts":["x","y <lora:a/b>"]})", "prompts[1]");
+  expect_field(R"({"prompt":"x","negative_prompt":"<lora:..:1>"})", "negative_prompt");
+  expect_field(R"({"prompt":"x <lora:a:strong>"})", "prompt");
+  expect_field(R"({"prompt":"x <lora:a:0.5:1>"})", "prompt");             // separate UNet weight
+  expect_field(R"({"prompt":"x <lora:a:te=0.5>"})", "prompt");            // named arguments
+  expect_field(R"({"prompt":"x <lora:a:11>"})", "prompt");                // beyond max_lora_weight
+  expect_field(R"({"prompt":"x <lora:a:0.5> <lora:a:0.6>"})", "prompt");  // two weights
+  CHECK(bad(R"({"prompt":"<lora:a:0.5>","loras":[{"name":"a","weight":0.6}]})")
+            .message.find("one weight per job") != std::string::npos);
+  RequestLimits few;
+  few.max_loras = 1;
+  CHECK(bad(R"({"prompt":"<lora:a> <lora:b>"})", few).field == "loras");
+}

@@ -4,6 +4,7 @@
 
 import { allowKeyPrompt, ApiError, getJson, onKeyNeeded, sendJson } from './api.js';
 import { addImage, initGallery } from './gallery.js';
+import { initLoras, loadLoras, loraRequest } from './loras.js';
 import { initQueue, trackJob } from './queue.js';
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -12,6 +13,7 @@ const FIELD_INPUTS = {
   prompt: 'prompt', negative_prompt: 'negative-prompt', width: 'width', height: 'height',
   steps: 'steps', guidance_scale: 'guidance', seed: 'seed', scheduler: 'sampler', n: 'count',
   model: 'model-picker',
+  loras: 'lora-pick',
   original_size: 'original-height', crops_coords_top_left: 'crop-top', target_size: 'target-height',
   prompt_syntax: 'a1111-syntax',
 };
@@ -214,6 +216,7 @@ async function loadModel() {
   if (schedulers.length === 0) schedulers = model.schedulers || [];
   if (schedulers.length === 0 && preferred) schedulers = [preferred];
   fillSamplers(schedulers, preferred);
+  await loadLoras();
 }
 
 // ---- the form ------------------------------------------------------------------------------
@@ -250,6 +253,8 @@ function buildRequest() {
   if ($('#sampler').value) body.scheduler = $('#sampler').value;
   if ($('#a1111-syntax').checked) body.prompt_syntax = 'a1111';  // unticked: plain (the default)
   if (!$('#model-row').hidden && $('#model-picker').value) body.model = $('#model-picker').value;
+  const loras = loraRequest();
+  if (loras.length > 0) body.loras = loras;
   const seed = $('#seed').value.trim();
   body.seed = seed === '' ? randomSeed() : seed;  // a digit string is sent as a JSON number
   return body;
@@ -398,6 +403,7 @@ async function start() {
   initGallery({ samplerLabel, onReuseSeed: reuseSeed, notify });
   initQueue({ samplerLabel, onImage: addImage });
   wireForm();
+  initLoras();
   await loadModel();  // first, so that a 401 asks for the key only once
   loadHistory();
   pollDevices();
