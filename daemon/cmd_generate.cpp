@@ -185,7 +185,6 @@ void run_generate(const GenerateOptions& o) {
   if (!o.dump_dir.empty()) {
     dump = [&](const std::string& name, const torch::Tensor& v) { dumped.emplace_back(name, v); };
   }
-  Txt2ImgParams params = txt2img_params(request);
   params.pad_cond_uncond = o.pad_cond_uncond;
   auto images = pipe->generate(
       params,

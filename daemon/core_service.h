@@ -144,8 +144,8 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
     bool terminal_event_sent = false;
     StoreWriter::Ticket last_write = 0;  // the job's newest queued store write
     bool retiring = false;               // finished: leaves memory once last_write commits
-    std::map<int, RgbImage> previews;    // image -> its latest live preview (previews asked)
     int model = 0;                       // model id (models_ index)
+    std::map<int, RgbImage> previews;    // image -> its latest live preview (previews asked)
   };
   TaskRef task_ref(const ActiveJob& job, int k) const;
   // The model id a request's `model` names. Throws invalid_request (unknown_model) listing a few.
