@@ -30,10 +30,14 @@ std::string title_of(const ListedModel& m) {
   return m.title;
 }
 
+// The caller's checkpoint (options POST keeps the model's name), else the daemon's default, as
+// A1111 shows it: the title sd-models lists.
 std::string default_checkpoint(ServerContext& c, const std::string& client) {
-  if (auto chosen = c.a1111.checkpoint(client)) return *chosen;
-  const auto models = listed_models(c.service);
-  return models.empty() ? std::string() : title_of(models.front());
+  const std::string name =
+      c.a1111.checkpoint(client).value_or(resolve_listed_model(c.service, "").value_or(""));
+  for (const auto& m : listed_models(c.service))
+    if (m.name == name) return title_of(m);
+  return name;
 }
 
 Response txt2img_answer(ServerContext& c, const A1111Txt2Img& asked, const JobView& job) {
@@ -232,7 +236,8 @@ json options_json(ServerContext& c, const std::string& client) {
               {"samples_format", "png"},
               {"sd_lora", "None"}};
   const json kept = c.a1111.options(client);  // a named copy: items() does not extend lifetimes
-  for (const auto& [key, value] : kept.items()) out[key] = value;
+  for (const auto& [key, value] : kept.items())
+    if (key != "sd_model_checkpoint") out[key] = value;  // kept as a name, shown as its title
   return out;
 }
 
