@@ -246,3 +246,44 @@ TEST_CASE("at --max-loaded-models 1 a device evicts and reloads, images stay rig
   CHECK(metrics.value("diffusiond_device_model_loads_total", {{"device", name}}) == 3);
   CHECK(metrics.value("diffusiond_device_models_loaded", {{"device", name}}) == 1);
 }
+
+TEST_CASE("a single-file default model beside a models dir serves diffusers' golden image",
+          "[blackbox][models][single_file]") {
+  const fs::path extras = fs::path(DIFFUSIOND_FIXTURES) / "tiny-sd1-extras";
+  const json golden =
+      json::parse(read_file((extras / "golden" / "single_file.json").string()))["cases"][0];
+  TempDir dir("models-single");
+  const fs::path models = dir.path / "models";
+  fs::create_directories(models);
+  fs::create_directory_symlink(fs::absolute(kSdxl), models / "tiny-sdxl");
+  DaemonProcess d(dir.path / "data",
+                  {"--devices", "cpu", "--models-dir", models.string(), "--model-config",
+                   fs::absolute(kSd1).string()},
+                  extras / golden["file"].get<std::string>());
+  const json listing = get_json(d.port(), "/models");
+  REQUIRE(listing["models"].size() == 2);
+  const json& first = listing["models"][0];
+  CHECK(first["is_default"] == true);
+  CHECK(first["format"] == "single_file");
+  CHECK(first["family"] == "sd");
+  json body = {{"prompt", golden["prompt"]},
+               {"negative_prompt", golden["negative_prompt"]},
+               {"seed", golden["seed"]},
+               {"steps", golden["steps"]},
+               {"guidance_scale", golden["guidance_scale"]},
+               {"width", golden["width"]},
+               {"height", golden["height"]},
+               {"scheduler", golden["scheduler"]}};
+  HttpReply r = http_request(d.port(), "POST", "/generate", body.dump(), {{"Accept", "image/png"}});
+  INFO(r.body.substr(0, 300));
+  REQUIRE(r.status == 200);
+  CHECK(max_abs_diff(decode_png(r.body),
+                     decode_png(read_file((extras / "golden" / "single_file.png").string()))) <= 1);
+  // The other model of the dir still serves next to it.
+  body["model"] = "tiny-sdxl";
+  body.erase("scheduler");
+  body.erase("negative_prompt");
+  CHECK(
+      http_request(d.port(), "POST", "/generate", body.dump(), {{"Accept", "image/png"}}).status ==
+      200);
+}
