@@ -195,7 +195,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (check_request_header(parser, options)) break;  // refused: the connection ends
     http::read(stream, buffer, parser, ec);
     if (ec) {
-      (void)body_read_failed(ec, options);
+      (void)body_read_failed(ec, body_limit_for(parser.get(), options));
       break;
     }
     if (!answer(context, service, parser.release(), jobs_run)) break;

@@ -37,7 +37,10 @@ struct HttpOptions {
   std::vector<std::string> allowed_hosts;
   std::vector<std::string> allowed_origins;
 
-  std::size_t max_body_bytes = 64 * 1024;    // larger bodies: 413
+  std::size_t max_body_bytes = 64 * 1024;  // larger bodies: 413
+  // POST /sdapi/v1/png-info only (its body is a whole image in base64); request_framing.h
+  // body_limit_for() is the one place that picks a request's limit.
+  std::size_t max_image_body_bytes = 16 * 1024 * 1024;
   std::size_t max_header_bytes = 16 * 1024;  // larger headers: 431
   // (The bounds on a request's values are the core's: daemon/api/request.h RequestLimits.)
   int max_list_limit = 500;

@@ -268,7 +268,7 @@ void Session::read_body() {
 void Session::on_body(beast::error_code ec) {
   if (!still_in(State::reading_body, "body read")) return;
   if (ec) {
-    if (auto refusal = body_read_failed(ec, context_.options)) {
+    if (auto refusal = body_read_failed(ec, body_limit_for(parser_->get(), context_.options))) {
       reject(refusal->status, refusal->code, refusal->message);
       return;
     }

@@ -215,6 +215,23 @@ TEST_CASE("SillyTavern's sequence: lists, get/set model, progress, generate, png
   CHECK(info.json()["info"] == parameters);
   CHECK(info.json()["parameters"]["Seed"] == "1234");
   CHECK(info.json()["items"].contains("diffusiond"));
+  // A full-size image (512x512 of noise: about 1 MB in base64) passes png-info's own body limit,
+  // while every other route keeps the 64 KiB one.
+  json big = body;
+  big["width"] = 512;
+  big["height"] = 512;
+  big["steps"] = 1;
+  HttpReply large = req(d.port(), "POST", "/sdapi/v1/txt2img", big, auth);
+  REQUIRE(large.status == 200);
+  const std::string large_png =
+      "data:image/png;base64," + large.json()["images"][0].get<std::string>();
+  REQUIRE(large_png.size() > 64 * 1024);
+  HttpReply large_info = req(d.port(), "POST", "/sdapi/v1/png-info", {{"image", large_png}}, auth);
+  CHECK(large_info.status == 200);
+  CHECK(large_info.json()["parameters"]["Size-1"] == 512);
+  json padded = body;
+  padded["comments"] = large_png;  // the same bytes where no image belongs
+  CHECK(req(d.port(), "POST", "/sdapi/v1/txt2img", padded, auth).status == 413);
   // A field whose effect is missing: 400 naming it; the daemon goes on.
   json hires = body;
   hires["enable_hr"] = true;
@@ -235,8 +252,9 @@ TEST_CASE("SillyTavern's sequence: lists, get/set model, progress, generate, png
   CHECK(req(d.port(), "GET", "/sdapi/v1/img2img", nullptr, auth).status == 404);
 }
 
-TEST_CASE("A1111 progress shows the caller's own work with a preview, and interrupt is scoped to it",
-          "[blackbox][a1111]") {
+TEST_CASE(
+    "A1111 progress shows the caller's own work with a preview, and interrupt is scoped to it",
+    "[blackbox][a1111]") {
   TempDir dir("a1111-progress");
   DaemonProcess d(dir.path, {"--devices", "cpu", "--api-key", "alice", "--api-key", "bob"});
   const Headers alice = {{"Authorization", "Bearer alice"}};
