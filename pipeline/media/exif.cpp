@@ -12,7 +12,6 @@ constexpr std::uint16_t kUserComment = 0x9286;
 constexpr std::uint16_t kTypeLong = 4;
 constexpr std::uint16_t kTypeUndefined = 7;
 constexpr std::string_view kUnicodePrefix{"UNICODE\0", 8};
-constexpr std::string_view kAsciiPrefix{"ASCII\0\0\0", 8};
 
 void put16(std::string& out, std::uint32_t v) {
   out += static_cast<char>((v >> 8) & 0xff);
