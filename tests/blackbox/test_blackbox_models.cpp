@@ -203,7 +203,8 @@ TEST_CASE("a models dir: GET /models, alternating models on cpu*2, each its gene
       d.port(), submit(d.port(), json{{"prompt", "x"}, {"model", "single.safetensors"}}.dump()));
   CHECK(single["status"] == "failed");
   CHECK_THAT(single["error"].get<std::string>(), Catch::Contains("single.safetensors"));
-  for (const auto& dev : get_json(d.port(), "/devices")["devices"]) CHECK(dev["healthy"] == true);
+  const json devices_reply = get_json(d.port(), "/devices");
+  for (const auto& dev : devices_reply["devices"]) CHECK(dev["healthy"] == true);
   CHECK(get_json(d.port(), "/readyz")["status"] == "ready");
   CHECK(wait_finished(d.port(),
                       submit(d.port(), json{{"prompt", "x"}, {"steps", 2}}.dump()))["status"] ==
