@@ -24,9 +24,14 @@
 #include "pipeline/safetensors.h"
 #include "pipeline/txt2img.h"
 #include "pipeline/unet.h"
+#include "tests/golden_compare.h"
 
 using namespace diffusiond;
 namespace fs = std::filesystem;
+
+using diffusiond::testing::max_pixel_difference;
+using diffusiond::testing::read_png;
+using diffusiond::testing::relative_l2;
 
 namespace {
 
@@ -41,20 +46,6 @@ std::string read_file(const fs::path& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-RgbImage read_png(const fs::path& path) {
-  return decode_png(read_file(path));
-}
-
-int max_pixel_difference(const RgbImage& a, const RgbImage& b) {
-  REQUIRE(a.width == b.width);
-  REQUIRE(a.height == b.height);
-  REQUIRE(a.pixels.size() == b.pixels.size());
-  int worst = 0;
-  for (std::size_t i = 0; i < a.pixels.size(); ++i)
-    worst = std::max(worst, std::abs(int(a.pixels[i]) - int(b.pixels[i])));
-  return worst;
 }
 
 StableDiffusion& pipeline() {

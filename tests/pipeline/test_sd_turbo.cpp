@@ -20,10 +20,15 @@
 #include "pipeline/model_folder.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/txt2img.h"
+#include "tests/golden_compare.h"
 #include "tests/support/model_variant.h"
 
 using namespace diffusiond;
 namespace fs = std::filesystem;
+
+using diffusiond::testing::max_pixel_difference;
+using diffusiond::testing::read_png;
+using diffusiond::testing::relative_l2;
 
 namespace {
 
@@ -34,23 +39,6 @@ const fs::path& turbo_folder() {
   static const testing::ModelVariant variant(
       kModel, kGolden / "scheduler" / "scheduler_config.json", "sd_turbo");
   return variant.path();
-}
-
-RgbImage read_png(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return decode_png(ss.str());
-}
-
-int max_pixel_difference(const RgbImage& a, const RgbImage& b) {
-  REQUIRE(a.width == b.width);
-  REQUIRE(a.height == b.height);
-  int worst = 0;
-  for (std::size_t i = 0; i < a.pixels.size(); ++i)
-    worst = std::max(worst, std::abs(int(a.pixels[i]) - int(b.pixels[i])));
-  return worst;
 }
 
 }  // namespace

@@ -21,36 +21,19 @@
 #include "pipeline/safetensors.h"
 #include "pipeline/schedulers/scheduler.h"
 #include "pipeline/txt2img.h"
+#include "tests/golden_compare.h"
 #include "tests/support/model_variant.h"
 
 using namespace diffusiond;
 namespace fs = std::filesystem;
 
+using diffusiond::testing::max_pixel_difference;
+using diffusiond::testing::read_png;
+using diffusiond::testing::relative_l2;
+
 namespace {
 
 const fs::path kModel = fs::path(DIFFUSIOND_FIXTURES) / "tiny-sdxl";
-
-double relative_l2(const torch::Tensor& actual, const torch::Tensor& expected) {
-  auto a = actual.to(torch::kFloat64), e = expected.to(torch::kFloat64);
-  return ((a - e).norm() / e.norm()).item<double>();
-}
-
-RgbImage read_png(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return decode_png(ss.str());
-}
-
-int max_pixel_difference(const RgbImage& a, const RgbImage& b) {
-  REQUIRE(a.width == b.width);
-  REQUIRE(a.height == b.height);
-  int worst = 0;
-  for (std::size_t i = 0; i < a.pixels.size(); ++i)
-    worst = std::max(worst, std::abs(int(a.pixels[i]) - int(b.pixels[i])));
-  return worst;
-}
 
 // The fixture with golden/scheduler_turbo/ as its scheduler (the Turbo goldens' model variant).
 const fs::path& turbo_folder() {

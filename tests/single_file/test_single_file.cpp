@@ -24,9 +24,14 @@
 #include "pipeline/unet_config.h"
 #include "pipeline/vae_config.h"
 #include "pipeline/weights.h"
+#include "tests/golden_compare.h"
 
 using namespace diffusiond;
 namespace fs = std::filesystem;
+
+using diffusiond::testing::max_pixel_difference;
+using diffusiond::testing::read_png;
+using diffusiond::testing::relative_l2;
 
 namespace {
 
@@ -63,20 +68,6 @@ void write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << text;
   REQUIRE(out.good());
-}
-
-int max_pixel_difference(const RgbImage& a, const RgbImage& b) {
-  REQUIRE(a.width == b.width);
-  REQUIRE(a.height == b.height);
-  int worst = 0;
-  for (std::size_t i = 0; i < a.pixels.size(); ++i)
-    worst = std::max(worst, std::abs(int(a.pixels[i]) - int(b.pixels[i])));
-  return worst;
-}
-
-double relative_l2(const torch::Tensor& actual, const torch::Tensor& expected) {
-  auto a = actual.to(torch::kFloat64), e = expected.to(torch::kFloat64);
-  return ((a - e).norm() / e.norm()).item<double>();
 }
 
 // The parameters of golden/single_file.json's cases (the same for fp32 and fp16).
