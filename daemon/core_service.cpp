@@ -45,9 +45,14 @@ CoreService::CoreService(JobStore& store, ModelBackend& backend, std::vector<Dev
         else
           spdlog::info("storage available again: images run and jobs are accepted");
       });
-  for (std::size_t i = 0; i < devices_.size(); ++i)
+  for (std::size_t i = 0; i < devices_.size(); ++i) {
+    const WorkerBatching batching{
+        options_.max_batch > 0 ? options_.max_batch : default_max_batch(devices_[i]),
+        options_.batch_wait};
     workers_.push_back(std::make_unique<DeviceWorker>(static_cast<int>(i), devices_[i], backend_,
-                                                      dispatcher_, static_cast<TaskHost&>(*this)));
+                                                      dispatcher_, static_cast<TaskHost&>(*this),
+                                                      batching));
+  }
 }
 
 CoreService::~CoreService() {
@@ -89,8 +94,7 @@ void CoreService::start() {
           exhausted.push_back(image.index);
           continue;
         }
-        dispatcher_.enqueue(
-            {id, image.index, inserted.record.view.request.priority, inserted.record.seq, -1});
+        dispatcher_.enqueue(task_ref(inserted.record, image.index));
         ++requeued;
       }
       for (int k : exhausted) {
@@ -218,8 +222,7 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
                   ticket, false};
     auto& inserted = active_.emplace(id, std::move(job)).first->second;
     emit_locked(inserted, make_event(JobEvent::Kind::queued, id), to_flush);
-    for (int k = 0; k < count; ++k)
-      dispatcher_.enqueue({id, k, inserted.record.view.request.priority, inserted.record.seq, -1});
+    for (int k = 0; k < count; ++k) dispatcher_.enqueue(task_ref(inserted.record, k));
     view = inserted.record.view;
   }
   flush(to_flush);
@@ -327,6 +330,7 @@ std::vector<DeviceView> CoreService::devices() const {
     d.last_error_ms = s.last_error_ms;
     d.busy = s.busy;
     d.current_job = s.current_job;
+    for (const auto& task : s.current_batch) d.current_batch.push_back({task.job_id, task.image});
     d.images_done = s.images_done;
     d.steps_done = s.steps_done;
     d.steps_per_second = s.steps_per_second;

@@ -68,6 +68,8 @@ struct CoreOptions {
   std::uint64_t min_free_bytes = 100ull << 20;          // below: storage full (StorageGuard)
   std::chrono::milliseconds storage_check_every{1000};  // statvfs period; store write retries
   RequestLimits limits;                                 // every bound on a request (normalise())
+  int max_batch = 0;  // images per generation (--max-batch); 0: default_max_batch() per device
+  std::chrono::milliseconds batch_wait{0};  // how long a batch waits for partners
 };
 
 class CoreService final : public ImageService, private TaskHost, private StoreWriter::Listener {
@@ -127,7 +129,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   // TaskHost (worker threads)
   void replica_loaded(int worker, const std::string& error) override;
   std::optional<ImageSpec> begin_task(int worker, const TaskRef& task) override;
-  bool task_progress(int worker, const TaskRef& task, int step, int steps) override;
+  bool task_progress(int worker, const TaskRef& task, int step, int steps, int batch_size) override;
   void task_succeeded(int worker, const TaskRef& task, RgbImage image) override;
   void task_stopped(int worker, const TaskRef& task) override;
   void task_failed(int worker, const TaskRef& task, const std::string& error) override;
@@ -144,6 +146,8 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   void image_written(const TaskRef& task, const std::string& error, bool storage_full,
                      std::int64_t file_bytes);
 
+  // The dispatcher's task for image k (its batch key from daemon/api/batch_key.h).
+  static TaskRef task_ref(const JobRecord& job, int k);
   // Helpers; *_locked need mu_. They queue events and note the job ids to flush after unlock.
   ActiveJob* find_locked(const std::string& id);
   void emit_locked(ActiveJob& job, JobEvent event, std::vector<std::string>& flush);

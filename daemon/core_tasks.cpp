@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "daemon/api/batch_key.h"
 #include "daemon/atomic_file.h"
 #include "daemon/core_events.h"
 #include "daemon/core_service.h"
@@ -46,6 +47,7 @@ std::optional<ImageSpec> CoreService::begin_task(int worker, const TaskRef& task
     image.started_ms = now;
     image.step = 0;
     image.steps = view.request.steps;
+    image.batch_size = 0;  // known at its first step
     ++job->record.attempts[k];
     queue_wait_.observe(static_cast<double>(now - job->queued_since_ms[k]) / 1000.0);
     JobEvent started = make_event(JobEvent::Kind::started, task.job_id, task.image);
@@ -59,7 +61,12 @@ std::optional<ImageSpec> CoreService::begin_task(int worker, const TaskRef& task
   return spec;
 }
 
-bool CoreService::task_progress(int, const TaskRef& task, int step, int steps) {
+TaskRef CoreService::task_ref(const JobRecord& job, int k) {
+  const auto& request = job.view.request;
+  return {job.view.id, k, request.priority, job.seq, -1, batch_key(image_spec(request, k))};
+}
+
+bool CoreService::task_progress(int, const TaskRef& task, int step, int steps, int batch_size) {
   std::vector<std::string> to_flush;
   {
     std::lock_guard lock(mu_);
@@ -69,6 +76,7 @@ bool CoreService::task_progress(int, const TaskRef& task, int step, int steps) {
     if (image.status != ImageStatus::running) return false;
     image.step = step;
     image.steps = steps;
+    image.batch_size = batch_size;
     JobEvent progress = make_event(JobEvent::Kind::progress, task.job_id, task.image);
     progress.step = step;
     progress.steps = steps;
@@ -138,8 +146,7 @@ void CoreService::image_written(const TaskRef& task, const std::string& error, b
       image.step = 0;
       job->queued_since_ms[k] = unix_ms_now();
       commit_locked(*job, {task.image}, to_flush);
-      dispatcher_.enqueue(
-          {task.job_id, task.image, job->record.view.request.priority, job->record.seq, -1});
+      dispatcher_.enqueue(task_ref(job->record, task.image));
     } else if (!error.empty()) {
       fail_image_locked(*job, task.image, error, to_flush);
     } else {

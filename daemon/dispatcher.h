@@ -21,6 +21,10 @@
 //    the first one.
 //  - mark_disabled() (its model replica failed to load): never given work, never probed.
 //  A retried task avoids the device it failed on while another device can take it.
+// Batches (issue 11): after take(), a device worker may take_compatible() more tasks with the
+// same batch key (an opaque string the core computes, daemon/api/batch_key.h) and priority
+// from its own share only (round_robin: its queue; least_loaded: the shared queue, leaving one
+// task for each other device that waits idle), never while probing.
 //
 // Owner: CoreService. Thread-safety: every method may be called from any thread; take() blocks.
 #pragma once
@@ -50,6 +54,7 @@ struct TaskRef {
   int priority = 0;
   std::int64_t seq = 0;   // job submission order
   int avoid_device = -1;  // device it failed on (retry elsewhere), -1 = none
+  std::string batch_key;  // tasks with equal non-empty keys may share a batch (opaque here)
 
   bool operator==(const TaskRef& o) const { return job_id == o.job_id && image == o.image; }
 };
@@ -90,6 +95,12 @@ class Dispatcher {
   std::optional<TaskRef> take(int device);
   // Non-blocking take().
   std::optional<TaskRef> try_take(int device);
+  // Partners for a batch that starts with `first` (a task this device took): up to `max` queued
+  // tasks with first's batch key and priority, from this device's share, in run order. Waits
+  // until `until` while it has found none (until <= now: does not wait); returns early on stop,
+  // pause or a change of the device's health. Nothing for a probing device or an empty key.
+  std::vector<TaskRef> take_compatible(int device, const TaskRef& first, int max,
+                                       std::chrono::steady_clock::time_point until = {});
 
   // Removes the queued tasks of a job and returns them (tasks already taken are not affected).
   std::vector<TaskRef> cancel_job(const std::string& job_id);
@@ -126,6 +137,7 @@ class Dispatcher {
     Clock::time_point probe_at{};
     std::chrono::milliseconds backoff{0};  // unhealthy: the current probe interval
     bool probe_running = false;            // probing: it holds a task with no verdict yet
+    bool waiting = false;                  // blocked in take(): idle, wants work
     Queue queue;                           // round_robin: its own queue
   };
 
@@ -137,6 +149,7 @@ class Dispatcher {
   bool place_locked(TaskRef task, int avoid);
   std::optional<TaskRef> pop_locked(int device);
   std::optional<TaskRef> steal_locked(int device);  // round_robin probe: from the others
+  std::vector<TaskRef> compatible_locked(int device, const TaskRef& first, int max);
   void check_device(int device) const;
   int healthy_count_locked() const;
   bool others_healthy_locked(int device) const;  // a healthy device besides `device`

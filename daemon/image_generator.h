@@ -23,6 +23,10 @@ namespace diffusiond {
 // which then throws GenerationStopped.
 using StepProgress = std::function<bool(int step, int steps)>;
 
+// Called after every step of every image of a batch (image: its position in the batch);
+// returning false makes that image leave the batch (the others go on).
+using BatchProgress = std::function<bool(int image, int step, int steps)>;
+
 class GenerationStopped : public std::runtime_error {
  public:
   GenerationStopped() : std::runtime_error("generation stopped") {}
@@ -50,6 +54,24 @@ class ImageGenerator {
   // Throws GenerationStopped when `progress` returned false, DeviceOutOfMemory when the device
   // ran out of memory, anything else on another failure.
   virtual RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) = 0;
+  // The images as one batch (the worker batches only images of one daemon/api/batch_key.h
+  // key). Per image: its pixels, or nullopt when `progress` returned false for it. A failure
+  // throws as generate_one does, for the whole batch. This default runs them one after another
+  // (a replica that cannot batch); the torch replica runs them as one UNet batch.
+  virtual std::vector<std::optional<RgbImage>> generate_batch(const std::vector<ImageSpec>& images,
+                                                              const BatchProgress& progress) {
+    std::vector<std::optional<RgbImage>> out;
+    for (std::size_t k = 0; k < images.size(); ++k) {
+      try {
+        out.emplace_back(generate_one(images[k], [&](int step, int steps) {
+          return progress(static_cast<int>(k), step, steps);
+        }));
+      } catch (const GenerationStopped&) {
+        out.emplace_back(std::nullopt);
+      }
+    }
+    return out;
+  }
   virtual std::string description() const = 0;  // "NVIDIA H100 80GB HBM3", "CPU (4 threads)"
   virtual DeviceMemory memory() const { return {}; }
 };

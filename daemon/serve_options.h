@@ -29,6 +29,8 @@ struct ServeOptions {
   std::vector<std::string> allowed_origins;  // origins besides the UI's own that may POST/DELETE
   std::string dispatch = "round-robin";
   int max_queue = 256;
+  int max_batch = 0;      // images per UNet batch per device; 0 = auto (CUDA 4, CPU 1)
+  int batch_wait_ms = 0;  // how long a batch waits for compatible partners
   int max_pixels = 1024 * 1024;
   int max_steps = 150;
   int max_n = 16;
@@ -46,7 +48,7 @@ struct ServeOptions {
   int threads = 0;  // total intra-op CPU threads for CPU workers; 0 = all cores
   int io_threads = 2;
   int drain_timeout_s = 30;
-  int default_steps = 0;  // 0: the model family's default (SD 50, SDXL 30, Turbo 1)
+  int default_steps = 0;             // 0: the model family's default (SD 50, SDXL 30, Turbo 1)
   int device_failure_threshold = 3;  // consecutive failures that make a device unhealthy
   int device_probe_interval_s = 60;  // then it is probed; doubles per failed probe (16x at most)
   std::string inject_faults;         // hidden, a test facility (daemon/fault_injection.h)

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <mutex>
 
 #include "daemon/cuda_driver.h"
 #include "daemon/dtype.h"
@@ -119,6 +120,27 @@ class TorchGenerator final : public ImageGenerator {
     return std::move(images.front());
   }
 
+  std::vector<std::optional<RgbImage>> generate_batch(const std::vector<ImageSpec>& batch,
+                                                      const BatchProgress& progress) override {
+    std::vector<Txt2ImgParams> items;
+    std::optional<InjectedFault> fault;  // one faulty image fails the batch, as a real fault
+    for (const auto& image : batch) {
+      items.push_back(txt2img_params(image));
+      const auto next = faults_ ? faults_->next(device_.name) : std::nullopt;
+      if (next && !fault) fault = next;
+    }
+    BatchOutcome outcome;
+    try {
+      outcome = model_->generate_batch(items, [&](int k, int step, int steps) {
+        if (fault) throw_injected(*fault, device_.name);
+        return progress(k, step, steps);
+      });
+    } catch (...) {
+      rethrow_generation_error(std::current_exception());
+    }
+    return std::move(outcome.images);
+  }
+
   std::string description() const override { return description_; }
 
   DeviceMemory memory() const override {
@@ -163,7 +185,16 @@ class TorchBackend final : public ModelBackend {
       if (options_.threads_per_worker > 0) at::set_num_threads(options_.threads_per_worker);
       description = "CPU (" + std::to_string(at::get_num_threads()) + " threads, " + dtype + ")";
     }
-    auto sd = StableDiffusion::load(model_, device, scalar_type(dtype));
+    std::unique_ptr<StableDiffusion> sd;
+    if (device.is_cpu()) {
+      // One CPU replica loads at a time: each module is first built with freshly initialised
+      // weights that the file's (in place, shared by the replicas) then replace; one at a time
+      // keeps that transient to one module, so cpu*N peaks near one model's bytes, not N.
+      std::lock_guard lock(cpu_load_mu_);
+      sd = StableDiffusion::load(model_, device, scalar_type(dtype));
+    } else {
+      sd = StableDiffusion::load(model_, device, scalar_type(dtype));
+    }
     spdlog::info("{}: loaded {} as {}", spec.name, model_.name, description);
     return std::make_unique<TorchGenerator>(spec, std::move(guard), std::move(sd), description,
                                             options_.faults);
@@ -180,6 +211,7 @@ class TorchBackend final : public ModelBackend {
   ModelFolder model_;
   TorchBackendOptions options_;
   ModelInfo info_;
+  std::mutex cpu_load_mu_;  // CPU replicas load one at a time
 };
 
 }  // namespace

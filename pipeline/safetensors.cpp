@@ -1,5 +1,9 @@
 #include "pipeline/safetensors.h"
 
+#include <sys/stat.h>
+
+#include <mutex>
+
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -61,7 +65,39 @@ StDType from_torch(torch::ScalarType type) {
 }
 
 std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
-  return std::shared_ptr<const SafetensorsFile>(new SafetensorsFile(SafetensorsMap::open(path)));
+  // One mapping per file per process, shared by every opener while any holds it (the cpu*N
+  // replicas of a model use the same pages, at the same addresses: the process's RSS counts
+  // them once). A file replaced or modified since (another inode, size or mtime) maps anew.
+  struct Identity {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    std::int64_t mtime_ns;
+    bool operator==(const Identity& o) const {
+      return dev == o.dev && ino == o.ino && size == o.size && mtime_ns == o.mtime_ns;
+    }
+  };
+  struct Entry {
+    Identity identity;
+    std::weak_ptr<const SafetensorsFile> file;
+  };
+  static std::mutex mu;
+  static std::map<std::string, Entry> open_files;
+  struct stat st {};
+  std::error_code ec;
+  const auto canonical = std::filesystem::weakly_canonical(path, ec);
+  if (ec || ::stat(canonical.c_str(), &st) != 0)  // let the map report a missing file
+    return std::shared_ptr<const SafetensorsFile>(new SafetensorsFile(SafetensorsMap::open(path)));
+  const Identity identity{st.st_dev, st.st_ino, st.st_size,
+                          std::int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+  std::lock_guard lock(mu);
+  for (auto it = open_files.begin(); it != open_files.end();)  // forget the closed ones
+    it = it->second.file.expired() ? open_files.erase(it) : std::next(it);
+  auto& entry = open_files[canonical.string()];
+  if (auto file = entry.file.lock(); file && entry.identity == identity) return file;
+  std::shared_ptr<const SafetensorsFile> file(new SafetensorsFile(SafetensorsMap::open(path)));
+  entry = {identity, file};
+  return file;
 }
 
 torch::Tensor SafetensorsFile::tensor(std::string_view name) const {

@@ -54,6 +54,14 @@ class GenerationCancelled : public std::runtime_error {
   GenerationCancelled() : std::runtime_error("generation cancelled") {}
 };
 
+// What generate_batch() made: per image (items in order, each item's images prompt-major), the
+// image, or nullopt when the callback stopped it (it left the batch at that step); and how many
+// images shared its UNet batch (the batch's size when it started).
+struct BatchOutcome {
+  std::vector<std::optional<RgbImage>> images;
+  std::vector<int> batch_sizes;
+};
+
 // Optional sink for intermediates (--dump): called with a name and a CPU tensor.
 using DumpSink = std::function<void(const std::string& name, const torch::Tensor& value)>;
 
@@ -77,6 +85,18 @@ class StableDiffusion {
   virtual std::vector<RgbImage> generate(const Txt2ImgParams& params,
                                          const StepCallback& on_step = {},
                                          const DumpSink& dump = {}) = 0;
+
+  // A batch across requests: the images of every item in one UNet batch. Each item keeps its
+  // own prompts, negative prompt, guidance scale (a [B] tensor when they differ), seed (its
+  // generators: image k of an item draws from seed + k, as alone) and micro-conditioning; all
+  // items must share steps, width, height, scheduler and CFG on/off (guidance_scale > 1), else
+  // std::invalid_argument. Images whose prompt embeddings differ in shape (e.g. prompts of
+  // different chunk counts) run as separate sub-batches, one after another. When on_step returns
+  // false for an image, that image leaves the batch before the next step (its outcome is
+  // nullopt) and the others go on undisturbed. Every image equals the same image generated alone
+  // (generate()) up to the floating-point rounding of a larger batch (within 1/255 per pixel).
+  virtual BatchOutcome generate_batch(const std::vector<Txt2ImgParams>& items,
+                                      const StepCallback& on_step = {}) = 0;
 
   virtual int default_width() const = 0;  // unet sample_size * vae scale factor
   virtual int default_height() const = 0;
