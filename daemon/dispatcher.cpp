@@ -187,9 +187,10 @@ std::vector<TaskRef> Dispatcher::compatible_locked(int device, const TaskRef& fi
   const bool others = others_healthy_locked(device);
   auto sweep = [&](Queue& queue, int limit) {
     for (auto it = queue.begin(); it != queue.end() && static_cast<int>(found.size()) < limit;) {
-      if (it->priority < first.priority) break;  // in run order: nothing later qualifies
-      if (it->priority == first.priority && it->batch_key == first.batch_key &&
-          !(it->avoid_device == device && others)) {
+      // In run order: a higher priority queued since `first` was taken is not delayed by a
+      // bigger batch (no partners then), and nothing after a lower priority qualifies.
+      if (it->priority != first.priority) break;
+      if (it->batch_key == first.batch_key && !(it->avoid_device == device && others)) {
         found.push_back(*it);
         it = queue.erase(it);
       } else {

@@ -96,7 +96,8 @@ class Dispatcher {
   // Non-blocking take().
   std::optional<TaskRef> try_take(int device);
   // Partners for a batch that starts with `first` (a task this device took): up to `max` queued
-  // tasks with first's batch key and priority, from this device's share, in run order. Waits
+  // tasks with first's batch key and priority, from this device's share, in run order (none
+  // while a task of higher priority waits there: a bigger batch would delay it). Waits
   // until `until` while it has found none (until <= now: does not wait); returns early on stop,
   // pause or a change of the device's health. Nothing for a probing device or an empty key.
   std::vector<TaskRef> take_compatible(int device, const TaskRef& first, int max,

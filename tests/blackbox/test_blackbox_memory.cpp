@@ -59,7 +59,7 @@ Peak serve_and_measure(const fs::path& model, const fs::path& data, const std::s
 
 }  // namespace
 
-TEST_CASE("cpu*2 replicas share the weight pages of one model", "[blackbox][memory]") {
+TEST_CASE("two CPU replicas share the weight pages of one model", "[blackbox][memory]") {
   TempDir dir("memory");
   const fs::path model = dir.path / "small-sd1";
   const std::string make = daemon_binary().string() + " make-random-model --arch small-sd1 --out " +

@@ -87,6 +87,12 @@ TEST_CASE("take_compatible: same key and priority from the device's own queue, i
   CHECK(d.take_compatible(0, *first, 8).empty());
   CHECK(d.try_take(0)->job_id == "b");
   CHECK(d.try_take(0)->job_id == "f");
+  // A higher priority waiting: no partners (a bigger batch would delay it).
+  d.enqueue(keyed("x", 0, "K", 0, 9));
+  d.enqueue(keyed("urgent", 0, "L", 5, 10));
+  CHECK(d.take_compatible(0, *first, 4).empty());
+  CHECK(d.try_take(0)->job_id == "urgent");
+  CHECK(names(d.take_compatible(0, *first, 4)) == std::vector<std::string>{"x/0"});
   // An empty key never batches.
   d.enqueue(keyed("g", 0, "", 0, 7));
   d.enqueue(keyed("h", 0, "", 0, 8));
