@@ -3,6 +3,7 @@
 #include <c10/core/Stream.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -188,10 +189,13 @@ class TorchBackend final : public ModelBackend {
     std::unique_ptr<StableDiffusion> sd;
     if (device.is_cpu()) {
       // One CPU replica loads at a time: each module is first built with freshly initialised
-      // weights that the file's (in place, shared by the replicas) then replace; one at a time
-      // keeps that transient to one module, so cpu*N peaks near one model's bytes, not N.
+      // weights that the file's (in place, shared by the replicas) then replace. Those freed
+      // initial weights stay in this thread's malloc arena unless trimmed, and each worker
+      // thread has its own arena: without the trim every replica would keep a model-sized
+      // transient. One at a time + trim: cpu*N peaks near one model's bytes, not N.
       std::lock_guard lock(cpu_load_mu_);
       sd = StableDiffusion::load(model_, device, scalar_type(dtype));
+      ::malloc_trim(0);
     } else {
       sd = StableDiffusion::load(model_, device, scalar_type(dtype));
     }

@@ -65,7 +65,8 @@ StDType from_torch(torch::ScalarType type) {
 }
 
 std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
-  // One mapping per file per process, shared by every opener while any holds it (the cpu*N
+  // One mapping per file per process, shared while anything holds it (a SafetensorsFile or a
+  // tensor made from it: in-place weights keep it for the replica's lifetime; the cpu*N
   // replicas of a model use the same pages, at the same addresses: the process's RSS counts
   // them once). A file replaced or modified since (another inode, size or mtime) maps anew.
   struct Identity {
@@ -77,9 +78,9 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesyst
       return dev == o.dev && ino == o.ino && size == o.size && mtime_ns == o.mtime_ns;
     }
   };
-  struct Entry {
+  struct Entry {  // the mapping, which the tensors made from it keep alive
     Identity identity;
-    std::weak_ptr<const SafetensorsFile> file;
+    std::weak_ptr<const SafetensorsMap> map;
   };
   static std::mutex mu;
   static std::map<std::string, Entry> open_files;
@@ -91,13 +92,15 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesyst
   const Identity identity{st.st_dev, st.st_ino, st.st_size,
                           std::int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
   std::lock_guard lock(mu);
-  for (auto it = open_files.begin(); it != open_files.end();)  // forget the closed ones
-    it = it->second.file.expired() ? open_files.erase(it) : std::next(it);
+  for (auto it = open_files.begin(); it != open_files.end();)  // forget the unmapped ones
+    it = it->second.map.expired() ? open_files.erase(it) : std::next(it);
   auto& entry = open_files[canonical.string()];
-  if (auto file = entry.file.lock(); file && entry.identity == identity) return file;
-  std::shared_ptr<const SafetensorsFile> file(new SafetensorsFile(SafetensorsMap::open(path)));
-  entry = {identity, file};
-  return file;
+  std::shared_ptr<const SafetensorsMap> map = entry.map.lock();
+  if (!map || !(entry.identity == identity)) {
+    map = SafetensorsMap::open(path);
+    entry = {identity, map};
+  }
+  return std::shared_ptr<const SafetensorsFile>(new SafetensorsFile(std::move(map)));
 }
 
 torch::Tensor SafetensorsFile::tensor(std::string_view name) const {
