@@ -106,7 +106,7 @@ TEST_CASE("a batch without classifier-free guidance, and items of several images
   for (int k = 0; k < 4; ++k) CHECK(max_difference(*outcome.images[1 + k], b_alone[k]) <= 1);
 }
 
-TEST_CASE("an image stopped mid-batch leaves it; the others are undisturbed", "[pipeline][batch]") {
+TEST_CASE("an image stopped mid-batch leaves it - the others are undisturbed", "[pipeline][batch]") {
   auto& pipe = tiny("tiny-sd1");
   // Multistep samplers (history per row), a second-order one and a stochastic one.
   for (const std::string scheduler : {"dpmpp_2m", "unipc", "pndm", "lms", "heun", "euler_a"}) {
