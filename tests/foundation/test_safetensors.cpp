@@ -85,8 +85,13 @@ TEST_CASE("safetensors: tensors are views over the mapping and outlive the file 
     CHECK(t.data_ptr() == again.data_ptr());  // same bytes: no copy
   }
   CHECK(t[15].item<float>() == 15.0f);  // the mapping is still alive
-  t.add_(1);                            // private mapping: the file is not changed
-  auto reopened = SafetensorsFile::open(p);
+  // While anything holds the mapping, opening the file again shares it (one per process).
+  auto shared = SafetensorsFile::open(p);
+  CHECK(shared->tensor("w").data_ptr() == t.data_ptr());
+  t.add_(1);  // private mapping: the file is not changed
+  t = torch::Tensor();
+  shared.reset();
+  auto reopened = SafetensorsFile::open(p);  // mapped anew: the file's own bytes
   CHECK(reopened->tensor("w")[15].item<float>() == 15.0f);
 }
 
@@ -117,17 +122,16 @@ TEST_CASE("safetensors: malformed files give one clear line naming the file", "[
                    "beyond the end of the file"});
   cases.push_back({"invalid JSON", write_raw("bad_json.safetensors", "{\"a\": [1,", eight_bytes),
                    "invalid JSON header"});
-  cases.push_back({"header not an object", write_raw("array.safetensors", "[1,2]", ""),
-                   "not a JSON object"});
   cases.push_back(
-      {"unknown dtype",
-       write_raw("dtype.safetensors", R"({"a":{"dtype":"F8","shape":[2],"data_offsets":[0,2]}})",
-                 "xx"),
-       "unknown dtype 'F8'"});
+      {"header not an object", write_raw("array.safetensors", "[1,2]", ""), "not a JSON object"});
+  cases.push_back({"unknown dtype",
+                   write_raw("dtype.safetensors",
+                             R"({"a":{"dtype":"F8","shape":[2],"data_offsets":[0,2]}})", "xx"),
+                   "unknown dtype 'F8'"});
   cases.push_back(
       {"shape/offset mismatch",
-       write_raw("mismatch.safetensors", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
-                 eight_bytes),
+       write_raw("mismatch.safetensors",
+                 R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", eight_bytes),
        "shape/offset mismatch"});
   cases.push_back(
       {"offsets out of range",
@@ -142,8 +146,8 @@ TEST_CASE("safetensors: malformed files give one clear line naming the file", "[
                    "overlapping"});
   cases.push_back(
       {"begin after end",
-       write_raw("reversed.safetensors", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})",
-                 eight_bytes),
+       write_raw("reversed.safetensors",
+                 R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", eight_bytes),
        "begin > end"});
   cases.push_back(
       {"negative dimension",
@@ -168,8 +172,7 @@ TEST_CASE("safetensors: malformed files give one clear line naming the file", "[
 }
 
 TEST_CASE("safetensors: a truncated copy of a real weights file is rejected", "[safetensors]") {
-  fs::path src =
-      fs::path(DIFFUSIOND_FIXTURES) / "tiny-sd1/vae/diffusion_pytorch_model.safetensors";
+  fs::path src = fs::path(DIFFUSIOND_FIXTURES) / "tiny-sd1/vae/diffusion_pytorch_model.safetensors";
   fs::path dst = temp_dir() / "truncated.safetensors";
   fs::copy_file(src, dst, fs::copy_options::overwrite_existing);
   fs::resize_file(dst, fs::file_size(src) / 2);
