@@ -3,7 +3,10 @@
 // images/s and peak RSS. Prints a table. Not a test: nothing here asserts on time.
 //
 //   bench_pipeline --model DIR [--width 256 --height 256 --steps 4 --device cpu --dtype fp32
-//                  --batch 1 --runs 1 --scheduler NAME]
+//                  --batch 1 --runs 1 --scheduler NAME --mixed]
+// --mixed: the batch is --batch different requests (own prompt, seed and guidance scale) run
+// with generate_batch(), as the daemon batches across requests; else one request of --batch
+// images.
 #include <CLI/CLI.hpp>
 
 #include <sys/resource.h>
@@ -74,6 +77,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--scheduler", scheduler, "Sampler (default: the model's)");
   app.add_option("--prompt", prompt)->capture_default_str();
+  bool mixed = false;
+  app.add_flag("--mixed", mixed, "Batch --batch different requests (generate_batch)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -99,7 +104,22 @@ int main(int argc, char** argv) {
       params.height = height;
       params.seed = 42;
       params.scheduler = scheduler;
-      auto images = pipe->generate(params);
+      std::vector<RgbImage> images;
+      if (mixed) {
+        std::vector<Txt2ImgParams> items;
+        for (int k = 0; k < batch; ++k) {
+          Txt2ImgParams item = params;
+          item.num_images_per_prompt = 1;
+          item.prompts = {params.prompts.front() + ", variation " + std::to_string(k)};
+          item.seed = 42 + 1000 * static_cast<std::uint64_t>(k);
+          item.guidance_scale = 7.5 - 0.5 * k;
+          if (item.guidance_scale <= 1) item.guidance_scale = 7.5;
+          items.push_back(std::move(item));
+        }
+        for (auto& image : pipe->generate_batch(items).images) images.push_back(std::move(*image));
+      } else {
+        images = pipe->generate(params);
+      }
       const GenerationTimings t = pipe->last_timings();
 
       auto png_start = Clock::now();
