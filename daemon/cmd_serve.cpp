@@ -145,6 +145,7 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   backend_options.is_test_model = model.is_test_model;
   backend_options.notice = model.notice;
   backend_options.pad_cond_uncond = options.pad_cond_uncond;
+  backend_options.tuning = resolve_device_tuning(options.tuning);
   if (!options.inject_faults.empty()) {
     std::vector<std::string> names;
     for (const auto& d : devices) names.push_back(d.name);

@@ -15,8 +15,10 @@
 
 #include "daemon/fault_injection.h"
 #include "daemon/image_generator.h"
-#include "daemon/model_library.h"
 #include "daemon/lora_catalog.h"
+#include "daemon/model_library.h"
+#include "daemon/serve_options.h"
+#include "pipeline/device_tuning.h"
 
 namespace diffusiond {
 
@@ -34,7 +36,12 @@ struct TorchBackendOptions {
   std::shared_ptr<FaultInjector> faults;
   // Where LoRA names resolve to files (the core checks the same names at submit). null: none.
   std::shared_ptr<const LoraCatalog> loras;
+  DeviceTuning tuning;  // CUDA replicas: graphs, channels_last, cudnn.benchmark
 };
+
+// The tuning the flags ask for: the pipeline's defaults (pipeline/device_tuning.h) where a flag
+// was not given.
+DeviceTuning resolve_device_tuning(const DeviceTuningFlags& flags);
 
 // What a replica throws when the pipeline failed: DeviceOutOfMemory for c10::OutOfMemoryError
 // (CUDA's caching allocator; LibTorch >= 1.13), for a c10::Error naming an allocation failure

@@ -13,252 +13,24 @@
 #include <chrono>
 #include <stdexcept>
 
-#include "pipeline/media/config_util.h"
-#include "pipeline/model_family.h"
-#include "pipeline/prompt_encoder.h"
+#include "pipeline/device_sync.h"
 #include "pipeline/schedulers/scheduler.h"
-#include "pipeline/unet.h"
-#include "pipeline/vae.h"
+#include "pipeline/txt2img_pipeline.h"
 
 namespace diffusiond {
+namespace detail {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
-
-// Rows of the batch that share one sequence length: their indices in the batch, their text
-// embeddings [rows, L, hidden] and added conditions.
-struct ConditioningGroup {
-  torch::Tensor index;  // [rows] int64 on the device; undefined when the group is the whole batch
-  torch::Tensor embeds;
-  UNetAddedConditions added;
-};
 
 std::string two_digits(int i) {
   std::string s = std::to_string(i);
   return s.size() < 2 ? "0" + s : s;
 }
 
-// One image of a batch: what it is conditioned on and where its noise comes from.
-struct BatchRow {
-  int out = 0;                   // its index in the BatchOutcome
-  int item = 0;                  // its item (Txt2ImgParams) in the call
-  PromptEmbedding cond, uncond;  // uncond only when guiding
-  double guidance_scale = 0;
-  std::uint64_t seed = 0;  // its own CPU generator's seed
-  torch::Tensor time_ids;  // SDXL: [1, 6] in the model dtype (CPU)
-  torch::Tensor latents;   // given initial noise [1, C, h, w]; undefined: drawn
-};
-
-// Ref: StableDiffusionPipeline, StableDiffusionXLPipeline (is_xl). Owner: one device worker;
-// generate() from its thread only.
-class StableDiffusionPipeline final : public StableDiffusion {
- public:
-  StableDiffusionPipeline(const ModelFolder& model, torch::Device device, torch::ScalarType dtype)
-      : device_(device),
-        dtype_(dtype),
-        xl_(is_sdxl(model)),
-        force_zeros_for_empty_prompt_(xl_ && force_zeros_for_empty_prompt(model)),
-        prompts_(model, xl_, device, dtype),
-        unet_(load_unet(model, device, dtype)),
-        vae_(load_vae(model, device, dtype)),
-        scheduler_config_(model.scheduler_config()),
-        default_scheduler_(default_scheduler_name(scheduler_config_)) {
-    // diffusers loads the VAE in the model dtype and, for float16 with force_upcast, runs it in
-    // float32 (upcast_vae): the weights are rounded to float16 first, as here.
-    if (dtype == torch::kFloat16 && vae_->config().force_upcast) vae_->to(torch::kFloat32);
-    vae_dtype_ = vae_->parameters().empty() ? dtype : vae_->parameters().front().scalar_type();
-    const bool added = unet_->config().addition_embed_type == "text_time";
-    if (added != xl_) {
-      throw ConfigError(model.config_path("unet").string() +
-                        (xl_ ? ": an SDXL pipeline needs a UNet with addition_embed_type "
-                               "'text_time'"
-                             : ": addition_embed_type 'text_time' needs an SDXL pipeline "
-                               "(model_index.json StableDiffusionXLPipeline)"));
-    }
-    unet_->eval();
-    vae_->eval();
-    std::vector<LoraTarget> targets = prompts_.lora_targets();
-    targets.push_back({"unet", unet_.ptr()});
-    loras_ = std::make_unique<LoraState>(std::move(targets));
-  }
-
-  LoraApplyReport apply_loras(const std::vector<LoraApplication>& set) override {
-    LoraApplyReport report = loras_->apply(set);
-    if (report.changed) prompts_.clear_cache();  // the text encoders' weights changed
-    return report;
-  }
-
-  std::vector<RgbImage> generate(const Txt2ImgParams& params, const StepCallback& on_step,
-                                 const DumpSink& dump) override;
-  BatchOutcome generate_batch(const std::vector<Txt2ImgParams>& items,
-                              const StepCallback& on_step) override;
-
-  int default_width() const override { return default_size(); }
-  int default_height() const override { return default_size(); }
-  std::string default_scheduler() const override { return default_scheduler_; }
-  bool is_xl() const override { return xl_; }
-  int64_t prompt_sequence_length(const std::string& prompt, bool a1111) const override {
-    return prompts_.sequence_length(prompt, a1111);
-  }
-  torch::Device device() const override { return device_; }
-  GenerationTimings last_timings() const override { return timings_; }
-  void set_profiling(bool on) override { profiling_ = on; }
-
- private:
-  int default_size() const { return unet_->config().sample_size * vae_->config().scale_factor(); }
-  // A small host tensor onto the device without waiting for it (pinned, non-blocking on CUDA).
-  torch::Tensor to_device_async(const torch::Tensor& host) const {
-    return device_.is_cuda() ? host.pin_memory().to(device_, /*non_blocking=*/true)
-                             : host.to(device_);
-  }
-  void sync() const {
-    if (profiling_ && device_.is_cuda()) torch::cuda::synchronize(device_.index());
-  }
-  void validate(const Txt2ImgParams& params) const;
-  // pad_cond_uncond: rows shorter than the longest get the empty prompt's chunk encoding
-  // repeated at their end (A1111's pad_cond: (longest - L) / 77 copies).
-  void pad_to_longest(std::vector<torch::Tensor>& rows);
-  // One group per distinct sequence length, in order of first appearance; a batch of one length
-  // is one group holding the whole batch (index undefined), exactly the plain path's pass.
-  std::vector<ConditioningGroup> group_by_length(const std::vector<torch::Tensor>& rows,
-                                                 const UNetAddedConditions& added) const;
-  // The UNet's noise prediction for the whole batch: one pass per group.
-  // t: the step's timestep, a 0-dim float32 tensor on the device.
-  torch::Tensor denoise(const torch::Tensor& model_input, const torch::Tensor& t,
-                        const std::vector<ConditioningGroup>& groups);
-  // SDXL's add_time_ids [1, 6] in the model dtype: original_size + crops + target_size.
-  torch::Tensor add_time_ids(const Txt2ImgParams& params) const;
-  // The images of a batch, items in order (each item's images prompt-major), their prompts
-  // encoded; checks every item and that they share what a batch shares.
-  std::vector<BatchRow> batch_rows(const std::vector<Txt2ImgParams>& items);
-  // Denoises and decodes rows whose embeddings have one shape as one UNet batch; fills their
-  // entries of `outcome` (an image that stopped stays nullopt).
-  void run_rows(const std::vector<BatchRow>& rows, const std::vector<Txt2ImgParams>& items,
-                const StepCallback& on_step, const DumpSink& dump, Clock::time_point start,
-                BatchOutcome& outcome);
-
-  torch::Device device_;
-  torch::ScalarType dtype_;
-  bool xl_;
-  bool force_zeros_for_empty_prompt_;
-  PromptEncoder prompts_;
-  UNet2DConditionModel unet_;
-  AutoencoderKL vae_;
-  torch::ScalarType vae_dtype_ = torch::kFloat32;
-  nlohmann::json scheduler_config_;
-  std::string default_scheduler_;
-  GenerationTimings timings_;
-  bool profiling_ = false;
-  std::unique_ptr<LoraState> loras_;  // this replica's LoRA set (pipeline/lora.h)
-};
-
-void StableDiffusionPipeline::validate(const Txt2ImgParams& params) const {
-  const int multiple = vae_->config().scale_factor();
-  auto fail = [](const std::string& what) { throw std::invalid_argument(what); };
-  if (params.prompts.empty()) fail("no prompt given");
-  if (params.num_images_per_prompt < 1) fail("num_images_per_prompt must be at least 1");
-  if (params.steps < 1) fail("steps must be at least 1");
-  if (params.width < multiple || params.height < multiple || params.width % multiple != 0 ||
-      params.height % multiple != 0) {
-    fail("width and height must be positive multiples of " + std::to_string(multiple) + " (got " +
-         std::to_string(params.width) + "x" + std::to_string(params.height) + ")");
-  }
-  if (!xl_ && (params.original_size || params.crops_coords_top_left || params.target_size)) {
-    fail("original_size, crops_coords_top_left and target_size apply to SDXL models only");
-  }
-  for (const auto* size : {&params.original_size, &params.target_size}) {
-    if (*size && ((**size)[0] < 1 || (**size)[1] < 1))
-      fail("original_size and target_size must be positive");
-  }
-  if (params.crops_coords_top_left &&
-      ((*params.crops_coords_top_left)[0] < 0 || (*params.crops_coords_top_left)[1] < 0)) {
-    fail("crops_coords_top_left must not be negative");
-  }
-  if (!params.scheduler.empty() && !canonical_scheduler_name(params.scheduler)) {
-    std::string names;
-    for (const auto& entry : scheduler_registry())
-      names += (names.empty() ? "" : ", ") + entry.name;
-    fail("unknown scheduler '" + params.scheduler + "' (known: " + names + ")");
-  }
-}
-
-void StableDiffusionPipeline::pad_to_longest(std::vector<torch::Tensor>& rows) {
-  int64_t longest = 0;
-  for (const auto& r : rows) longest = std::max(longest, r.size(1));
-  torch::Tensor empty;
-  for (auto& r : rows) {
-    if (r.size(1) == longest) continue;
-    if (!empty.defined()) empty = prompts_.encode("", /*a1111=*/true).embeds;  // [1, 77, hidden]
-    const int64_t repeats = (longest - r.size(1)) / empty.size(1);
-    r = torch::cat({r, empty.repeat({1, repeats, 1})}, 1);
-  }
-}
-
-std::vector<ConditioningGroup> StableDiffusionPipeline::group_by_length(
-    const std::vector<torch::Tensor>& rows, const UNetAddedConditions& added) const {
-  std::vector<int64_t> lengths;
-  std::vector<std::vector<int64_t>> members;
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    const int64_t length = rows[i].size(1);
-    const auto at = std::find(lengths.begin(), lengths.end(), length);
-    if (at == lengths.end()) {
-      lengths.push_back(length);
-      members.push_back({static_cast<int64_t>(i)});
-    } else {
-      members[static_cast<std::size_t>(at - lengths.begin())].push_back(static_cast<int64_t>(i));
-    }
-  }
-  std::vector<ConditioningGroup> groups;
-  if (members.size() == 1) {
-    groups.push_back({torch::Tensor(), torch::cat(rows, 0), added});
-    return groups;
-  }
-  for (const auto& m : members) {
-    ConditioningGroup g;
-    g.index = torch::tensor(m, torch::kInt64).to(device_);
-    std::vector<torch::Tensor> parts;
-    for (int64_t i : m) parts.push_back(rows[static_cast<std::size_t>(i)]);
-    g.embeds = torch::cat(parts, 0);
-    if (added.text_embeds.defined()) {
-      g.added.text_embeds = added.text_embeds.index_select(0, g.index);
-      g.added.time_ids = added.time_ids.index_select(0, g.index);
-    }
-    groups.push_back(std::move(g));
-  }
-  return groups;
-}
-
-torch::Tensor StableDiffusionPipeline::denoise(const torch::Tensor& model_input,
-                                               const torch::Tensor& t,
-                                               const std::vector<ConditioningGroup>& groups) {
-  if (groups.size() == 1 && !groups.front().index.defined())
-    return unet_->forward(model_input, t, groups.front().embeds, groups.front().added);
-  torch::Tensor out;
-  for (const auto& g : groups) {
-    const auto part = unet_->forward(model_input.index_select(0, g.index), t, g.embeds, g.added);
-    if (!out.defined()) {
-      auto sizes = part.sizes().vec();
-      sizes[0] = model_input.size(0);
-      out = torch::empty(sizes, part.options());
-    }
-    out.index_copy_(0, g.index, part);
-  }
-  return out;
-}
-
-torch::Tensor StableDiffusionPipeline::add_time_ids(const Txt2ImgParams& p) const {
-  const std::array<int, 2> output = {p.height, p.width};
-  const auto original = p.original_size.value_or(output);
-  const auto crops = p.crops_coords_top_left.value_or(std::array<int, 2>{0, 0});
-  const auto target = p.target_size.value_or(output);
-  std::vector<float> ids = {float(original[0]), float(original[1]), float(crops[0]),
-                            float(crops[1]),    float(target[0]),   float(target[1])};
-  return torch::tensor(ids, torch::kFloat32).unsqueeze(0).to(dtype_);  // [1, 6]
-}
+}  // namespace
 
 std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& params,
                                                         const StepCallback& on_step,
@@ -329,61 +101,6 @@ BatchOutcome StableDiffusionPipeline::generate_batch(const std::vector<Txt2ImgPa
   }
   timings_.total_s = seconds_since(start);
   return outcome;
-}
-
-std::vector<BatchRow> StableDiffusionPipeline::batch_rows(const std::vector<Txt2ImgParams>& items) {
-  const Txt2ImgParams& first = items.front();
-  const bool guidance = first.guidance_scale > 1.0;
-  const std::string scheduler = first.scheduler.empty() ? default_scheduler_ : first.scheduler;
-  for (const auto& item : items) {
-    validate(item);
-    const std::string name = item.scheduler.empty() ? default_scheduler_ : item.scheduler;
-    if (item.steps != first.steps || item.width != first.width || item.height != first.height ||
-        canonical_scheduler_name(name) != canonical_scheduler_name(scheduler) ||
-        (item.guidance_scale > 1.0) != guidance)
-      throw std::invalid_argument(
-          "generate_batch: every item must share steps, width, height, scheduler and "
-          "classifier-free guidance on or off");
-  }
-  const int64_t channels = unet_->config().in_channels;
-  const int64_t latent_h = first.height / vae_->config().scale_factor();
-  const int64_t latent_w = first.width / vae_->config().scale_factor();
-  std::vector<BatchRow> rows;
-  for (int item_index = 0; item_index < static_cast<int>(items.size()); ++item_index) {
-    const Txt2ImgParams& item = items[static_cast<std::size_t>(item_index)];
-    const bool a1111 = item.a1111_prompt_syntax;  // rows are 77 x chunks long with A1111 syntax
-    const int per_prompt = item.num_images_per_prompt;
-    const int count = static_cast<int>(item.prompts.size()) * per_prompt;
-    if (item.latents.defined()) {
-      const std::vector<int64_t> expected = {count, channels, latent_h, latent_w};
-      if (item.latents.sizes() != c10::IntArrayRef(expected))
-        throw std::invalid_argument("latents: expected shape " +
-                                    c10::str(c10::IntArrayRef(expected)) + ", got " +
-                                    c10::str(item.latents.sizes()));
-    }
-    // SD 1.x/2.x encode an absent negative prompt as ""; SDXL with
-    // force_zeros_for_empty_prompt uses zeros.
-    PromptEmbedding uncond;
-    if (guidance) {
-      uncond = !item.negative_prompt && force_zeros_for_empty_prompt_
-                   ? prompts_.zeros()
-                   : prompts_.encode(item.negative_prompt.value_or(""), a1111);
-    }
-    const torch::Tensor time_ids = xl_ ? add_time_ids(item) : torch::Tensor();
-    for (int k = 0; k < count; ++k) {
-      BatchRow row;
-      row.out = static_cast<int>(rows.size());
-      row.item = item_index;
-      row.cond = prompts_.encode(item.prompts[static_cast<std::size_t>(k / per_prompt)], a1111);
-      row.uncond = uncond;
-      row.guidance_scale = item.guidance_scale;
-      row.seed = item.seed + static_cast<std::uint64_t>(k);
-      row.time_ids = time_ids;
-      if (item.latents.defined()) row.latents = item.latents.slice(0, k, k + 1);
-      rows.push_back(std::move(row));
-    }
-  }
-  return rows;
 }
 
 void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
@@ -524,6 +241,7 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
   };
 
   const int total = static_cast<int>(timesteps.size());
+  StepFence fence(device_, tuning_.max_steps_ahead);  // CUDA: a bounded lead over the device
   for (int i = 0; i < total && !alive.empty(); ++i) {
     const auto step_start = Clock::now();
     torch::Tensor model_input = guidance ? torch::cat({latents, latents}, 0) : latents;
@@ -539,6 +257,8 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
     emit("noise_pred." + two_digits(i), noise_pred);
     latents = scheduler->step_batch(noise_pred, i, latents, generators);
     emit("latents." + two_digits(i + 1), latents);
+    fence.launched();
+    fence.wait();
     sync();
     timings_.step_s.push_back(seconds_since(step_start));
     if (on_step) remove_stopped(i + 1, total);
@@ -552,14 +272,16 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
   torch::Tensor decoded =
       vae_->decode((latents / vae_->config().scaling_factor).to(vae_dtype_));  // [B,3,H,W]
   emit("decoded", decoded);
-  // VaeImageProcessor.postprocess: denormalise in the VAE's dtype, to float32 on the host,
-  // * 255, round half to even, uint8, HWC.
+  // VaeImageProcessor.postprocess: denormalise in the VAE's dtype, to float32 (diffusers: on
+  // the host), * 255, round half to even, uint8, HWC.
   torch::Tensor image = (decoded / 2 + 0.5).clamp(0, 1);
   emit("image", image);
-  torch::Tensor bytes = (image.to(torch::kCPU).to(torch::kFloat32).permute({0, 2, 3, 1}) * 255)
-                            .round()
-                            .to(torch::kUInt8)
-                            .contiguous();  // [B,H,W,3]
+  // Here on the device (one IEEE multiply and rounding each: the same bytes as on the host), then
+  // one non-blocking copy of the uint8 pixels into pinned memory.
+  torch::Tensor bytes = copy_to_host((image.to(torch::kFloat32).permute({0, 2, 3, 1}) * 255)
+                                         .round()
+                                         .to(torch::kUInt8)
+                                         .contiguous());  // [B,H,W,3]
   for (std::size_t b = 0; b < alive.size(); ++b) {
     RgbImage out;
     out.width = shared.width;
@@ -572,7 +294,7 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
   timings_.vae_decode_s += seconds_since(decode_start);
 }
 
-}  // namespace
+}  // namespace detail
 
 std::unique_ptr<StableDiffusion> StableDiffusion::load(const ModelFolder& model,
                                                        torch::Device device,
@@ -584,7 +306,7 @@ std::unique_ptr<StableDiffusion> StableDiffusion::load(const ModelFolder& model,
                                 " (no CPU kernels): use fp32 or bf16");
   }
 #endif
-  return std::make_unique<StableDiffusionPipeline>(model, device, dtype);
+  return std::make_unique<detail::StableDiffusionPipeline>(model, device, dtype);
 }
 
 }  // namespace diffusiond
