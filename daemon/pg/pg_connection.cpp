@@ -106,9 +106,19 @@ PgResult PgConnection::exec(const std::string& sql, const std::vector<PgParam>& 
     lengths[i] = params[i].value ? static_cast<int>(params[i].value->size()) : 0;
     formats[i] = params[i].binary ? 1 : 0;
   }
+  // A connection idle outside a transaction may have been closed by a server restart without
+  // our knowing: then the statement (a BEGIN, or one on its own) runs again once on a new one.
+  const bool idle = PQtransactionStatus(conn_) == PQTRANS_IDLE;
   pg_result* r = PQexecParams(conn_, sql.c_str(), static_cast<int>(params.size()), nullptr,
                               values.data(), lengths.data(), formats.data(), 0);
-  const auto status = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+  auto status = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+  if (status == PGRES_FATAL_ERROR && idle && PQstatus(conn_) != CONNECTION_OK) {
+    if (r) PQclear(r);
+    connect();
+    r = PQexecParams(conn_, sql.c_str(), static_cast<int>(params.size()), nullptr, values.data(),
+                     lengths.data(), formats.data(), 0);
+    status = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+  }
   if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
     fail(sql.substr(0, sql.find_first_of("(\n")), r);
   return PgResult(r);

@@ -29,6 +29,7 @@ class DaemonProcess {
   void kill_hard();          // SIGKILL, and reap
   int terminate_and_wait();  // SIGTERM; returns the exit status
   bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }  // for SIGSTOP/SIGCONT in the fleet tests
   std::string log() const;
 
  private:
