@@ -20,6 +20,20 @@ constexpr auto kProgressEvery = std::chrono::milliseconds(500);
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
+// The PNG files image_path() copied out of the database: removed an hour after they were made
+// (a later request copies them again; a job deleted by retention leaves nothing behind).
+void sweep_image_cache(const std::filesystem::path& dir, std::chrono::hours max_age) {
+  std::error_code ec;
+  const auto cutoff = std::filesystem::file_time_type::clock::now() - max_age;
+  for (auto it = std::filesystem::directory_iterator(dir, ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    std::error_code e;
+    bool fresh = false;
+    for (const auto& file : std::filesystem::directory_iterator(it->path(), e))
+      if (std::filesystem::last_write_time(file.path(), e) >= cutoff) fresh = true;
+    if (!fresh) std::filesystem::remove_all(it->path(), e);
+  }
+}
 }  // namespace
 
 void ClusterService::wake_claimer() {
@@ -174,6 +188,7 @@ void ClusterService::heartbeat_loop() {
   const auto every = std::max(std::chrono::milliseconds(100), cluster_.lease / 3);
   auto last_prune = Clock::now() - std::chrono::hours(1);
   auto last_status = Clock::now() - std::chrono::hours(1);
+  auto last_cache_sweep = Clock::now();
   const auto watchdog = systemd_watchdog_interval();
   while (!stop_threads_) {
     try {
@@ -193,6 +208,10 @@ void ClusterService::heartbeat_loop() {
       db.reset();
     } catch (const std::exception& e) {
       spdlog::error("heartbeat: {}", e.what());
+    }
+    if (Clock::now() - last_cache_sweep > std::chrono::minutes(10)) {
+      last_cache_sweep = Clock::now();
+      sweep_image_cache(cluster_.cache_dir, std::chrono::hours(1));
     }
     if (Clock::now() - last_status > std::chrono::seconds(5)) {
       last_status = Clock::now();

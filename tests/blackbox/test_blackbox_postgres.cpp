@@ -146,6 +146,10 @@ TEST_CASE("a fleet of three daemons on one PostgreSQL: jobs from one run on all,
   for (int j = 0; j < 3; ++j)
     ids.push_back(submit(a, R"({"prompt":"a fleet","n":3,"steps":6,"seed":)" +
                                 std::to_string(1000 * (j + 1)) + "}"));
+  // The events of A's last job, streamed by daemon C (polled from the store there).
+  RawConnection events(c, 120);
+  events.send("GET /jobs/" + ids[2] +
+              "/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n");
   // ?wait=1 on daemon C answers once a job of A's finished, wherever it ran.
   HttpReply waited = http_request(c, "POST", "/generate?wait=1",
                                   R"({"prompt":"a fleet","n":1,"steps":6,"seed":7})");
@@ -168,6 +172,17 @@ TEST_CASE("a fleet of three daemons on one PostgreSQL: jobs from one run on all,
     }
   }
   CHECK(one_per_daemon.size() == 3);  // every daemon ran some of A's images
+  {
+    const std::string raw = events.read_to_close();  // the stream ends after the job's end
+    const auto messages = parse_event_stream(raw.substr(raw.find("\r\n\r\n") + 4));
+    std::set<int> images_done;
+    for (const auto& m : messages)
+      if (m.event == "image") images_done.insert(json::parse(m.data)["image"].get<int>());
+    INFO(raw);
+    REQUIRE(!messages.empty());
+    CHECK(images_done == std::set<int>{0, 1, 2});
+    CHECK(messages.back().event == "done");
+  }
   for (const auto& [pid, which] : one_per_daemon) {
     const auto& [id, k, seed] = which;
     INFO("image " << k << " of " << id << " made by daemon " << pid);
