@@ -173,6 +173,9 @@ std::string ClusterService::metrics_text() const {
   w.header("diffusiond_claim_seconds", "histogram",
            "Time of one claim statement (UPDATE ... FOR UPDATE SKIP LOCKED) against PostgreSQL");
   w.histogram("diffusiond_claim_seconds", {}, claim_seconds_.snapshot());
+  w.header("diffusiond_store_write_seconds", "histogram",
+           "Time of one result write (start, PNG, failure) to PostgreSQL, on the writer thread");
+  w.histogram("diffusiond_store_write_seconds", {}, write_seconds_.snapshot());
   w.header("diffusiond_queue_wait_seconds", "histogram",
            "Time from queued to claimed by this daemon, per image");
   w.histogram("diffusiond_queue_wait_seconds", {}, queue_wait_.snapshot());

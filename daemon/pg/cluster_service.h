@@ -164,6 +164,7 @@ class ClusterService final : public ImageService, private TaskHost {
   std::unique_ptr<ThreadPool> png_pool_;
   Histogram claim_seconds_{Histogram::step_seconds_buckets()};  // one claim statement
   Histogram queue_wait_{Histogram::wait_seconds_buckets()};     // queued -> claimed
+  Histogram write_seconds_{Histogram::step_seconds_buckets()};  // one result write
 
   mutable std::mutex mu_;
   std::map<Key, LocalTask> local_;

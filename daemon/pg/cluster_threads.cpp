@@ -240,6 +240,7 @@ void ClusterService::write_loop() {
     try {
       if (!db || !db->ok()) db = std::make_unique<PgConnection>(cluster_.url);
       if (next) {
+        const auto begin = Clock::now();
         bool held = true;
         switch (next->kind) {
           case Write::Kind::start:
@@ -255,6 +256,7 @@ void ClusterService::write_loop() {
                                  next->outcome, next->error);
             break;
         }
+        write_seconds_.observe(seconds_since(begin));
         note_db(nullptr);
         if (next->kind == Write::Kind::finish) {
           std::lock_guard lock(mu_);

@@ -62,7 +62,7 @@ std::optional<fs::path> PgServer::find_binaries() {
   return std::nullopt;
 }
 
-PgServer::PgServer() {
+PgServer::PgServer(bool durable) : durable_(durable) {
   auto bin = find_binaries();
   if (!bin) throw std::runtime_error("PostgreSQL (initdb, pg_ctl) is not installed");
   bin_ = *bin;
@@ -108,8 +108,8 @@ int PgServer::run(const std::string& command) const {
 
 void PgServer::start() {
   const std::string options = "-p " + std::to_string(port_) + " -k '" + dir_.string() +
-                              "' -c listen_addresses=127.0.0.1 -c fsync=off "
-                              "-c synchronous_commit=off -c max_connections=200";
+                              "' -c listen_addresses=127.0.0.1 -c max_connections=200" +
+                              (durable_ ? "" : " -c fsync=off -c synchronous_commit=off");
   if (run("'" + (bin_ / "pg_ctl").string() + "' -D '" + (dir_ / "data").string() + "' -o \"" +
           options + "\" -l '" + (dir_ / "server.log").string() + "' -w -t 60 start > /dev/null") !=
       0)

@@ -18,7 +18,9 @@ class PgServer {
   // The folder holding initdb and pg_ctl, or nullopt when PostgreSQL is not installed.
   static std::optional<std::filesystem::path> find_binaries();
 
-  PgServer();  // initdb + start; throws std::runtime_error with the server's log
+  // initdb + start; throws std::runtime_error with the server's log. durable: fsync on (as a
+  // production server; the benchmark), else off (the tests).
+  explicit PgServer(bool durable = false);
   ~PgServer();
   PgServer(const PgServer&) = delete;
   PgServer& operator=(const PgServer&) = delete;
@@ -37,6 +39,7 @@ class PgServer {
   std::string run_as_;  // "" = this user
   std::uint16_t port_ = 0;
   bool running_ = false;
+  bool durable_ = false;
 };
 
 }  // namespace diffusiond::testing
