@@ -60,7 +60,8 @@ void ClusterService::claim_loop() {
     try {
       if (!db || !db->ok()) {
         db = std::make_unique<PgConnection>(cluster_.url);
-        db->exec(std::string("LISTEN ") + pg::kQueueChannel);
+        pg::use_fast_commits(*db);
+        db->keep_session(std::string("LISTEN ") + pg::kQueueChannel);
       }
       db->notifications();  // a wake-up is a hint: what is queued is read below
       int n = 0;
@@ -192,7 +193,10 @@ void ClusterService::heartbeat_loop() {
   const auto watchdog = systemd_watchdog_interval();
   while (!stop_threads_) {
     try {
-      if (!db || !db->ok()) db = std::make_unique<PgConnection>(cluster_.url);
+      if (!db || !db->ok()) {
+        db = std::make_unique<PgConnection>(cluster_.url);
+        pg::use_fast_commits(*db);
+      }
       heartbeat_once(*db);
       note_db(nullptr);
       if (cluster_.retention.any() && Clock::now() - last_prune > std::chrono::minutes(10)) {
@@ -238,7 +242,10 @@ void ClusterService::write_loop() {
       if (!writes_.empty()) next = writes_.front();
     }
     try {
-      if (!db || !db->ok()) db = std::make_unique<PgConnection>(cluster_.url);
+      if (!db || !db->ok()) {
+        db = std::make_unique<PgConnection>(cluster_.url);
+        pg::use_fast_commits(*db);
+      }
       if (next) {
         const auto begin = Clock::now();
         bool held = true;

@@ -71,6 +71,12 @@ void PgConnection::connect() {
   PGresult* r = PQexec(
       conn_, "SET statement_timeout = '30s'; SET idle_in_transaction_session_timeout = '60s'");
   PQclear(r);
+  for (const auto& sql : session_) PQclear(PQexec(conn_, sql.c_str()));
+}
+
+void PgConnection::keep_session(const std::string& sql) {
+  session_.push_back(sql);
+  exec_script(sql);
 }
 
 bool PgConnection::ok() const {

@@ -80,6 +80,8 @@ class PgConnection {
   PgResult exec(const std::string& sql, const std::vector<PgParam>& params = {});
   // Several statements without parameters (schema). Throws PgError.
   void exec_script(const std::string& sql);
+  // A session setting (SET ..., LISTEN ...) run now and again after every reconnection.
+  void keep_session(const std::string& sql);
   bool ok() const;
   void reconnect();  // throws PgError
   // LISTEN support: the socket to wait on, and the notification channels received since the
@@ -93,6 +95,7 @@ class PgConnection {
   [[noreturn]] void fail(const std::string& what, pg_result* result);
 
   std::string url_;
+  std::vector<std::string> session_;  // keep_session()
   pg_conn* conn_ = nullptr;
 };
 

@@ -215,6 +215,10 @@ std::string text_array(const std::vector<std::string>& items) {
 
 }  // namespace
 
+void use_fast_commits(PgConnection& db) {
+  db.exec("SET synchronous_commit = off");
+}
+
 void open_schema(PgConnection& db) {
   db.exec("SELECT pg_advisory_lock($1)", {kSchemaLock});
   try {
@@ -443,6 +447,7 @@ bool progress_image(PgConnection& db, const std::string& daemon_id, const std::s
 bool finish_image(PgConnection& db, const std::string& daemon_id, const std::string& job_id, int k,
                   int attempt, const std::string& png, std::int64_t finished_ms) {
   return in_transaction(db, [&] {
+    db.exec("SET LOCAL synchronous_commit = on");  // a result is durable (see pg_store.h)
     auto r = db.exec(
         "UPDATE images SET status = 'done', png = $5, bytes = $6, finished_ms = $7, "
         "step = (SELECT (request::json->>'steps')::int FROM jobs WHERE id = $1), "
@@ -460,6 +465,7 @@ bool finish_image(PgConnection& db, const std::string& daemon_id, const std::str
 bool end_image(PgConnection& db, const std::string& daemon_id, const std::string& job_id, int k,
                int attempt, ImageOutcome outcome, const std::string& error) {
   return in_transaction(db, [&] {
+    db.exec("SET LOCAL synchronous_commit = on");
     const char* set = "";
     switch (outcome) {
       case ImageOutcome::failed:

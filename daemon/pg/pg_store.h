@@ -29,6 +29,15 @@ namespace diffusiond::pg {
 constexpr int kSchemaVersion = 1;
 constexpr const char* kQueueChannel = "diffusiond_queue";  // NOTIFY: images were queued
 
+// Durability: a job (insert_job), a cancel and an image's end (finish_image, end_image) are
+// committed durably before they return. Claims, lease renewals, re-queues, starts, progress and
+// the daemons table need not be: a connection given to use_fast_commits() commits them without
+// waiting for the WAL flush (synchronous_commit off; the end statements switch it back on for
+// their own transaction). What a server crash can lose of them is harmless: a lost claim makes
+// the image queued again (its claimer's writes are then refused and another daemon runs it), a
+// lost renewal or progress is redone by the next heartbeat.
+void use_fast_commits(PgConnection& db);
+
 // Creates or migrates the schema (under pg_advisory_lock). Throws PgError, or
 // std::runtime_error for a database of a newer schema.
 void open_schema(PgConnection& db);
