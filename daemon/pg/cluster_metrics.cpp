@@ -5,45 +5,14 @@
 #include "daemon/metrics.h"
 #include "daemon/pg/cluster_service.h"
 #include "daemon/pg/pg_pool.h"
+#include "daemon/submit_checks.h"
 
 namespace diffusiond {
 
 std::vector<DeviceView> ClusterService::devices() const {
   std::vector<DeviceView> out;
-  for (const auto& worker : workers_) {
-    const auto s = worker->stats();
-    DeviceView d;
-    d.name = s.name;
-    d.description = s.loaded ? s.description
-                             : (s.load_finished ? "model failed to load: " + s.load_error
-                                                : std::string("loading the model"));
-    d.memory_total_bytes = s.memory.total_bytes;
-    d.memory_used_bytes = s.memory.used_bytes;
-    d.loaded = s.loaded;
-    const auto health = dispatcher_.health(worker->index());
-    d.healthy = health.health == DeviceHealth::healthy;
-    d.health = health.health;
-    d.consecutive_failures = health.consecutive_failures;
-    if (health.health == DeviceHealth::unhealthy)
-      d.next_probe_ms = unix_ms_now() + health.probe_in.count();
-    d.images_failed = s.images_failed;
-    d.images_out_of_memory = s.images_out_of_memory;
-    d.last_error = s.last_error;
-    d.last_error_ms = s.last_error_ms;
-    d.busy = s.busy;
-    d.current_job = s.current_job;
-    d.images_done = s.images_done;
-    d.steps_done = s.steps_done;
-    d.steps_per_second = s.steps_per_second;
-    d.busy_ratio = s.uptime_seconds > 0 ? std::min(1.0, s.busy_seconds / s.uptime_seconds) : 0;
-    for (int id : s.models)
-      if (id >= 0 && id < static_cast<int>(models_.size()))
-        d.models.push_back(models_[static_cast<std::size_t>(id)].name);
-    d.model_loads = s.model_loads;
-    d.model_evictions = s.model_evictions;
-    d.model_load_failures = s.model_load_failures;
-    out.push_back(std::move(d));
-  }
+  for (const auto& worker : workers_)
+    out.push_back(device_view(worker->stats(), dispatcher_.health(worker->index()), models_));
   return out;
 }
 

@@ -11,6 +11,7 @@
 
 #include "daemon/atomic_file.h"
 #include "daemon/pg/pg_pool.h"
+#include "daemon/submit_checks.h"
 #include "pipeline/media/image_formats.h"
 
 namespace diffusiond {
@@ -208,30 +209,18 @@ Submission ClusterService::submit(const GenerateRequest& asked, const SubmitCont
         [this](const std::string& name) { return backend_.canonical_scheduler(name); },
         options_.limits, random_seed(), scheduler_names(model));
   };
-  const auto found = find_model(models_, asked.model.value_or(""));
-  if (!found) {
+  int model_id = 0;
+  try {
+    model_id = resolve_model(models_, asked);
+  } catch (const ServiceError&) {
     normalise_for(model_info_);  // a malformed `model` is reported as such first
-    throw ServiceError(ErrorCode::invalid_request,
-                       "unknown model '" + asked.model.value_or("").substr(0, 100) +
-                           "'; this daemon serves: " + model_names(models_) + " (GET /models)",
-                       "unknown_model", "model");
+    throw;
   }
-  const ModelInfo& model = models_[*found];
-  const JobRequest request = normalise_for(model);
+  const ModelInfo& model = models_[static_cast<std::size_t>(model_id)];
+  const JobRequest request = normalise_for(model);  // defaults from the model asked for
   if (options_.hasher) options_.hasher->hash_in_background({model.hash_file});
-  for (const auto& lora : request.loras)
-    if (!options_.loras || !options_.loras->find(lora.name))
-      throw ServiceError(ErrorCode::invalid_request,
-                         "unknown LoRA '" + lora.name.substr(0, 100) + "': no " +
-                             lora.name.substr(0, 100) +
-                             ".safetensors in the LoRA folder (--lora-dir)",
-                         "unknown_lora", "loras");
-  if (request.priority > 0 && !context.may_prioritise)
-    throw ServiceError(ErrorCode::forbidden,
-                       "priority " + std::to_string(request.priority) +
-                           " needs an API key allowed to prioritise (--priority-api-key); "
-                           "priorities of 0 and below are open to every caller",
-                       "priority_not_allowed", "priority");
+  check_loras(options_.loras.get(), request.loras);
+  check_priority(request, context);
   if (draining_)
     throw ServiceError(ErrorCode::unavailable, "the daemon is shutting down", "draining", {}, 5);
   if (!dispatcher_.any_enabled())

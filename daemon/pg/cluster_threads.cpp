@@ -335,6 +335,9 @@ void ClusterService::write_loop() {
 // ---- events ----------------------------------------------------------------------------------
 
 void ClusterService::events_loop() {
+  // Polls every events_poll; a NOTIFY on the events channel (an image ended somewhere in the
+  // fleet) is a hint to poll now, at most every kEventsHintGap.
+  constexpr auto kEventsHintGap = std::chrono::milliseconds(50);
   std::unique_ptr<PgConnection> db;
   while (!stop_threads_) {
     try {
@@ -343,18 +346,24 @@ void ClusterService::events_loop() {
         std::lock_guard lock(watch_mu_);
         any = !watched_.empty();
       }
-      if (any) {
-        if (!db || !db->ok()) db = std::make_unique<PgConnection>(cluster_.url);
-        poll_events(*db);
+      if (!db || !db->ok()) {
+        db = std::make_unique<PgConnection>(cluster_.url);
+        db->keep_session(std::string("LISTEN ") + pg::kEventsChannel);
       }
+      db->notifications();
+      if (any) poll_events(*db);
     } catch (const PgError& e) {
       note_db(&e);
       db.reset();
     } catch (const std::exception& e) {
       spdlog::error("events: {}", e.what());
     }
-    std::unique_lock lock(stop_mu_);
-    stop_cv_.wait_for(lock, cluster_.events_poll, [&] { return stop_threads_.load(); });
+    {
+      std::unique_lock lock(stop_mu_);
+      if (stop_cv_.wait_for(lock, kEventsHintGap, [&] { return stop_threads_.load(); })) break;
+    }
+    pollfd fd{db ? db->socket() : -1, POLLIN, 0};
+    ::poll(&fd, 1, static_cast<int>((cluster_.events_poll - kEventsHintGap).count()));
   }
 }
 

@@ -458,6 +458,7 @@ bool finish_image(PgConnection& db, const std::string& daemon_id, const std::str
          finished_ms});
     if (r.affected() != 1) return false;
     recompute_job(db, job_id);
+    db.exec(std::string("NOTIFY ") + kEventsChannel);
     return true;
   });
 }
@@ -491,6 +492,7 @@ bool end_image(PgConnection& db, const std::string& daemon_id, const std::string
                      {job_id, k, daemon_id, attempt, error, unix_ms_now()});
     if (r.affected() != 1) return false;
     recompute_job(db, job_id);
+    db.exec(std::string("NOTIFY ") + kEventsChannel);
     if (outcome == ImageOutcome::retry || outcome == ImageOutcome::give_back)
       db.exec(std::string("NOTIFY ") + kQueueChannel);
     return true;

@@ -27,7 +27,8 @@
 namespace diffusiond::pg {
 
 constexpr int kSchemaVersion = 1;
-constexpr const char* kQueueChannel = "diffusiond_queue";  // NOTIFY: images were queued
+constexpr const char* kQueueChannel = "diffusiond_queue";    // NOTIFY: images were queued
+constexpr const char* kEventsChannel = "diffusiond_events";  // NOTIFY: an image ended
 
 // Durability: a job (insert_job), a cancel and an image's end (finish_image, end_image) are
 // committed durably before they return. Claims, lease renewals, re-queues, starts, progress and
