@@ -139,7 +139,10 @@ void ClusterService::heartbeat_once(PgConnection& db) {
     }
     for (std::size_t i = 0; i < ids.size(); ++i) {
       auto it = local_.find({ids[i], images[i]});
-      if (it == local_.end() || kept.count(it->first) || it->second.lost) continue;
+      // An image past its device (its PNG being written) may be done already: its fenced write
+      // decides, not this renewal.
+      if (it == local_.end() || kept.count(it->first) || it->second.lost || !it->second.on_device)
+        continue;
       spdlog::warn(
           "job {} image {}: this daemon lost its lease (another daemon took it over); "
           "stopping it, its result is not written",
