@@ -20,6 +20,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <memory>
+#include <optional>
 #include <thread>
 
 #include "daemon/commands.h"
@@ -29,6 +31,8 @@
 #include "daemon/fault_injection.h"
 #include "daemon/job_store.h"
 #include "daemon/model_hasher.h"
+#include "daemon/pg/cluster_service.h"
+#include "daemon/pg/pg_connection.h"
 #include "daemon/sd_notify.h"
 #include "daemon/serve_logging.h"
 #include "daemon/serve_model.h"
@@ -131,13 +135,20 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
                    ? ", " + std::to_string(per_worker) + " intra-op thread(s) per CPU worker"
                    : std::string());
 
-  auto store = JobStore::open(data_dir);
-  spdlog::info("job store: {}", store->database_path().string());
+  const std::string store_url = resolve_store_url(options.store, options.store_file);
   const RetentionPolicy retention{options.keep_days, options.max_images,
                                   std::int64_t{options.max_images_mb} << 20};
-  if (const auto pruned = store->prune(retention, unix_ms_now()); pruned.jobs_deleted > 0)
-    spdlog::info("retention: deleted {} finished job(s), {} image file(s)", pruned.jobs_deleted,
-                 pruned.files_deleted);
+  std::unique_ptr<JobStore> store;  // SQLite; none with a PostgreSQL store
+  if (store_url.empty()) {
+    store = JobStore::open(data_dir);
+    spdlog::info("job store: {}", store->database_path().string());
+    if (const auto pruned = store->prune(retention, unix_ms_now()); pruned.jobs_deleted > 0)
+      spdlog::info("retention: deleted {} finished job(s), {} image file(s)", pruned.jobs_deleted,
+                   pruned.files_deleted);
+  } else {
+    std::filesystem::create_directories(data_dir);
+    spdlog::info("job store: PostgreSQL at {} (a fleet's shared queue)", redact_url(store_url));
+  }
 
   TorchBackendOptions backend_options;
   backend_options.dtype = options.dtype;
@@ -194,11 +205,33 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   core.loras = loras;
   core.dtype = resolve_dtype(options.dtype, devices.front().kind == DeviceSpec::Kind::cuda);
   const int compression = options.png_compression;
-  CoreService service(*store, *backend, devices, core,
-                      [compression](const RgbImage& image, const PngGenerationInfo& info) {
-                        return encode_png_with_metadata(image, info, compression);
-                      });
-  service.start();
+  const PngEncoder encoder = [compression](const RgbImage& image, const PngGenerationInfo& info) {
+    return encode_png_with_metadata(image, info, compression);
+  };
+  // One of the two cores: CoreService on the SQLite store, ClusterService on PostgreSQL.
+  std::unique_ptr<CoreService> local;
+  std::unique_ptr<ClusterService> fleet;
+  if (store) {
+    local = std::make_unique<CoreService>(*store, *backend, devices, core, encoder);
+    local->start();
+  } else {
+    ClusterOptions cluster;
+    cluster.url = store_url;
+    cluster.cache_dir = std::filesystem::path(data_dir) / "pg-image-cache";
+    cluster.lease = std::chrono::milliseconds(static_cast<long>(options.lease_seconds * 1000));
+    cluster.retention = retention;
+    fleet = std::make_unique<ClusterService>(*backend, devices, core, cluster, encoder);
+    fleet->start();
+  }
+  ImageService& service = local ? static_cast<ImageService&>(*local) : *fleet;
+  auto loading_finished = [&] {
+    return local ? local->loading_finished() : fleet->loading_finished();
+  };
+  auto wait_loaded = [&](std::chrono::milliseconds t) {
+    return local ? local->wait_loaded(t) : fleet->wait_loaded(t);
+  };
+  auto drain = [&](std::chrono::milliseconds t) { local ? local->drain(t) : fleet->drain(t); };
+  auto status_line = [&] { return local ? local->status_line() : fleet->status_line(); };
 
   HttpOptions http_options;
   http_options.host = listen.host;
@@ -224,6 +257,7 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   spdlog::info("diffusiond: listening on {}/{}", url,
                api_keys.empty() ? "" : " (API key required)");
   std::cout << "diffusiond: listening on " << url << std::endl;
+  if (fleet) fleet->set_public_url(http_options.public_url.empty() ? url : http_options.public_url);
   const bool loopback =
       listen.host == "localhost" || listen.host == "::1" || listen.host.rfind("127.", 0) == 0;
   if (!loopback && api_keys.empty())
@@ -232,20 +266,22 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
         "the GPUs and read every prompt and image; set api-key-file",
         listen.host);
 
-  Supervisor supervisor(service, *store, {retention});
-  supervisor.start();
+  std::optional<Supervisor> supervisor;  // the fleet's heartbeat thread does its part
+  if (local) {
+    supervisor.emplace(*local, *store, SupervisorOptions{retention});
+    supervisor->start();
+  }
 
   int sig = 0;
-  while (!service.loading_finished() && sig == 0) sig = wait_signal(std::chrono::milliseconds(200));
+  while (!loading_finished() && sig == 0) sig = wait_signal(std::chrono::milliseconds(200));
   if (sig == 0) {
-    if (!service.wait_loaded(
-            std::chrono::milliseconds(0))) {  // not ready() (a full disk is not this)
-      supervisor.stop();
+    if (!wait_loaded(std::chrono::milliseconds(0))) {  // not ready() (a full disk is not this)
+      if (supervisor) supervisor->stop();
       http.stop();
-      service.drain(std::chrono::milliseconds(0));
+      drain(std::chrono::milliseconds(0));
       throw std::runtime_error("the model could not be loaded on any device (see the log above)");
     }
-    notify_systemd("READY=1\nSTATUS=" + service.status_line());
+    notify_systemd("READY=1\nSTATUS=" + status_line());
     spdlog::info("ready: {} is loaded on {} device(s), {} model(s) served; open {}/ in a browser",
                  model.folder.name, devices.size(), sources.size(), url);
     if (model.is_test_model) warn_test_model(model);
@@ -263,11 +299,14 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   })
       .detach();
   http.stop_accepting();
-  service.drain(std::chrono::seconds(options.drain_timeout_s));
-  supervisor.stop();
+  drain(std::chrono::seconds(options.drain_timeout_s));
+  if (supervisor) supervisor->stop();
   http.stop();
   hasher->stop();
-  spdlog::info("stopped; {} image(s) stay queued for the next start", service.queued_images());
+  if (local)
+    spdlog::info("stopped; {} image(s) stay queued for the next start", local->queued_images());
+  else
+    spdlog::info("stopped; the images this daemon held are back in the fleet's queue");
 }
 
 }  // namespace

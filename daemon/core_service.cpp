@@ -9,6 +9,7 @@
 
 #include "daemon/api/batch_key.h"
 #include "daemon/core_events.h"
+#include "daemon/submit_checks.h"
 
 namespace diffusiond {
 
@@ -45,12 +46,7 @@ ImageSpec CoreService::image_spec_of(const ActiveJob& job, int k) const {
 }
 
 int CoreService::resolve_model(const GenerateRequest& asked) const {
-  if (const auto found = find_model(models_, asked.model.value_or("")))
-    return static_cast<int>(*found);
-  throw ServiceError(ErrorCode::invalid_request,
-                     "unknown model '" + asked.model.value_or("").substr(0, 100) +
-                         "'; this daemon serves: " + model_names(models_) + " (GET /models)",
-                     "unknown_model", "model");
+  return diffusiond::resolve_model(models_, asked);
 }
 
 CoreService::CoreService(JobStore& store, ModelBackend& backend, std::vector<DeviceSpec> devices,
@@ -197,21 +193,7 @@ std::vector<LoraView> CoreService::loras() const {
 }
 
 void CoreService::check_loras(const std::vector<LoraRef>& loras) const {
-  for (std::size_t i = 0; i < loras.size(); ++i) {
-    const std::string& name = loras[i].name;
-    if (options_.loras && options_.loras->find(name)) continue;
-    std::string known;
-    if (options_.loras) {
-      const auto names = options_.loras->names();
-      for (std::size_t k = 0; k < names.size() && k < 10; ++k) known += (k ? ", " : "") + names[k];
-      if (names.size() > 10) known += ", ... (" + std::to_string(names.size()) + " in all)";
-    }
-    throw ServiceError(ErrorCode::invalid_request,
-                       "unknown LoRA '" + name.substr(0, 100) + "': no " + name.substr(0, 100) +
-                           ".safetensors in the LoRA folder (--lora-dir)" +
-                           (known.empty() ? "; it holds no LoRA" : "; known: " + known),
-                       "unknown_lora", "loras");
-  }
+  diffusiond::check_loras(options_.loras.get(), loras);
 }
 
 ModelInfo CoreService::model_info() const {
@@ -252,12 +234,7 @@ Submission CoreService::submit(const GenerateRequest& asked, const SubmitContext
   const JobRequest request = normalise_for(model);  // defaults from the model asked for
   if (options_.hasher) options_.hasher->hash_in_background({model.hash_file});  // first use
   check_loras(request.loras);  // a stat per LoRA, outside every lock
-  if (request.priority > 0 && !context.may_prioritise)
-    throw ServiceError(ErrorCode::forbidden,
-                       "priority " + std::to_string(request.priority) +
-                           " needs an API key allowed to prioritise (--priority-api-key); "
-                           "priorities of 0 and below are open to every caller",
-                       "priority_not_allowed", "priority");
+  check_priority(request, context);
   const bool idempotent = !context.idempotency_key.empty();
   std::optional<JobRecord> stored;  // read before mu_: a committed job is found in the store
   if (idempotent) {
@@ -402,41 +379,8 @@ std::unique_ptr<Subscription> CoreService::subscribe(
 
 std::vector<DeviceView> CoreService::devices() const {
   std::vector<DeviceView> out;
-  for (const auto& worker : workers_) {
-    const auto s = worker->stats();
-    DeviceView d;
-    d.name = s.name;
-    d.description = s.loaded ? s.description
-                             : (s.load_finished ? "model failed to load: " + s.load_error
-                                                : std::string("loading the model"));
-    d.memory_total_bytes = s.memory.total_bytes;
-    d.memory_used_bytes = s.memory.used_bytes;
-    d.loaded = s.loaded;
-    const auto health = dispatcher_.health(worker->index());
-    d.healthy = health.health == DeviceHealth::healthy;
-    d.health = health.health;
-    d.consecutive_failures = health.consecutive_failures;
-    if (health.health == DeviceHealth::unhealthy)
-      d.next_probe_ms = unix_ms_now() + health.probe_in.count();
-    d.images_failed = s.images_failed;
-    d.images_out_of_memory = s.images_out_of_memory;
-    d.last_error = s.last_error;
-    d.last_error_ms = s.last_error_ms;
-    d.busy = s.busy;
-    d.current_job = s.current_job;
-    for (const auto& task : s.current_batch) d.current_batch.push_back({task.job_id, task.image});
-    d.images_done = s.images_done;
-    d.steps_done = s.steps_done;
-    d.steps_per_second = s.steps_per_second;
-    d.busy_ratio = s.uptime_seconds > 0 ? std::min(1.0, s.busy_seconds / s.uptime_seconds) : 0;
-    for (int id : s.models)
-      if (id >= 0 && id < static_cast<int>(models_.size()))
-        d.models.push_back(models_[static_cast<std::size_t>(id)].name);
-    d.model_loads = s.model_loads;
-    d.model_evictions = s.model_evictions;
-    d.model_load_failures = s.model_load_failures;
-    out.push_back(std::move(d));
-  }
+  for (const auto& worker : workers_)
+    out.push_back(device_view(worker->stats(), dispatcher_.health(worker->index()), models_));
   return out;
 }
 

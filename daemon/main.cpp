@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "daemon/commands.h"
+#include "daemon/pg/cmd_status.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"diffusiond " DIFFUSIOND_VERSION
@@ -15,6 +16,7 @@ int main(int argc, char** argv) {
   diffusiond::add_generate_command(app);
   diffusiond::add_tokenize_command(app);
   diffusiond::add_make_random_model_command(app);
+  diffusiond::add_status_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

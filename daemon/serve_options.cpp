@@ -69,6 +69,18 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
   cmd.add_option("--data-dir", o.data_dir,
                  "Job store (SQLite) and PNG files. Default: $STATE_DIRECTORY, else "
                  "$XDG_STATE_HOME/diffusiond, else ~/.local/state/diffusiond");
+  cmd.add_option("--store", o.store,
+                 "The job store: unset = SQLite in the data dir; postgresql://USER@HOST/DB?... = a "
+                 "PostgreSQL queue shared by several daemons (TLS options such as sslmode pass "
+                 "to libpq). Prefer --store-file or the config file: a URL with a password must "
+                 "not be on a command line");
+  cmd.add_option("--store-file", o.store_file,
+                 "A file holding the PostgreSQL URL (e.g. a systemd credential: %d/store)");
+  cmd.add_option("--lease-seconds", o.lease_seconds,
+                 "PostgreSQL store: how long a daemon's claim on an image lasts without a "
+                 "heartbeat; then another daemon takes the image over")
+      ->capture_default_str()
+      ->check(CLI::Range(0.3, 3600.0));
   cmd.add_option("--lora-dir", o.lora_dir,
                  "Folder of LoRA files (NAME.safetensors, kohya/A1111 or diffusers/PEFT) that "
                  "requests name in `loras` or <lora:NAME:WEIGHT>. Default: loras/ in the data dir");

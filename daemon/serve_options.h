@@ -34,8 +34,11 @@ struct ServeOptions {
   std::string devices = "auto";
   std::string dtype = "auto";
   std::string listen = "127.0.0.1:7860";
-  std::string data_dir;  // "" = default_data_dir()
-  std::string lora_dir;  // "" = <data dir>/loras
+  std::string data_dir;       // "" = default_data_dir()
+  std::string lora_dir;       // "" = <data dir>/loras
+  std::string store;          // "" = SQLite in the data dir; postgresql://... = a fleet's queue
+  std::string store_file;     // a file holding that URL (a systemd credential)
+  double lease_seconds = 30;  // PostgreSQL: a claim's lease, renewed every third of it
   std::vector<std::string> api_keys;
   std::vector<std::string> priority_api_keys;  // keys that may also use priority > 0
   std::string api_key_file;

@@ -11,6 +11,7 @@ packages=(
   libjpeg62-turbo-dev libwebp-dev  # JPEG and WebP output (pipeline/media)
   libsqlite3-dev sqlite3 libsystemd-dev libcli11-dev libspdlog-dev libfmt-dev libssl-dev
   python3 curl procps systemd
+  libpq-dev postgresql  # --store postgresql://... (libpq) and its tests (initdb, pg_ctl)
   clang libclang-rt-14-dev  # scripts/fuzz.sh: clang 14 and libFuzzer (libclang_rt.fuzzer)
   chromium
 )

@@ -30,13 +30,18 @@ double ms_since(Clock::time_point t) {
 }  // namespace
 
 ClientRun run_clients(std::uint16_t port, int clients, const WorkSpec& work) {
+  return run_clients(std::vector<std::uint16_t>{port}, clients, work);
+}
+
+ClientRun run_clients(const std::vector<std::uint16_t>& ports, int clients, const WorkSpec& work) {
   ClientRun run;
   std::mutex mu;
   std::atomic<int> next{0};
   const auto start = Clock::now();
   std::vector<std::thread> threads;
   for (int c = 0; c < clients; ++c) {
-    threads.emplace_back([&] {
+    threads.emplace_back([&, c] {
+      const std::uint16_t port = ports[static_cast<std::size_t>(c) % ports.size()];
       for (int i = next++; i < work.images; i = next++) {
         json body = {{"prompt", bench_prompt(i)}, {"steps", work.steps},
                      {"width", work.size},        {"height", work.size},

@@ -29,5 +29,7 @@ struct ClientRun {
 std::string bench_prompt(int i);
 
 ClientRun run_clients(std::uint16_t port, int clients, const WorkSpec& work);
+// Client c talks to ports[c % ports.size()] (a fleet: every daemon answers for every job).
+ClientRun run_clients(const std::vector<std::uint16_t>& ports, int clients, const WorkSpec& work);
 
 }  // namespace diffusiond::bench

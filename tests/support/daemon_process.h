@@ -29,7 +29,7 @@ class DaemonProcess {
   void kill_hard();          // SIGKILL, and reap
   int terminate_and_wait();  // SIGTERM; returns the exit status
   bool running() const { return pid_ > 0; }
-  pid_t pid() const { return pid_; }  // e.g. to read /proc/<pid>/status
+  pid_t pid() const { return pid_; }  // /proc/<pid>/status; SIGSTOP/SIGCONT in the fleet tests
   std::string log() const;
 
  private:

@@ -26,7 +26,7 @@ EXAMPLE = os.path.join(SOURCE_DIR, "systemd", "diffusiond.conf.example")
 MODEL = os.path.join(SOURCE_DIR, "tests", "fixtures", "tiny-sd1")
 # Keys whose example values name things this machine lacks; the command line gives them instead.
 NOT_RUNNABLE_HERE = {"model", "model-config", "models-dir", "variant", "api-key-file", "data-dir",
-                     "listen"}
+                     "listen", "store", "store-file"}
 WAIT_S = 180
 
 
