@@ -115,6 +115,7 @@ class ClusterService final : public ImageService, private TaskHost {
     int attempt = 0;
     std::string device;                                   // start
     std::string png;                                      // finish
+    int batch_size = 0;                                   // finish
     pg::ImageOutcome outcome = pg::ImageOutcome::failed;  // end
     std::string error;                                    // end
     std::int64_t at_ms = 0;

@@ -66,7 +66,7 @@ void ClusterService::task_succeeded(int worker, const TaskRef& task, RgbImage im
   const std::string device = devices_[static_cast<std::size_t>(worker)].name;
   PngGenerationInfo info;
   std::string hash_file;
-  int attempt = 0;
+  int attempt = 0, batch_size = 0;
   {
     std::lock_guard lock(mu_);
     auto it = local_.find({task.job_id, task.image});
@@ -74,6 +74,7 @@ void ClusterService::task_succeeded(int worker, const TaskRef& task, RgbImage im
     LocalTask& t = it->second;
     t.on_device = false;  // the device is free: the claimer may take another image
     attempt = t.claimed.attempt;
+    batch_size = t.batch_size;
     const auto& request = t.claimed.request;
     const auto& model = models_[static_cast<std::size_t>(t.model)];
     info = make_png_info(image_spec(request, task.image), request,
@@ -83,7 +84,7 @@ void ClusterService::task_succeeded(int worker, const TaskRef& task, RgbImage im
   }
   wake_claimer();
   auto shared = std::make_shared<RgbImage>(std::move(image));
-  auto work = [this, task, shared, info, hash_file, attempt]() mutable {
+  auto work = [this, task, shared, info, hash_file, attempt, batch_size]() mutable {
     if (options_.hasher) {
       info.model_sha256 = options_.hasher->wait(hash_file);
       info.model_hash =
@@ -102,6 +103,7 @@ void ClusterService::task_succeeded(int worker, const TaskRef& task, RgbImage im
     finish.job_id = task.job_id;
     finish.image = task.image;
     finish.attempt = attempt;
+    finish.batch_size = batch_size;
     finish.at_ms = unix_ms_now();
     try {
       finish.kind = Write::Kind::finish;

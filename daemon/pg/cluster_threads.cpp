@@ -263,7 +263,7 @@ void ClusterService::write_loop() {
             break;
           case Write::Kind::finish:
             held = pg::finish_image(*db, daemon_id_, next->job_id, next->image, next->attempt,
-                                    next->png, next->at_ms);
+                                    next->png, next->at_ms, next->batch_size);
             break;
           case Write::Kind::end:
             held = pg::end_image(*db, daemon_id_, next->job_id, next->image, next->attempt,

@@ -446,17 +446,18 @@ bool progress_image(PgConnection& db, const std::string& daemon_id, const std::s
 }
 
 bool finish_image(PgConnection& db, const std::string& daemon_id, const std::string& job_id, int k,
-                  int attempt, const std::string& png, std::int64_t finished_ms) {
+                  int attempt, const std::string& png, std::int64_t finished_ms, int batch_size) {
   return in_transaction(db, [&] {
     db.exec("SET LOCAL synchronous_commit = on");  // a result is durable (see pg_store.h)
     auto r = db.exec(
         "UPDATE images SET status = 'done', png = $5, bytes = $6, finished_ms = $7, "
         "step = (SELECT (request::json->>'steps')::int FROM jobs WHERE id = $1), "
         "steps = (SELECT (request::json->>'steps')::int FROM jobs WHERE id = $1), "
+        "batch_size = CASE WHEN $8 > 0 THEN $8 ELSE batch_size END, "
         "error = '', owner = NULL, lease_expires_at = NULL WHERE job_id = $1 AND idx = $2 AND "
         "owner = $3 AND attempts = $4 AND status = 'running'",
         {job_id, k, daemon_id, attempt, PgParam::bytes(png), static_cast<std::int64_t>(png.size()),
-         finished_ms});
+         finished_ms, batch_size});
     if (r.affected() != 1) return false;
     recompute_job(db, job_id);
     db.exec(std::string("NOTIFY ") + kEventsChannel);

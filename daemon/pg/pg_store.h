@@ -103,7 +103,8 @@ bool start_image(PgConnection& db, const std::string& daemon_id, const std::stri
 bool progress_image(PgConnection& db, const std::string& daemon_id, const std::string& job_id,
                     int k, int attempt, int step, int steps, int batch_size);
 bool finish_image(PgConnection& db, const std::string& daemon_id, const std::string& job_id, int k,
-                  int attempt, const std::string& png, std::int64_t finished_ms);
+                  int attempt, const std::string& png, std::int64_t finished_ms,
+                  int batch_size = 0);  // 0: keep what progress stored
 // failed (error) | cancelled | queued again (retry: the attempt counts; give_back: a drain or a
 // full disk, the attempt does not count).
 enum class ImageOutcome { failed, cancelled, retry, give_back };

@@ -44,19 +44,22 @@ void require_postgres() {
 }
 
 // Daemons started at the same time (their schema creation races), one `cpu` device each.
-std::vector<std::unique_ptr<DaemonProcess>> start_fleet(const fs::path& dir, const PgServer& pg,
-                                                        int count,
-                                                        const std::string& lease = "1.5") {
+std::vector<std::unique_ptr<DaemonProcess>> start_fleet(
+    const fs::path& dir, const PgServer& pg, int count, const std::string& lease = "1.5",
+    const std::vector<std::string>& extra = {}) {
   std::vector<std::unique_ptr<DaemonProcess>> daemons(static_cast<std::size_t>(count));
   std::vector<std::string> errors(static_cast<std::size_t>(count));
   std::vector<std::thread> threads;
   for (int i = 0; i < count; ++i)
     threads.emplace_back([&, i] {
       try {
-        daemons[static_cast<std::size_t>(i)] = std::make_unique<DaemonProcess>(
-            dir / ("d" + std::to_string(i)),
-            std::vector<std::string>{"--devices", "cpu", "--threads", "1", "--store", pg.url(),
-                                     "--lease-seconds", lease});
+        daemons[static_cast<std::size_t>(i)] =
+            std::make_unique<DaemonProcess>(dir / ("d" + std::to_string(i)), [&] {
+              std::vector<std::string> args{"--devices", "cpu",    "--threads",       "1",
+                                            "--store",   pg.url(), "--lease-seconds", lease};
+              args.insert(args.end(), extra.begin(), extra.end());
+              return args;
+            }());
       } catch (const std::exception& e) {
         errors[static_cast<std::size_t>(i)] = e.what();
       }
@@ -163,6 +166,7 @@ TEST_CASE("a fleet of three daemons on one PostgreSQL: jobs from one run on all,
       const pid_t pid = runner_pid(image);
       INFO(image.dump());
       CHECK((pid == fleet[0]->pid() || pid == fleet[1]->pid() || pid == fleet[2]->pid()));
+      CHECK(image["batch_size"] == 1);  // the CPU's default --max-batch
       one_per_daemon.emplace(
           pid, std::tuple{id, image["index"].get<int>(), image["seed"].get<std::uint64_t>()});
       // The same PNG from every daemon, whichever made it.
@@ -202,6 +206,27 @@ TEST_CASE("a fleet of three daemons on one PostgreSQL: jobs from one run on all,
   CHECK(metrics.find("diffusiond_queue_depth 0") != std::string::npos);
   CHECK(metrics.find("diffusiond_store_reachable 1") != std::string::npos);
   CHECK(get_json(b, "/devices")["devices"].size() == 1);  // its own devices
+}
+
+TEST_CASE("a fleet daemon with --max-batch 3 claims a job's three images as one batch",
+          "[blackbox][postgres]") {
+  require_postgres();
+  TempDir dir("pg-batch");
+  PgServer pg;
+  // The submit inserts the three images in one transaction and one claim takes them (3 free
+  // slots: --max-batch 3 on one device); --batch-wait-ms lets the worker wait for the other two
+  // while the claimer hands them over one by one.
+  auto fleet = start_fleet(dir.path, pg, 1, "30", {"--max-batch", "3", "--batch-wait-ms", "2000"});
+  const auto port = fleet[0]->port();
+  const std::string id = submit(port, R"({"prompt":"a batch","n":3,"steps":4,"seed":500})");
+  const json job = wait_finished(port, id);
+  REQUIRE(job["status"] == "done");
+  for (const auto& image : job["images"]) {
+    INFO(image.dump());
+    CHECK(image["batch_size"] == 3);
+    CHECK(max_abs_diff(decode_png(png_of(port, id, image["index"])),
+                       generate_twin(dir.path, "a batch", image["seed"], 4)) <= 1);
+  }
 }
 
 TEST_CASE("kill -9 of a daemon running images: another finishes them after the lease",

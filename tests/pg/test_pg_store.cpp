@@ -130,13 +130,15 @@ TEST_CASE("pg store: an expired lease is taken over, the old owner's result refu
   CHECK(b[0].attempt == 2);
   // daemon-a comes back: its lease is gone, its writes are refused.
   CHECK(pg::renew(db, "daemon-a", 10000, {"job-lease"}, {0}).empty());
-  CHECK_FALSE(pg::progress_image(db, "daemon-a", "job-lease", 0, a[0].attempt, 2, 3));
+  CHECK_FALSE(pg::progress_image(db, "daemon-a", "job-lease", 0, a[0].attempt, 2, 3, 1));
   CHECK_FALSE(pg::finish_image(db, "daemon-a", "job-lease", 0, a[0].attempt, "late", 2));
   CHECK_FALSE(pg::end_image(db, "daemon-a", "job-lease", 0, a[0].attempt, pg::ImageOutcome::failed,
                             "late failure"));
   CHECK(pg::load_job(db, "job-lease")->view.status == JobStatus::running);
   // daemon-b holds it and completes it, once.
   CHECK(pg::renew(db, "daemon-b", 10000, {"job-lease"}, {0}).size() == 1);
+  CHECK(pg::progress_image(db, "daemon-b", "job-lease", 0, b[0].attempt, 1, 3, 2));
+  CHECK(pg::load_job(db, "job-lease")->view.images[0].batch_size == 2);  // shared with another
   CHECK(pg::finish_image(db, "daemon-b", "job-lease", 0, b[0].attempt, "the png", 3));
   CHECK_FALSE(pg::finish_image(db, "daemon-b", "job-lease", 0, b[0].attempt, "again", 4));
   const auto done = pg::load_job(db, "job-lease");
