@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "pipeline/media/config_util.h"
+#include "pipeline/micro_conditioning.h"
 #include "pipeline/model_family.h"
 #include "pipeline/prompt_encoder.h"
 #include "pipeline/schedulers/scheduler.h"
@@ -49,7 +50,7 @@ struct BatchRow {
   PromptEmbedding cond, uncond;  // uncond only when guiding
   double guidance_scale = 0;
   std::uint64_t seed = 0;  // its own CPU generator's seed
-  torch::Tensor time_ids;  // SDXL: [1, 6] in the model dtype (CPU)
+  AddTimeIds time_ids;     // SDXL: its cond and uncond rows' [1, 6] in the model dtype (CPU)
   torch::Tensor latents;   // given initial noise [1, C, h, w]; undefined: drawn
 };
 
@@ -130,8 +131,6 @@ class StableDiffusionPipeline final : public StableDiffusion {
   // t: the step's timestep, a 0-dim float32 tensor on the device.
   torch::Tensor denoise(const torch::Tensor& model_input, const torch::Tensor& t,
                         const std::vector<ConditioningGroup>& groups);
-  // SDXL's add_time_ids [1, 6] in the model dtype: original_size + crops + target_size.
-  torch::Tensor add_time_ids(const Txt2ImgParams& params) const;
   // The images of a batch, items in order (each item's images prompt-major), their prompts
   // encoded; checks every item and that they share what a batch shares.
   std::vector<BatchRow> batch_rows(const std::vector<Txt2ImgParams>& items);
@@ -167,17 +166,7 @@ void StableDiffusionPipeline::validate(const Txt2ImgParams& params) const {
     fail("width and height must be positive multiples of " + std::to_string(multiple) + " (got " +
          std::to_string(params.width) + "x" + std::to_string(params.height) + ")");
   }
-  if (!xl_ && (params.original_size || params.crops_coords_top_left || params.target_size)) {
-    fail("original_size, crops_coords_top_left and target_size apply to SDXL models only");
-  }
-  for (const auto* size : {&params.original_size, &params.target_size}) {
-    if (*size && ((**size)[0] < 1 || (**size)[1] < 1))
-      fail("original_size and target_size must be positive");
-  }
-  if (params.crops_coords_top_left &&
-      ((*params.crops_coords_top_left)[0] < 0 || (*params.crops_coords_top_left)[1] < 0)) {
-    fail("crops_coords_top_left must not be negative");
-  }
+  check_micro_conditioning(params, xl_);
   if (!params.scheduler.empty() && !canonical_scheduler_name(params.scheduler)) {
     std::string names;
     for (const auto& entry : scheduler_registry())
@@ -248,16 +237,6 @@ torch::Tensor StableDiffusionPipeline::denoise(const torch::Tensor& model_input,
     out.index_copy_(0, g.index, part);
   }
   return out;
-}
-
-torch::Tensor StableDiffusionPipeline::add_time_ids(const Txt2ImgParams& p) const {
-  const std::array<int, 2> output = {p.height, p.width};
-  const auto original = p.original_size.value_or(output);
-  const auto crops = p.crops_coords_top_left.value_or(std::array<int, 2>{0, 0});
-  const auto target = p.target_size.value_or(output);
-  std::vector<float> ids = {float(original[0]), float(original[1]), float(crops[0]),
-                            float(crops[1]),    float(target[0]),   float(target[1])};
-  return torch::tensor(ids, torch::kFloat32).unsqueeze(0).to(dtype_);  // [1, 6]
 }
 
 std::vector<RgbImage> StableDiffusionPipeline::generate(const Txt2ImgParams& params,
@@ -369,7 +348,7 @@ std::vector<BatchRow> StableDiffusionPipeline::batch_rows(const std::vector<Txt2
                    ? prompts_.zeros()
                    : prompts_.encode(item.negative_prompt.value_or(""), a1111);
     }
-    const torch::Tensor time_ids = xl_ ? add_time_ids(item) : torch::Tensor();
+    const AddTimeIds time_ids = xl_ ? add_time_ids(item, dtype_) : AddTimeIds{};
     for (int k = 0; k < count; ++k) {
       BatchRow row;
       row.out = static_cast<int>(rows.size());
@@ -407,7 +386,7 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
       embeds.push_back(e.embeds);
       if (xl_) {
         pooled.push_back(e.pooled);
-        time_ids.push_back(row.time_ids);
+        time_ids.push_back(half == 0 ? row.time_ids.uncond : row.time_ids.cond);
       }
     }
   }
