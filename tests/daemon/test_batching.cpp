@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <thread>
+#include <tuple>
 
 #include "daemon/api/batch_key.h"
 #include "daemon/dispatcher.h"
@@ -68,6 +69,23 @@ TEST_CASE("batch key: what differs per image stays out, what a batch shares is i
   CHECK_FALSE(same([](ImageSpec& s) { s.steps = 21; }));
   CHECK_FALSE(same([](ImageSpec& s) { s.scheduler = "ddim"; }));
   CHECK_FALSE(same([](ImageSpec& s) { s.guidance_scale = 1.0; }));  // CFG off
+  // One model, one LoRA set (names, weights and merge order) and one prompt syntax per batch;
+  // previews are per image.
+  CHECK(same([](ImageSpec& s) { s.previews = true; }));
+  CHECK_FALSE(same([](ImageSpec& s) { s.model = "other-model"; }));
+  CHECK_FALSE(same([](ImageSpec& s) { s.loras = {{"style", 1.0}}; }));
+  CHECK_FALSE(same([](ImageSpec& s) { s.prompt_syntax = PromptSyntax::a1111; }));
+  ImageSpec one = spec(), other = spec();
+  one.loras = {{"style", 0.8}, {"ink", 0.5}};
+  other.loras = {{"style", 0.8}, {"ink", 0.5}};
+  CHECK(batch_key(one) == batch_key(other));
+  other.loras = {{"ink", 0.5}, {"style", 0.8}};  // another merge order rounds differently
+  CHECK(batch_key(one) != batch_key(other));
+  other.loras = {{"style", 0.8}, {"ink", 0.5000001}};
+  CHECK(batch_key(one) != batch_key(other));
+  other.loras = {{"style:0.8,ink", 0.5}};  // names cannot fake another list
+  one.loras = {{"style", 0.8}, {"ink", 0.5}};
+  CHECK(batch_key(one) != batch_key(other));
   // CFG off at any scale <= 1 is one key.
   ImageSpec a = spec(), b = spec();
   a.guidance_scale = 0.0;
@@ -251,4 +269,41 @@ TEST_CASE("a failing batch runs its images alone: only the culprit fails", "[bat
                                                           {"innocent bystander", 2},
                                                           {"FAIL here", 1},
                                                           {"innocent bystander", 1}});
+}
+
+TEST_CASE("a batch is of one model: images of another model wait for their own batch",
+          "[batching][service][models]") {
+  Harness h;
+  h.options.max_batch = 4;
+  h.options.max_loaded_models = 2;
+  auto alpha = FakeBackend::fake_model_info();
+  alpha.name = "alpha";
+  alpha.is_default = true;
+  auto beta = FakeBackend::fake_model_info();
+  beta.name = "beta";
+  beta.is_default = false;
+  h.backend.model_list = {alpha, beta};
+  h.backend.hold_loads();
+  h.start("cpu", /*wait=*/false);
+  auto with_model = [](const std::string& prompt, const std::string& model) {
+    auto r = request({prompt});
+    r.model = model;
+    return r;
+  };
+  const auto a = h.service->submit(with_model("a alpha", "alpha"));
+  const auto b = h.service->submit(with_model("b beta", "beta"));
+  const auto c = h.service->submit(with_model("c alpha", "alpha"));
+  const auto d = h.service->submit(with_model("d beta", "beta"));
+  h.backend.release_loads();
+  REQUIRE(h.service->wait_loaded(20s));
+  for (const auto& id : {a.id, b.id, c.id, d.id})
+    CHECK(h.wait_finished(id).status == JobStatus::done);
+  std::vector<std::tuple<std::string, std::string, int>> calls;
+  for (const auto& call : h.backend.calls())
+    calls.emplace_back(call.prompt, call.model, call.batch_size);
+  CHECK(calls == std::vector<std::tuple<std::string, std::string, int>>{{"a alpha", "alpha", 2},
+                                                                        {"c alpha", "alpha", 2},
+                                                                        {"b beta", "beta", 2},
+                                                                        {"d beta", "beta", 2}});
+  CHECK(h.service->job(b.id)->images[0].batch_size == 2);
 }
