@@ -130,7 +130,8 @@ TEST_CASE("the daemon serves SDXL images equal to diffusers'", "[blackbox][sdxl]
 TEST_CASE("the daemon: SDXL negative micro-conditioning, batched, equals diffusers'",
           "[blackbox][sdxl]") {
   TempDir dir("sdxl-negmicro");
-  DaemonProcess d(dir.path / "data", {"--devices", "cpu", "--max-batch", "2"}, kModel);
+  DaemonProcess d(dir.path / "data",
+                  {"--devices", "cpu", "--max-batch", "2", "--batch-wait-ms", "1500"}, kModel);
   const json g = json::parse(read_file(
       (kModel / "golden" / "negative_microcond" / "pipeline_negative_microcond.json").string()));
   json body = {
@@ -176,11 +177,39 @@ TEST_CASE("the daemon: SDXL negative micro-conditioning, batched, equals diffuse
   CHECK(chunks.text["parameters"].find("Negative original size: 48x32, Negative crop top left: "
                                        "0,24, Negative target size: 80x48") != std::string::npos);
 
-  // Only the two sizes: the job shows the negative crops' default.
-  body.erase("negative_crops_coords_top_left");
+  // Two requests with different negative micro-conditioning share one batch; each image equals
+  // itself alone (the first: diffusers' golden).
   body["n"] = 1;
-  const json sizes = wait_finished(d.port(), submit(d.port(), body.dump()));
-  CHECK(sizes["request"]["negative_crops_coords_top_left"] == json::array({0, 0}));
+  json other = body;
+  other["seed"] = 7;
+  other["negative_original_size"] = json::array({256, 128});
+  other.erase("negative_crops_coords_top_left");  // only the two sizes: crops default [0, 0]
+  other["negative_target_size"] = json::array({16, 16});
+  const std::string first_id = submit(d.port(), body.dump());
+  const std::string other_id = submit(d.port(), other.dump());
+  const json first = wait_finished(d.port(), first_id);
+  const json second = wait_finished(d.port(), other_id);
+  REQUIRE(first["status"] == "done");
+  REQUIRE(second["status"] == "done");
+  CHECK(first["images"][0]["batch_size"] == 2);
+  CHECK(second["images"][0]["batch_size"] == 2);
+  CHECK(second["request"]["negative_crops_coords_top_left"] == json::array({0, 0}));
+  auto image_of = [&](const json& j) {
+    HttpReply r = http_request(d.port(), "GET", j["images"][0]["url"].get<std::string>());
+    REQUIRE(r.status == 200);
+    return decode_png(r.body);
+  };
+  CHECK(max_abs_diff(image_of(first),
+                     golden_png("negative_microcond/pipeline_negative_microcond")) <= 1);
+  const json alone = wait_finished(d.port(), submit(d.port(), other.dump()));
+  REQUIRE(alone["status"] == "done");
+  CHECK(alone["images"][0]["batch_size"] == 1);
+  CHECK(max_abs_diff(image_of(second), image_of(alone)) <= 1);
+  // ... and differs from the same request without the negative sizes.
+  for (const char* f : {"negative_original_size", "negative_target_size"}) other.erase(f);
+  const json plain = wait_finished(d.port(), submit(d.port(), other.dump()));
+  REQUIRE(plain["status"] == "done");
+  CHECK(max_abs_diff(image_of(plain), image_of(alone)) > 1);
 }
 
 TEST_CASE("the daemon serves an SDXL-Turbo folder with its defaults", "[blackbox][sdxl]") {
