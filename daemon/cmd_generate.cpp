@@ -39,7 +39,8 @@ struct GenerateOptions {
   std::optional<int> steps;                    // unset: the model family's
   std::optional<double> guidance;              // unset: the model family's
   std::vector<int> original_size, crops_coords_top_left, target_size;  // SDXL, "H W" each
-  int width = 0, height = 0;                                           // 0: the model's default
+  std::vector<int> negative_original_size, negative_crops_coords_top_left, negative_target_size;
+  int width = 0, height = 0;  // 0: the model's default
   std::string scheduler;
   int n = 1;
   std::string device = "cpu";
@@ -133,6 +134,9 @@ void run_generate(const GenerateOptions& o) {
   asked.original_size = pair(o.original_size);
   asked.crops_coords_top_left = pair(o.crops_coords_top_left);
   asked.target_size = pair(o.target_size);
+  asked.negative_original_size = pair(o.negative_original_size);
+  asked.negative_crops_coords_top_left = pair(o.negative_crops_coords_top_left);
+  asked.negative_target_size = pair(o.negative_target_size);
   if (o.seed >= 0) asked.seed = static_cast<std::uint64_t>(o.seed);
   if (o.width > 0) asked.width = o.width;
   if (o.height > 0) asked.height = o.height;
@@ -261,6 +265,18 @@ void add_generate_command(CLI::App& app) {
       ->expected(2);
   cmd->add_option("--target-size", options->target_size,
                   "SDXL micro-conditioning: HEIGHT WIDTH (default: the output size)")
+      ->expected(2);
+  cmd->add_option("--negative-original-size", options->negative_original_size,
+                  "SDXL negative micro-conditioning (the unconditional half): HEIGHT WIDTH; "
+                  "needs --negative-target-size too (default: the positive ones are reused)")
+      ->expected(2);
+  cmd->add_option("--negative-crops-coords-top-left", options->negative_crops_coords_top_left,
+                  "SDXL negative micro-conditioning: TOP LEFT, with the two negative sizes "
+                  "(default: 0 0)")
+      ->expected(2);
+  cmd->add_option("--negative-target-size", options->negative_target_size,
+                  "SDXL negative micro-conditioning: HEIGHT WIDTH; needs "
+                  "--negative-original-size too")
       ->expected(2);
   cmd->add_option("--width,-W", options->width, "Width in pixels (default: the model's)")
       ->check(CLI::PositiveNumber);

@@ -20,6 +20,9 @@ Txt2ImgParams txt2img_params(const ImageSpec& image) {
   params.original_size = image.original_size;
   params.crops_coords_top_left = image.crops_coords_top_left;
   params.target_size = image.target_size;
+  params.negative_original_size = image.negative_original_size;
+  params.negative_crops_coords_top_left = image.negative_crops_coords_top_left;
+  params.negative_target_size = image.negative_target_size;
   params.a1111_prompt_syntax = image.prompt_syntax == PromptSyntax::a1111;
   return params;
 }
@@ -38,6 +41,9 @@ Txt2ImgParams txt2img_params(const JobRequest& request) {
   params.original_size = request.original_size;
   params.crops_coords_top_left = request.crops_coords_top_left;
   params.target_size = request.target_size;
+  params.negative_original_size = request.negative_original_size;
+  params.negative_crops_coords_top_left = request.negative_crops_coords_top_left;
+  params.negative_target_size = request.negative_target_size;
   params.a1111_prompt_syntax = request.prompt_syntax == PromptSyntax::a1111;
   return params;
 }

@@ -24,6 +24,9 @@ PngGenerationInfo make_png_info(const ImageSpec& image, const JobRequest& reques
   info.original_size = image.original_size;
   info.crops_coords_top_left = image.crops_coords_top_left;
   info.target_size = image.target_size;
+  info.negative_original_size = image.negative_original_size;
+  info.negative_crops_coords_top_left = image.negative_crops_coords_top_left;
+  info.negative_target_size = image.negative_target_size;
   if (!context.job_id.empty()) info.request["job_id"] = context.job_id;
   for (const LoraRef& lora : image.loras) info.loras.push_back({lora.name, lora.weight, "", ""});
   return info;

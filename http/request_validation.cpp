@@ -1,32 +1,37 @@
 #include "http/request_validation.h"
 
+#include <algorithm>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <set>
+#include <vector>
 
 namespace diffusiond::http_api {
 namespace {
 
 using nlohmann::json;
 
-const std::set<std::string>& known_fields() {
-  static const std::set<std::string> fields = {"prompt",
-                                               "prompts",
-                                               "negative_prompt",
-                                               "n",
-                                               "steps",
-                                               "guidance_scale",
-                                               "seed",
-                                               "width",
-                                               "height",
-                                               "scheduler",
-                                               "priority",
-                                               "original_size",
-                                               "crops_coords_top_left",
-                                               "target_size",
-                                               "model",
-                                               "loras",
-                                               "prompt_syntax"};
+// The accepted fields, in the order the unknown-field message lists them.
+const std::vector<std::string>& known_fields() {
+  static const std::vector<std::string> fields = {"prompt",
+                                                  "prompts",
+                                                  "negative_prompt",
+                                                  "n",
+                                                  "steps",
+                                                  "guidance_scale",
+                                                  "seed",
+                                                  "width",
+                                                  "height",
+                                                  "scheduler",
+                                                  "priority",
+                                                  "original_size",
+                                                  "crops_coords_top_left",
+                                                  "target_size",
+                                                  "negative_original_size",
+                                                  "negative_crops_coords_top_left",
+                                                  "negative_target_size",
+                                                  "model",
+                                                  "loras",
+                                                  "prompt_syntax"};
   return fields;
 }
 
@@ -90,16 +95,15 @@ void reject_unknown_fields(const json& body) {
   std::string unknown;
   std::string first;
   for (const auto& [key, value] : body.items()) {
-    if (known_fields().count(key)) continue;
+    if (std::find(known_fields().begin(), known_fields().end(), key) != known_fields().end())
+      continue;
     if (first.empty()) first = key;
     unknown += (unknown.empty() ? "'" : ", '") + key + "'";
   }
-  if (!unknown.empty())
-    fail("unknown_field", first,
-         "unknown field(s) " + unknown +
-             "; accepted fields: prompt, prompts, negative_prompt, n, "
-             "steps, guidance_scale, seed, width, height, scheduler, priority, original_size, "
-             "crops_coords_top_left, target_size, model, loras, prompt_syntax");
+  if (unknown.empty()) return;
+  std::string accepted;
+  for (const std::string& f : known_fields()) accepted += (accepted.empty() ? "" : ", ") + f;
+  fail("unknown_field", first, "unknown field(s) " + unknown + "; accepted fields: " + accepted);
 }
 
 std::vector<std::string> read_prompts(const json& body) {
@@ -206,6 +210,9 @@ GenerateRequest build(const json& body) {
   r.original_size = integer_pair(body, "original_size");
   r.crops_coords_top_left = integer_pair(body, "crops_coords_top_left");
   r.target_size = integer_pair(body, "target_size");
+  r.negative_original_size = integer_pair(body, "negative_original_size");
+  r.negative_crops_coords_top_left = integer_pair(body, "negative_crops_coords_top_left");
+  r.negative_target_size = integer_pair(body, "negative_target_size");
   if (const json* v = optional_field(body, "model")) r.model = text(*v, "model");
   r.loras = read_loras(body);
   if (const json* v = optional_field(body, "prompt_syntax"))

@@ -124,7 +124,7 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
       embeds.push_back(e.embeds);
       if (xl_) {
         pooled.push_back(e.pooled);
-        time_ids.push_back(row.time_ids);
+        time_ids.push_back(half == 0 ? row.time_ids.uncond : row.time_ids.cond);
       }
     }
   }

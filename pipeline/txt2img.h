@@ -41,6 +41,14 @@ struct Txt2ImgParams {
   std::optional<std::array<int, 2>> original_size;
   std::optional<std::array<int, 2>> crops_coords_top_left;
   std::optional<std::array<int, 2>> target_size;
+  // SDXL negative micro-conditioning, as diffusers' negative_original_size,
+  // negative_crops_coords_top_left, negative_target_size: the unconditional rows' add_time_ids
+  // (pipeline/micro_conditioning.h), only when both negative sizes are given (the crops then
+  // default to (0, 0)); otherwise the unconditional rows reuse the conditional ones, as diffusers.
+  // Nothing without classifier-free guidance. SD 1.x/2.x refuse them.
+  std::optional<std::array<int, 2>> negative_original_size;
+  std::optional<std::array<int, 2>> negative_crops_coords_top_left;
+  std::optional<std::array<int, 2>> negative_target_size;
   // A1111's prompt syntax and long prompts for the prompts and the negative prompt
   // (pipeline/prompt_encoder.h); false: plain text, exactly as diffusers.
   bool a1111_prompt_syntax = false;

@@ -66,17 +66,7 @@ void StableDiffusionPipeline::validate(const Txt2ImgParams& params) const {
     fail("width and height must be positive multiples of " + std::to_string(multiple) + " (got " +
          std::to_string(params.width) + "x" + std::to_string(params.height) + ")");
   }
-  if (!xl_ && (params.original_size || params.crops_coords_top_left || params.target_size)) {
-    fail("original_size, crops_coords_top_left and target_size apply to SDXL models only");
-  }
-  for (const auto* size : {&params.original_size, &params.target_size}) {
-    if (*size && ((**size)[0] < 1 || (**size)[1] < 1))
-      fail("original_size and target_size must be positive");
-  }
-  if (params.crops_coords_top_left &&
-      ((*params.crops_coords_top_left)[0] < 0 || (*params.crops_coords_top_left)[1] < 0)) {
-    fail("crops_coords_top_left must not be negative");
-  }
+  check_micro_conditioning(params, xl_);
   if (!params.scheduler.empty() && !canonical_scheduler_name(params.scheduler)) {
     std::string names;
     for (const auto& entry : scheduler_registry())
@@ -149,16 +139,6 @@ torch::Tensor StableDiffusionPipeline::denoise(const torch::Tensor& model_input,
   return out;
 }
 
-torch::Tensor StableDiffusionPipeline::add_time_ids(const Txt2ImgParams& p) const {
-  const std::array<int, 2> output = {p.height, p.width};
-  const auto original = p.original_size.value_or(output);
-  const auto crops = p.crops_coords_top_left.value_or(std::array<int, 2>{0, 0});
-  const auto target = p.target_size.value_or(output);
-  std::vector<float> ids = {float(original[0]), float(original[1]), float(crops[0]),
-                            float(crops[1]),    float(target[0]),   float(target[1])};
-  return torch::tensor(ids, torch::kFloat32).unsqueeze(0).to(dtype_);  // [1, 6]
-}
-
 std::vector<BatchRow> StableDiffusionPipeline::batch_rows(const std::vector<Txt2ImgParams>& items) {
   const Txt2ImgParams& first = items.front();
   const bool guidance = first.guidance_scale > 1.0;
@@ -197,7 +177,7 @@ std::vector<BatchRow> StableDiffusionPipeline::batch_rows(const std::vector<Txt2
                    ? prompts_.zeros()
                    : prompts_.encode(item.negative_prompt.value_or(""), a1111);
     }
-    const torch::Tensor time_ids = xl_ ? add_time_ids(item) : torch::Tensor();
+    const AddTimeIds time_ids = xl_ ? add_time_ids(item, dtype_) : AddTimeIds{};
     for (int k = 0; k < count; ++k) {
       BatchRow row;
       row.out = static_cast<int>(rows.size());

@@ -11,6 +11,7 @@
 
 #include "pipeline/cuda_graph_step.h"
 #include "pipeline/media/config_util.h"
+#include "pipeline/micro_conditioning.h"
 #include "pipeline/model_family.h"
 #include "pipeline/prompt_encoder.h"
 #include "pipeline/step_graphs.h"
@@ -37,7 +38,7 @@ struct BatchRow {
   PromptEmbedding cond, uncond;  // uncond only when guiding
   double guidance_scale = 0;
   std::uint64_t seed = 0;  // its own CPU generator's seed
-  torch::Tensor time_ids;  // SDXL: [1, 6] in the model dtype (CPU)
+  AddTimeIds time_ids;     // SDXL: its cond and uncond rows' [1, 6] in the model dtype (CPU)
   torch::Tensor latents;   // given initial noise [1, C, h, w]; undefined: drawn
 };
 
@@ -127,8 +128,6 @@ class StableDiffusionPipeline final : public StableDiffusion {
   // key includes the text sequence length, so each per-length pass has its own), else eager.
   torch::Tensor unet_step(const torch::Tensor& sample, const torch::Tensor& timestep,
                           const torch::Tensor& embeds, const UNetAddedConditions& added);
-  // SDXL's add_time_ids [1, 6] in the model dtype: original_size + crops + target_size.
-  torch::Tensor add_time_ids(const Txt2ImgParams& params) const;
   // The images of a batch, items in order (each item's images prompt-major), their prompts
   // encoded; checks every item and that they share what a batch shares.
   std::vector<BatchRow> batch_rows(const std::vector<Txt2ImgParams>& items);

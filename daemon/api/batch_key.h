@@ -5,7 +5,8 @@
 // batch shares (pipeline/txt2img.h StableDiffusion::generate_batch): the model (resolved name) and
 // its LoRA set, the prompt syntax, width, height, steps, sampler and
 // classifier-free guidance on or off. What may differ per image stays out of it: prompt,
-// negative prompt (absent or given), seed, guidance scale (> 1), SDXL micro-conditioning.
+// negative prompt (absent or given), seed, guidance scale (> 1), SDXL micro-conditioning (the
+// negative one too: each row carries its own add_time_ids).
 // Prompts whose embeddings differ in shape (prompt weighting / chunking: more than 77 tokens)
 // are split into sub-batches by the pipeline itself, so the key need not know token counts.
 //

@@ -52,8 +52,24 @@ int side(const std::optional<std::int64_t>& given, int fallback, const char* fie
   return x;
 }
 
-// SDXL's original_size / crops_coords_top_left / target_size: bounded like the image sides
-// (crops from 0), defaults as diffusers (the output size, (0, 0)); refused for other models.
+// An SDXL micro-conditioning pair: each number in [lo, max_side].
+std::array<int, 2> size_pair(const SizePair& given, const char* name, std::int64_t lo,
+                             const RequestLimits& limits) {
+  for (const std::int64_t x : given) {
+    if (x < lo || x > limits.max_side)
+      invalid(name, std::string("field '") + name + "' must hold two numbers between " +
+                        std::to_string(lo) + " and " + std::to_string(limits.max_side) + ", got [" +
+                        std::to_string(given[0]) + ", " + std::to_string(given[1]) + "]");
+  }
+  return {static_cast<int>(given[0]), static_cast<int>(given[1])};
+}
+
+// SDXL's original_size / crops_coords_top_left / target_size and their negative_ counterparts:
+// bounded like the image sides (crops from 0); refused for other models. Positive defaults as
+// diffusers (the output size, (0, 0)). The negative ones: diffusers uses them only when both
+// negative sizes are given (negative crops then default to (0, 0)); a size alone or the crops
+// alone would silently do nothing, so they are refused; none given: all three stay unset (the
+// unconditional half reuses the positive ones).
 void micro_conditioning(const GenerateRequest& in, const RequestDefaults& defaults,
                         const RequestLimits& limits, JobRequest& r) {
   struct Field {
@@ -61,30 +77,44 @@ void micro_conditioning(const GenerateRequest& in, const RequestDefaults& defaul
     std::optional<std::array<int, 2>>& out;
     const char* name;
     std::int64_t lo;
-    std::array<int, 2> fallback;
   };
   const Field fields[] = {
-      {in.original_size, r.original_size, "original_size", 1, {r.height, r.width}},
-      {in.crops_coords_top_left, r.crops_coords_top_left, "crops_coords_top_left", 0, {0, 0}},
-      {in.target_size, r.target_size, "target_size", 1, {r.height, r.width}}};
+      {in.original_size, r.original_size, "original_size", 1},
+      {in.crops_coords_top_left, r.crops_coords_top_left, "crops_coords_top_left", 0},
+      {in.target_size, r.target_size, "target_size", 1},
+      {in.negative_original_size, r.negative_original_size, "negative_original_size", 1},
+      {in.negative_crops_coords_top_left, r.negative_crops_coords_top_left,
+       "negative_crops_coords_top_left", 0},
+      {in.negative_target_size, r.negative_target_size, "negative_target_size", 1}};
+  std::string negatives_given;
   for (const Field& f : fields) {
-    if (f.given && !defaults.micro_conditioning)
+    if (!f.given) continue;
+    if (!defaults.micro_conditioning)
       invalid(f.name, std::string("field '") + f.name +
                           "' applies to SDXL models only; this model does not take it");
-    if (!defaults.micro_conditioning) continue;
-    if (!f.given) {
-      f.out = f.fallback;
-      continue;
-    }
-    for (const std::int64_t x : *f.given) {
-      if (x < f.lo || x > limits.max_side)
-        invalid(f.name, std::string("field '") + f.name + "' must hold two numbers between " +
-                            std::to_string(f.lo) + " and " + std::to_string(limits.max_side) +
-                            ", got [" + std::to_string((*f.given)[0]) + ", " +
-                            std::to_string((*f.given)[1]) + "]");
-    }
-    f.out = std::array<int, 2>{static_cast<int>((*f.given)[0]), static_cast<int>((*f.given)[1])};
+    f.out = size_pair(*f.given, f.name, f.lo, limits);
+    if (std::string(f.name).rfind("negative_", 0) == 0)
+      negatives_given += (negatives_given.empty() ? "'" : "', '") + std::string(f.name);
   }
+  if (!defaults.micro_conditioning) return;
+  if (!r.original_size) r.original_size = std::array<int, 2>{r.height, r.width};
+  if (!r.crops_coords_top_left) r.crops_coords_top_left = std::array<int, 2>{0, 0};
+  if (!r.target_size) r.target_size = std::array<int, 2>{r.height, r.width};
+  if (negatives_given.empty()) return;
+  if (!r.negative_original_size || !r.negative_target_size) {
+    const std::string missing =
+        !r.negative_original_size ? "negative_original_size" : "negative_target_size";
+    invalid(missing,
+            "field '" + missing + "' is required with " + negatives_given +
+                "': diffusers uses the negative micro-conditioning only when "
+                "negative_original_size and negative_target_size are both given "
+                "(negative_crops_coords_top_left defaults to [0, 0]); give both, or none for "
+                "the unconditional half to reuse original_size, crops_coords_top_left and "
+                "target_size",
+            "missing_field");
+  }
+  if (!r.negative_crops_coords_top_left)
+    r.negative_crops_coords_top_left = std::array<int, 2>{0, 0};
 }
 
 // A model or LoRA name: a name, never a path (no separators, no "." or "..").
@@ -349,6 +379,9 @@ ImageSpec image_spec(const JobRequest& r, int k) {
   s.original_size = r.original_size;
   s.crops_coords_top_left = r.crops_coords_top_left;
   s.target_size = r.target_size;
+  s.negative_original_size = r.negative_original_size;
+  s.negative_crops_coords_top_left = r.negative_crops_coords_top_left;
+  s.negative_target_size = r.negative_target_size;
   s.model = r.model;
   s.loras = r.loras;
   s.prompt_syntax = r.prompt_syntax;

@@ -54,6 +54,13 @@ struct GenerateRequest {
   std::optional<SizePair> original_size;
   std::optional<SizePair> crops_coords_top_left;
   std::optional<SizePair> target_size;
+  // SDXL negative micro-conditioning (diffusers' negative_original_size, ...): the
+  // unconditional half's add_time_ids. Both sizes or none: one size alone, or the crops alone,
+  // is refused (diffusers would silently ignore it). Unset: the unconditional half reuses the
+  // three above.
+  std::optional<SizePair> negative_original_size;
+  std::optional<SizePair> negative_crops_coords_top_left;
+  std::optional<SizePair> negative_target_size;
   std::optional<std::string> model;          // unset: the daemon's default model
   std::vector<LoraRef> loras;                // in the order given
   std::optional<std::string> prompt_syntax;  // "plain" (default) or "a1111", any case
@@ -75,6 +82,10 @@ struct JobRequest {
   std::optional<std::array<int, 2>> original_size;
   std::optional<std::array<int, 2>> crops_coords_top_left;
   std::optional<std::array<int, 2>> target_size;
+  // SDXL negative micro-conditioning: all three set (crops defaulted to (0, 0)) or all unset.
+  std::optional<std::array<int, 2>> negative_original_size;
+  std::optional<std::array<int, 2>> negative_crops_coords_top_left;
+  std::optional<std::array<int, 2>> negative_target_size;
   std::string model;  // as asked; empty: the daemon's default model
   // The job's LoRA set, applied to every image: loras[] then the `<lora:...>` tags of the
   // prompts (in order) and of the negative prompt, each name once (prompts keep their text
@@ -108,7 +119,8 @@ struct RequestDefaults {
   int steps = 50;
   double guidance_scale = 7.5;
   std::string scheduler;            // canonical
-  bool micro_conditioning = false;  // SDXL: takes original_size / crops / target_size
+  bool micro_conditioning = false;  // SDXL: takes original_size / crops / target_size and the
+                                    // negative_ ones
 };
 
 // Canonical scheduler name for a canonical name or alias (case-insensitive); nullopt if unknown.
@@ -147,6 +159,8 @@ struct ImageSpec {
   int height = 0;
   std::string scheduler;  // canonical
   std::optional<std::array<int, 2>> original_size, crops_coords_top_left, target_size;
+  std::optional<std::array<int, 2>> negative_original_size, negative_crops_coords_top_left,
+      negative_target_size;
   std::string model;  // empty: the daemon's default model
   std::vector<LoraRef> loras;
   PromptSyntax prompt_syntax = PromptSyntax::plain;

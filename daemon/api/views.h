@@ -123,6 +123,7 @@ struct ModelInfo {
   std::vector<SchedulerName> schedulers;
   std::string family = "sd";        // sd, sd-turbo, sdxl, sdxl-turbo
   bool micro_conditioning = false;  // SDXL: original_size, crops_coords_top_left, target_size
+                                    // and the negative_ ones
   std::vector<std::array<int, 2>> size_presets;  // (width, height) a UI offers, first = native
 };
 

@@ -278,11 +278,19 @@ std::string a1111_parameters(const PngGenerationInfo& info) {
   auto w_x_h = [](const std::array<int, 2>& hw) {
     return std::to_string(hw[1]) + "x" + std::to_string(hw[0]);
   };
+  auto top_left = [](const std::array<int, 2>& tl) {
+    return std::to_string(tl[0]) + "," + std::to_string(tl[1]);
+  };
   if (info.original_size) text += ", Original size: " + w_x_h(*info.original_size);
   if (info.crops_coords_top_left)
-    text += ", Crop top left: " + std::to_string((*info.crops_coords_top_left)[0]) + "," +
-            std::to_string((*info.crops_coords_top_left)[1]);
+    text += ", Crop top left: " + top_left(*info.crops_coords_top_left);
   if (info.target_size) text += ", Target size: " + w_x_h(*info.target_size);
+  if (info.negative_original_size)
+    text += ", Negative original size: " + w_x_h(*info.negative_original_size);
+  if (info.negative_crops_coords_top_left)
+    text += ", Negative crop top left: " + top_left(*info.negative_crops_coords_top_left);
+  if (info.negative_target_size)
+    text += ", Negative target size: " + w_x_h(*info.negative_target_size);
   if (!info.model_hash.empty()) text += ", Model hash: " + info.model_hash;
   if (!info.model_name.empty()) text += ", Model: " + info.model_name;
   std::string lora_hashes;  // A1111 extra_networks_lora.py: "name: shorthash, ..." quoted
@@ -325,6 +333,10 @@ nlohmann::json diffusiond_metadata(const PngGenerationInfo& info) {
   if (info.original_size) meta["original_size"] = *info.original_size;
   if (info.crops_coords_top_left) meta["crops_coords_top_left"] = *info.crops_coords_top_left;
   if (info.target_size) meta["target_size"] = *info.target_size;
+  if (info.negative_original_size) meta["negative_original_size"] = *info.negative_original_size;
+  if (info.negative_crops_coords_top_left)
+    meta["negative_crops_coords_top_left"] = *info.negative_crops_coords_top_left;
+  if (info.negative_target_size) meta["negative_target_size"] = *info.negative_target_size;
   if (!info.loras.empty()) {
     auto loras = nlohmann::json::array();
     for (const auto& lora : info.loras) {

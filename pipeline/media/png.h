@@ -68,6 +68,9 @@ struct PngGenerationInfo {
   nlohmann::json request = nlohmann::json::object();
   // SDXL micro-conditioning, (height, width) / (top, left) as diffusers; unset for other models.
   std::optional<std::array<int, 2>> original_size, crops_coords_top_left, target_size;
+  // SDXL negative micro-conditioning; unset when not given.
+  std::optional<std::array<int, 2>> negative_original_size, negative_crops_coords_top_left,
+      negative_target_size;
   // The LoRAs applied, in order: name (file stem), multiplier, A1111 short hash (the first 12
   // hex digits of the file's SHA-256; "" when unknown) and the full SHA-256.
   struct Lora {
@@ -83,12 +86,15 @@ struct PngGenerationInfo {
 // Size: 512x512, Model hash: H, Model: NAME, Lora hashes: "a: H1, b: H2", Version: diffusiond X"
 // (the negative prompt line, model hash and Lora hashes omitted when empty, as AUTOMATIC1111
 // does; Lora hashes lists the LoRAs with a known hash). SDXL images add, after Size,
-// "Original size: WxH, Crop top left: TOP,LEFT, Target size: WxH".
+// "Original size: WxH, Crop top left: TOP,LEFT, Target size: WxH", and when given
+// "Negative original size: WxH, Negative crop top left: TOP,LEFT, Negative target size: WxH".
 std::string a1111_parameters(const PngGenerationInfo& info);
 // The "diffusiond" iTXt payload: {"request", "model": {name, hash, sha256}, "scheduler", "sampler",
 // "seed", "steps", "guidance_scale", "width", "height", "device", "dtype", "image_index",
-// "version"}, "loras" ([{name, weight, short_hash, sha256}], only when LoRAs were applied), plus "original_size", "crops_coords_top_left", "target_size" ([a, b] in diffusers'
-// order) for SDXL images; "negative_prompt" is null when it was absent.
+// "version"}, "loras" ([{name, weight, short_hash, sha256}], only when LoRAs were applied), plus
+// "original_size", "crops_coords_top_left", "target_size" ([a, b] in diffusers' order) for SDXL
+// images and "negative_original_size", "negative_crops_coords_top_left", "negative_target_size"
+// when given; "negative_prompt" is null when it was absent.
 nlohmann::json diffusiond_metadata(const PngGenerationInfo& info);
 // encode_png with "parameters" (tEXt, or iTXt when not Latin-1) and "diffusiond" (iTXt).
 std::string encode_png_with_metadata(const RgbImage& image, const PngGenerationInfo& info,

@@ -2,7 +2,7 @@
 // (the fixture with golden/scheduler_turbo/ as its scheduler) over real HTTP: GET /model says the
 // family's defaults and presets, and the images equal diffusers' goldens (golden/pipeline*.png)
 // within 1/255, with the absent/empty negative prompt kept apart and the micro-conditioning
-// fields recorded in the job and the PNG.
+// fields (the negative ones too, golden/negative_microcond/) recorded in the job and the PNG.
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
@@ -125,6 +125,91 @@ TEST_CASE("the daemon serves SDXL images equal to diffusers'", "[blackbox][sdxl]
       http_request(d.port(), "POST", "/generate", R"({"prompt":"x","original_size":[64]})");
   CHECK(bad.status == 400);
   CHECK(bad.json()["error"]["field"] == "original_size");
+}
+
+TEST_CASE("the daemon: SDXL negative micro-conditioning, batched, equals diffusers'",
+          "[blackbox][sdxl]") {
+  TempDir dir("sdxl-negmicro");
+  DaemonProcess d(dir.path / "data",
+                  {"--devices", "cpu", "--max-batch", "2", "--batch-wait-ms", "1500"}, kModel);
+  const json g = json::parse(read_file(
+      (kModel / "golden" / "negative_microcond" / "pipeline_negative_microcond.json").string()));
+  json body = {
+      {"prompt", g["prompt"]}, {"negative_prompt", g["negative_prompt"]}, {"seed", g["seed"]},
+      {"steps", g["steps"]},   {"guidance_scale", g["guidance_scale"]},   {"width", g["width"]},
+      {"height", g["height"]}};
+  for (const char* f :
+       {"original_size", "crops_coords_top_left", "target_size", "negative_original_size",
+        "negative_crops_coords_top_left", "negative_target_size"})
+    body[f] = g[f];
+
+  // One negative size alone (or the crops alone): 400 naming the missing size.
+  for (const char* given : {"negative_original_size", "negative_crops_coords_top_left"}) {
+    json half = {{"prompt", "x"}, {given, g[given]}};
+    HttpReply r = http_request(d.port(), "POST", "/generate", half.dump());
+    INFO(r.body);
+    CHECK(r.status == 400);
+    CHECK(r.json()["error"]["field"] == (std::string(given) == "negative_original_size"
+                                             ? "negative_target_size"
+                                             : "negative_original_size"));
+  }
+
+  // n = 2: both images in one UNet batch; image 0 equals diffusers' image alone.
+  body["n"] = 2;
+  const json job = wait_finished(d.port(), submit(d.port(), body.dump()));
+  REQUIRE(job["status"] == "done");
+  for (const char* f : {"negative_original_size", "negative_crops_coords_top_left",
+                        "negative_target_size", "original_size", "target_size"})
+    CHECK(job["request"][f] == g[f]);
+  CHECK(job["images"][0]["batch_size"] == 2);
+  HttpReply png = http_request(d.port(), "GET", job["images"][0]["url"].get<std::string>());
+  REQUIRE(png.status == 200);
+  CHECK(max_abs_diff(decode_png(png.body),
+                     decode_png(read_file((kModel / "golden" / "negative_microcond" /
+                                           "pipeline_negative_microcond.png")
+                                              .string()))) <= 1);
+  PngChunks chunks = read_png_chunks(png.body);
+  const json meta = json::parse(chunks.text["diffusiond"]);
+  CHECK(meta["negative_original_size"] == json::array({32, 48}));
+  CHECK(meta["negative_crops_coords_top_left"] == json::array({0, 24}));
+  CHECK(meta["negative_target_size"] == json::array({48, 80}));
+  CHECK(meta["request"]["negative_target_size"] == json::array({48, 80}));
+  CHECK(chunks.text["parameters"].find("Negative original size: 48x32, Negative crop top left: "
+                                       "0,24, Negative target size: 80x48") != std::string::npos);
+
+  // Two requests with different negative micro-conditioning share one batch; each image equals
+  // itself alone (the first: diffusers' golden).
+  body["n"] = 1;
+  json other = body;
+  other["seed"] = 7;
+  other["negative_original_size"] = json::array({256, 128});
+  other.erase("negative_crops_coords_top_left");  // only the two sizes: crops default [0, 0]
+  other["negative_target_size"] = json::array({16, 16});
+  const std::string first_id = submit(d.port(), body.dump());
+  const std::string other_id = submit(d.port(), other.dump());
+  const json first = wait_finished(d.port(), first_id);
+  const json second = wait_finished(d.port(), other_id);
+  REQUIRE(first["status"] == "done");
+  REQUIRE(second["status"] == "done");
+  CHECK(first["images"][0]["batch_size"] == 2);
+  CHECK(second["images"][0]["batch_size"] == 2);
+  CHECK(second["request"]["negative_crops_coords_top_left"] == json::array({0, 0}));
+  auto image_of = [&](const json& j) {
+    HttpReply r = http_request(d.port(), "GET", j["images"][0]["url"].get<std::string>());
+    REQUIRE(r.status == 200);
+    return decode_png(r.body);
+  };
+  CHECK(max_abs_diff(image_of(first),
+                     golden_png("negative_microcond/pipeline_negative_microcond")) <= 1);
+  const json alone = wait_finished(d.port(), submit(d.port(), other.dump()));
+  REQUIRE(alone["status"] == "done");
+  CHECK(alone["images"][0]["batch_size"] == 1);
+  CHECK(max_abs_diff(image_of(second), image_of(alone)) <= 1);
+  // ... and differs from the same request without the negative sizes.
+  for (const char* f : {"negative_original_size", "negative_target_size"}) other.erase(f);
+  const json plain = wait_finished(d.port(), submit(d.port(), other.dump()));
+  REQUIRE(plain["status"] == "done");
+  CHECK(max_abs_diff(image_of(plain), image_of(alone)) > 1);
 }
 
 TEST_CASE("the daemon serves an SDXL-Turbo folder with its defaults", "[blackbox][sdxl]") {

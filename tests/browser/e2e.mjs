@@ -323,7 +323,9 @@ async function testSdxl(daemon) {
     assert.equal(await page.locator('#negative-empty-row').isVisible(), true);
     await page.locator('#advanced summary').click();
     for (const id of ['original-height', 'original-width', 'crop-top', 'crop-left',
-                      'target-height', 'target-width']) {
+                      'target-height', 'target-width', 'negative-original-height',
+                      'negative-original-width', 'negative-crop-top', 'negative-crop-left',
+                      'negative-target-height', 'negative-target-width']) {
       assert.equal(await page.locator(`#${id}`).isVisible(), true, `#${id} not shown`);
     }
 
@@ -343,7 +345,26 @@ async function testSdxl(daemon) {
     job = await (await fetch(`${daemon.url}/jobs/${empty.body.id}`)).json();
     assert.equal(job.request.negative_prompt, '');
     assert.deepEqual(job.request.crops_coords_top_left, [16, 8]);
+    assert.equal(job.request.negative_original_size, undefined);  // left empty: not sent
     await page.waitForSelector(`#queue .job[data-job-id="${empty.body.id}"][data-status="done"]`, WAIT);
+
+    check('SDXL: negative micro-conditioning: one size alone is refused by name, both are sent');
+    await page.fill('#negative-original-height', '32');
+    await page.fill('#negative-original-width', '48');
+    const half = await submit(page);
+    assert.equal(half.status, 400, JSON.stringify(half.body));
+    assert.equal(half.body.error.field, 'negative_target_size');
+    assert.equal(await page.getAttribute('#negative-target-height', 'aria-invalid'), 'true');
+    assert.ok((await page.locator('#form-error').textContent()).includes('negative_target_size'));
+    await page.fill('#negative-target-height', '48');
+    await page.fill('#negative-target-width', '80');
+    const negative = await submit(page);
+    assert.equal(negative.status, 202, JSON.stringify(negative.body));
+    job = await (await fetch(`${daemon.url}/jobs/${negative.body.id}`)).json();
+    assert.deepEqual(job.request.negative_original_size, [32, 48]);
+    assert.deepEqual(job.request.negative_crops_coords_top_left, [0, 0]);
+    assert.deepEqual(job.request.negative_target_size, [48, 80]);
+    await page.waitForSelector(`#queue .job[data-job-id="${negative.body.id}"][data-status="done"]`, WAIT);
     await shot(page, '09-sdxl');
     assert.deepEqual(pageErrors, [], 'uncaught errors in the page');
   } finally {

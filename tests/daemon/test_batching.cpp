@@ -59,6 +59,11 @@ TEST_CASE("batch key: what differs per image stays out, what a batch shares is i
   CHECK(same([](ImageSpec& s) { s.guidance_scale = 3.0; }));
   CHECK(same([](ImageSpec& s) { s.index = 7; }));
   CHECK(same([](ImageSpec& s) { s.original_size = std::array<int, 2>{1024, 1024}; }));
+  CHECK(same([](ImageSpec& s) {
+    s.negative_original_size = std::array<int, 2>{512, 512};
+    s.negative_crops_coords_top_left = std::array<int, 2>{0, 0};
+    s.negative_target_size = std::array<int, 2>{256, 256};
+  }));
   CHECK_FALSE(same([](ImageSpec& s) { s.width = 768; }));
   CHECK_FALSE(same([](ImageSpec& s) { s.height = 768; }));
   CHECK_FALSE(same([](ImageSpec& s) { s.steps = 21; }));

@@ -223,6 +223,34 @@ TEST_CASE("absent vs empty negative prompt and SDXL micro-conditioning survive t
   CHECK_FALSE(request_from_json(old).original_size.has_value());
 }
 
+TEST_CASE("SDXL negative micro-conditioning survives the round trip and reaches each image",
+          "[job][sdxl]") {
+  auto request = two_prompts_times_three();
+  request.original_size = std::array<int, 2>{64, 64};
+  CHECK_FALSE(request_to_json(request).contains("negative_original_size"));  // not given
+  request.negative_original_size = std::array<int, 2>{512, 384};
+  request.negative_crops_coords_top_left = std::array<int, 2>{0, 24};
+  request.negative_target_size = std::array<int, 2>{32, 48};
+  const auto json = request_to_json(request);
+  CHECK(json["negative_original_size"] == nlohmann::json::array({512, 384}));
+  CHECK(json["negative_crops_coords_top_left"] == nlohmann::json::array({0, 24}));
+  CHECK(json["negative_target_size"] == nlohmann::json::array({32, 48}));
+  const auto back = request_from_json(nlohmann::json::parse(json.dump()));
+  CHECK(back.negative_original_size == request.negative_original_size);
+  CHECK(back.negative_crops_coords_top_left == request.negative_crops_coords_top_left);
+  CHECK(back.negative_target_size == request.negative_target_size);
+  const ImageSpec spec = image_spec(request, 5);
+  CHECK(spec.negative_original_size == request.negative_original_size);
+  CHECK(spec.negative_crops_coords_top_left == request.negative_crops_coords_top_left);
+  CHECK(spec.negative_target_size == request.negative_target_size);
+  // Rows stored before these fields read as "not given".
+  auto old = json;
+  for (const char* f :
+       {"negative_original_size", "negative_crops_coords_top_left", "negative_target_size"})
+    old.erase(f);
+  CHECK_FALSE(request_from_json(old).negative_original_size.has_value());
+}
+
 TEST_CASE("model, loras and prompt_syntax survive the round trip and reach each image", "[job]") {
   auto request = two_prompts_times_three();
   CHECK_FALSE(request_to_json(request).contains("model"));  // old rows read the same

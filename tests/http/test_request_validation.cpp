@@ -277,6 +277,49 @@ TEST_CASE("SDXL micro-conditioning: defaults, shapes, ranges, refused for other 
         std::array<int, 2>{0, 0});
 }
 
+TEST_CASE("SDXL negative micro-conditioning: both sizes or none, crops defaulted",
+          "[http][validation][sdxl]") {
+  // Left out: all three unset (the unconditional half reuses the positive ones).
+  JobRequest none = ok(R"({"prompt":"x"})", true);
+  CHECK_FALSE(none.negative_original_size.has_value());
+  CHECK_FALSE(none.negative_crops_coords_top_left.has_value());
+  CHECK_FALSE(none.negative_target_size.has_value());
+  JobRequest both = ok(R"({"prompt":"x","negative_original_size":[512,384],
+      "negative_target_size":[32,48]})",
+                       true);
+  CHECK(both.negative_original_size == std::array<int, 2>{512, 384});
+  CHECK(both.negative_crops_coords_top_left == std::array<int, 2>{0, 0});  // diffusers' default
+  CHECK(both.negative_target_size == std::array<int, 2>{32, 48});
+  CHECK(both.original_size == std::array<int, 2>{512, 512});  // the positive ones untouched
+  JobRequest all = ok(R"({"prompt":"x","negative_original_size":[512,384],
+      "negative_crops_coords_top_left":[0,24],"negative_target_size":[32,48]})",
+                      true);
+  CHECK(all.negative_crops_coords_top_left == std::array<int, 2>{0, 24});
+
+  // Half given: diffusers would ignore it; a 400 naming the missing size.
+  expect_field(R"({"prompt":"x","negative_original_size":[64,64]})", "negative_target_size",
+               "missing_field", true);
+  expect_field(R"({"prompt":"x","negative_target_size":[64,64]})", "negative_original_size",
+               "missing_field", true);
+  expect_field(R"({"prompt":"x","negative_crops_coords_top_left":[8,8]})", "negative_original_size",
+               "missing_field", true);
+  ValidationError half = bad(R"({"prompt":"x","negative_original_size":[64,64]})", {}, true);
+  CHECK_THAT(half.message, Catch::Contains("both"));
+
+  for (const char* field :
+       {"negative_original_size", "negative_crops_coords_top_left", "negative_target_size"}) {
+    const std::string f = field;
+    expect_field(R"({"prompt":"x",")" + f + R"(":[1,2,3]})", f, "invalid_field", true);
+    expect_field(R"({"prompt":"x",")" + f + R"(":[64,99999]})", f, "invalid_field", true);
+    expect_field(R"({"prompt":"x",")" + f + R"(":[-1,64]})", f, "invalid_field", true);
+    ValidationError e = bad(R"({"prompt":"x",")" + f + R"(":[64,64]})");  // SD 1.x/2.x
+    CHECK(e.field == f);
+    CHECK_THAT(e.message, Catch::Contains("SDXL models only"));
+  }
+  expect_field(R"({"prompt":"x","negative_original_size":[0,64],"negative_target_size":[64,64]})",
+               "negative_original_size", "invalid_field", true);
+}
+
 TEST_CASE("model, loras and prompt_syntax are read and checked", "[http][validation]") {
   JobRequest r = ok(R"({"prompt":"x","model":"other","prompt_syntax":"A1111",
       "loras":[{"name":"style","weight":0.8},{"name":"detail"},{"name":"neg","weight":-1.5}]})");

@@ -257,4 +257,16 @@ TEST_CASE("SDXL micro-conditioning in the A1111 text and the diffusiond JSON", "
   CHECK(meta["original_size"] == nlohmann::json::array({1024, 2048}));
   CHECK(meta["crops_coords_top_left"] == nlohmann::json::array({16, 8}));
   CHECK(meta["target_size"] == nlohmann::json::array({832, 1216}));
+  CHECK_FALSE(meta.contains("negative_original_size"));  // not given
+
+  info.negative_original_size = std::array<int, 2>{512, 384};
+  info.negative_crops_coords_top_left = std::array<int, 2>{0, 24};
+  info.negative_target_size = std::array<int, 2>{32, 48};
+  CHECK_THAT(a1111_parameters(info),
+             Catch::Contains("Target size: 1216x832, Negative original size: 384x512, Negative "
+                             "crop top left: 0,24, Negative target size: 48x32, Version: "));
+  meta = diffusiond_metadata(info);
+  CHECK(meta["negative_original_size"] == nlohmann::json::array({512, 384}));
+  CHECK(meta["negative_crops_coords_top_left"] == nlohmann::json::array({0, 24}));
+  CHECK(meta["negative_target_size"] == nlohmann::json::array({32, 48}));
 }

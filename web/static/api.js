@@ -102,7 +102,8 @@ function plainWords(status, code, message, resp) {
 }
 
 const FIELDS = ['negative_prompt', 'prompt', 'width', 'height', 'steps', 'guidance_scale', 'seed',
-                'scheduler', 'n', 'original_size', 'crops_coords_top_left', 'target_size',
+                'scheduler', 'n', 'negative_original_size', 'negative_crops_coords_top_left',
+                'negative_target_size', 'original_size', 'crops_coords_top_left', 'target_size',
                 'prompt_syntax'];
 function fieldOf(error) {
   if (error && typeof error.field === 'string') return error.field;

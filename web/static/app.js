@@ -15,14 +15,21 @@ const FIELD_INPUTS = {
   model: 'model-picker',
   loras: 'lora-pick',
   original_size: 'original-height', crops_coords_top_left: 'crop-top', target_size: 'target-height',
+  negative_original_size: 'negative-original-height',
+  negative_crops_coords_top_left: 'negative-crop-top',
+  negative_target_size: 'negative-target-height',
   prompt_syntax: 'a1111-syntax',
 };
 // Used only when the daemon's /model gives no size_presets (an older daemon).
 const FALLBACK_PRESETS = [[512, 512], [768, 768], [512, 768], [768, 512]];
-// SDXL micro-conditioning: request field -> its two inputs, in diffusers' order.
+// SDXL micro-conditioning (and the negative one): request field -> its two inputs, in diffusers'
+// order.
 const PAIR_FIELDS = [['original_size', 'original-height', 'original-width'],
                      ['crops_coords_top_left', 'crop-top', 'crop-left'],
-                     ['target_size', 'target-height', 'target-width']];
+                     ['target_size', 'target-height', 'target-width'],
+                     ['negative_original_size', 'negative-original-height', 'negative-original-width'],
+                     ['negative_crops_coords_top_left', 'negative-crop-top', 'negative-crop-left'],
+                     ['negative_target_size', 'negative-target-height', 'negative-target-width']];
 const samplerLabels = new Map();  // canonical name -> what the user reads
 
 function samplerLabel(name) { return samplerLabels.get(name) || name; }

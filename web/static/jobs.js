@@ -54,6 +54,9 @@ export function normaliseJob(raw) {
     original_size: req.original_size || null,
     crops_coords_top_left: req.crops_coords_top_left || null,
     target_size: req.target_size || null,
+    negative_original_size: req.negative_original_size || null,
+    negative_crops_coords_top_left: req.negative_crops_coords_top_left || null,
+    negative_target_size: req.negative_target_size || null,
     n: numberOr(req.n, 1),
     steps: numberOr(req.steps, 0),
     guidance_scale: numberOr(req.guidance_scale, ''),
@@ -172,6 +175,11 @@ export function parametersText(job, im, samplerLabel) {
   if (job.original_size) fields.push(`Original size: ${wxh(job.original_size)}`);
   if (job.crops_coords_top_left) fields.push(`Crop top left: ${job.crops_coords_top_left.join(',')}`);
   if (job.target_size) fields.push(`Target size: ${wxh(job.target_size)}`);
+  if (job.negative_original_size) fields.push(`Negative original size: ${wxh(job.negative_original_size)}`);
+  if (job.negative_crops_coords_top_left) {
+    fields.push(`Negative crop top left: ${job.negative_crops_coords_top_left.join(',')}`);
+  }
+  if (job.negative_target_size) fields.push(`Negative target size: ${wxh(job.negative_target_size)}`);
   if (job.model) fields.push(`Model: ${job.model}`);
   if (im.device) fields.push(`Device: ${im.device}`);
   lines.push(fields.join(', '));

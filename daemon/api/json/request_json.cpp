@@ -21,6 +21,10 @@ nlohmann::json request_to_json(const JobRequest& r) {
   if (r.original_size) j["original_size"] = *r.original_size;
   if (r.crops_coords_top_left) j["crops_coords_top_left"] = *r.crops_coords_top_left;
   if (r.target_size) j["target_size"] = *r.target_size;
+  if (r.negative_original_size) j["negative_original_size"] = *r.negative_original_size;
+  if (r.negative_crops_coords_top_left)
+    j["negative_crops_coords_top_left"] = *r.negative_crops_coords_top_left;
+  if (r.negative_target_size) j["negative_target_size"] = *r.negative_target_size;
   // Present only when set, so that version-1 records read back unchanged.
   if (!r.model.empty()) j["model"] = r.model;
   if (!r.loras.empty()) {
@@ -68,6 +72,10 @@ JobRequest request_from_json(const nlohmann::json& json) {
   r.original_size = optional<std::array<int, 2>>(json, "original_size");
   r.crops_coords_top_left = optional<std::array<int, 2>>(json, "crops_coords_top_left");
   r.target_size = optional<std::array<int, 2>>(json, "target_size");
+  r.negative_original_size = optional<std::array<int, 2>>(json, "negative_original_size");
+  r.negative_crops_coords_top_left =
+      optional<std::array<int, 2>>(json, "negative_crops_coords_top_left");
+  r.negative_target_size = optional<std::array<int, 2>>(json, "negative_target_size");
   r.model = optional<std::string>(json, "model").value_or("");
   if (auto loras = json.find("loras"); loras != json.end() && loras->is_array())
     for (const auto& l : *loras)
