@@ -6,24 +6,10 @@
 #include <iterator>
 
 #include "daemon/core_service.h"
+#include "daemon/core_shared.h"
 #include "pipeline/media/image_formats.h"
 
 namespace diffusiond {
-namespace {
-
-ImageFileFormat file_format(ImageFormat f) {
-  switch (f) {
-    case ImageFormat::jpeg:
-      return ImageFileFormat::jpeg;
-    case ImageFormat::webp:
-      return ImageFileFormat::webp;
-    case ImageFormat::png:
-      break;
-  }
-  return ImageFileFormat::png;
-}
-
-}  // namespace
 
 std::optional<EncodedImage> CoreService::encoded_image(const std::string& id, int k,
                                                        ImageFormat format, int quality) const {
@@ -35,23 +21,12 @@ std::optional<EncodedImage> CoreService::encoded_image(const std::string& id, in
     throw ServiceError(ErrorCode::internal,
                        "cannot read image " + std::to_string(k) + " of job '" + id + "'");
   if (png.empty()) return std::nullopt;  // removed meanwhile (retention)
-  try {
-    return EncodedImage{transcode_png(png, file_format(format), quality), format};
-  } catch (const std::exception& e) {
-    throw ServiceError(ErrorCode::internal, "cannot encode image " + std::to_string(k) +
-                                                " of job '" + id + "' as " + to_string(format) +
-                                                ": " + e.what());
-  }
+  return encode_stored_png(png, id, k, format, quality);
 }
 
 std::vector<std::pair<std::string, std::string>> CoreService::image_text(
     std::string_view image_bytes) const {
-  try {
-    return image_text_metadata(image_bytes);
-  } catch (const std::exception& e) {
-    throw ServiceError(ErrorCode::invalid_request, std::string("unreadable image: ") + e.what(),
-                       "invalid_image", "image");
-  }
+  return uploaded_image_text(image_bytes);
 }
 
 std::vector<JobView> CoreService::client_jobs(const std::string& client) const {

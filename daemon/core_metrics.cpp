@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon/core_service.h"
+#include "daemon/core_shared.h"
 
 namespace diffusiond {
 
@@ -81,68 +82,7 @@ std::string CoreService::metrics_text() const {
   w.header("diffusiond_images_failed_total", "counter", "Images that failed for good");
   w.sample("diffusiond_images_failed_total", {}, static_cast<double>(failed));
 
-  const auto views = devices();
-  w.header("diffusiond_device_images_total", "counter", "Images generated per device");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_images_total", {{"device", d.name}},
-             static_cast<double>(d.images_done));
-  w.header("diffusiond_device_steps_total", "counter", "Denoising steps run per device");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_steps_total", {{"device", d.name}},
-             static_cast<double>(d.steps_done));
-  w.header("diffusiond_device_busy_ratio", "gauge", "Share of time generating since start");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_busy_ratio", {{"device", d.name}}, d.busy_ratio);
-  w.header("diffusiond_device_busy", "gauge", "1 while the device runs an image");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_busy", {{"device", d.name}}, d.busy ? 1 : 0);
-  w.header("diffusiond_device_healthy", "gauge",
-           "1 while the device takes new work; 0 when unhealthy, probing or disabled");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_healthy", {{"device", d.name}}, d.healthy ? 1 : 0);
-  w.header("diffusiond_device_consecutive_failures", "gauge",
-           "Failures in a row that count against the device (unhealthy at the threshold)");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_consecutive_failures", {{"device", d.name}},
-             d.consecutive_failures);
-  w.header("diffusiond_device_failures_total", "counter",
-           "Generations that failed on the device (each attempt)");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_failures_total", {{"device", d.name}},
-             static_cast<double>(d.images_failed));
-  w.header("diffusiond_device_out_of_memory_total", "counter",
-           "Generations that ran out of device memory");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_out_of_memory_total", {{"device", d.name}},
-             static_cast<double>(d.images_out_of_memory));
-  w.header("diffusiond_device_memory_used_bytes", "gauge", "Device memory in use (0: unknown)");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_memory_used_bytes", {{"device", d.name}},
-             static_cast<double>(d.memory_used_bytes));
-  w.header("diffusiond_device_models_loaded", "gauge", "Models the device holds now");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_models_loaded", {{"device", d.name}},
-             static_cast<double>(d.models.size()));
-  w.header("diffusiond_device_model_loads_total", "counter",
-           "Models loaded onto the device (the start-up load included)");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_model_loads_total", {{"device", d.name}},
-             static_cast<double>(d.model_loads));
-  w.header("diffusiond_device_model_evictions_total", "counter",
-           "Models dropped from the device to make room (least recently used)");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_model_evictions_total", {{"device", d.name}},
-             static_cast<double>(d.model_evictions));
-  w.header("diffusiond_device_model_load_failures_total", "counter",
-           "Model loads that failed on the device");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_model_load_failures_total", {{"device", d.name}},
-             static_cast<double>(d.model_load_failures));
-
-  w.header("diffusiond_step_seconds", "histogram", "Time per denoising step");
-  for (const auto& worker : workers_)
-    w.histogram("diffusiond_step_seconds", {{"device", worker->spec().name}},
-                worker->step_seconds());
+  write_device_metrics(w, devices(), workers_);
   w.header("diffusiond_queue_wait_seconds", "histogram", "Time from queued to started, per image");
   w.histogram("diffusiond_queue_wait_seconds", {}, queue_wait_.snapshot());
   return w.text();

@@ -9,6 +9,7 @@
 
 #include "daemon/api/batch_key.h"
 #include "daemon/core_events.h"
+#include "daemon/core_shared.h"
 #include "daemon/submit_checks.h"
 
 namespace diffusiond {
@@ -201,15 +202,7 @@ ModelInfo CoreService::model_info() const {
 }
 
 std::vector<ModelInfo> CoreService::models() const {
-  std::vector<ModelInfo> out = models_;
-  for (const auto& worker : workers_)
-    for (int id : dispatcher_.models(worker->index()))
-      if (id >= 0 && id < static_cast<int>(out.size()))
-        out[static_cast<std::size_t>(id)].loaded_on.push_back(worker->spec().name);
-  if (options_.hasher)
-    for (auto& m : out)
-      if (auto hash = options_.hasher->peek(m.hash_file)) m.sha256 = *hash;
-  return out;
+  return models_view(models_, workers_, dispatcher_, options_.hasher.get());
 }
 
 std::optional<std::string> CoreService::canonical_scheduler(const std::string& name) const {
@@ -405,17 +398,9 @@ std::optional<ServiceError> CoreService::not_ready() const {
     std::lock_guard lock(mu_);
     if (auto refused = refusal_locked()) return refused;
   }
-  if (dispatcher_.healthy_count() == 0)
-    return ServiceError(ErrorCode::unavailable,
-                        "no healthy device is left; jobs wait until a probe succeeds", "no_device",
-                        {}, 30);
   std::lock_guard lock(load_mu_);
-  const int total = static_cast<int>(workers_.size());
-  if (loads_finished_ == total && loads_ok_ > 0) return std::nullopt;
-  return ServiceError(ErrorCode::unavailable,
-                      "the model is loaded on " + std::to_string(loads_ok_) + " of " +
-                          std::to_string(total) + " device(s)",
-                      "loading", {}, 5);
+  return devices_not_ready(dispatcher_, static_cast<int>(workers_.size()), loads_finished_,
+                           loads_ok_);
 }
 
 // ---- helpers ---------------------------------------------------------------------------------

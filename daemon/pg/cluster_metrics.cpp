@@ -2,6 +2,7 @@
 // devices plus the fleet's queue), the systemd STATUS= line and the liveness check.
 #include <spdlog/spdlog.h>
 
+#include "daemon/core_shared.h"
 #include "daemon/metrics.h"
 #include "daemon/pg/cluster_service.h"
 #include "daemon/pg/pg_pool.h"
@@ -25,19 +26,9 @@ std::optional<ServiceError> ClusterService::not_ready() const {
       return ServiceError(ErrorCode::unavailable, "the job store is unreachable: " + db_error_,
                           "store_unreachable", {}, 5);
   }
-  if (!dispatcher_.any_enabled())
-    return ServiceError(ErrorCode::unavailable, "no device can run images", "no_device");
-  if (dispatcher_.healthy_count() == 0)
-    return ServiceError(ErrorCode::unavailable,
-                        "no healthy device is left; jobs wait until a probe succeeds", "no_device",
-                        {}, 30);
   std::lock_guard lock(load_mu_);
-  const int total = static_cast<int>(workers_.size());
-  if (loads_finished_ == total && loads_ok_ > 0) return std::nullopt;
-  return ServiceError(ErrorCode::unavailable,
-                      "the model is loaded on " + std::to_string(loads_ok_) + " of " +
-                          std::to_string(total) + " device(s)",
-                      "loading", {}, 5);
+  return devices_not_ready(dispatcher_, static_cast<int>(workers_.size()), loads_finished_,
+                           loads_ok_);
 }
 
 bool ClusterService::workers_alive() const {
@@ -118,27 +109,7 @@ std::string ClusterService::metrics_text() const {
   } catch (const std::exception& e) {
     spdlog::warn("metrics: {}", e.what());
   }
-  const auto views = devices();
-  w.header("diffusiond_device_images_total", "counter", "Images generated per device");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_images_total", {{"device", d.name}},
-             static_cast<double>(d.images_done));
-  w.header("diffusiond_device_busy", "gauge", "1 while the device runs an image");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_busy", {{"device", d.name}}, d.busy ? 1 : 0);
-  w.header("diffusiond_device_healthy", "gauge",
-           "1 while the device takes new work; 0 when unhealthy, probing or disabled");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_healthy", {{"device", d.name}}, d.healthy ? 1 : 0);
-  w.header("diffusiond_device_failures_total", "counter",
-           "Generations that failed on the device (each attempt)");
-  for (const auto& d : views)
-    w.sample("diffusiond_device_failures_total", {{"device", d.name}},
-             static_cast<double>(d.images_failed));
-  w.header("diffusiond_step_seconds", "histogram", "Time per denoising step");
-  for (const auto& worker : workers_)
-    w.histogram("diffusiond_step_seconds", {{"device", worker->spec().name}},
-                worker->step_seconds());
+  write_device_metrics(w, devices(), workers_);
   w.header("diffusiond_claim_seconds", "histogram",
            "Time of one claim statement (UPDATE ... FOR UPDATE SKIP LOCKED) against PostgreSQL");
   w.histogram("diffusiond_claim_seconds", {}, claim_seconds_.snapshot());

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "daemon/atomic_file.h"
+#include "daemon/core_shared.h"
 #include "daemon/pg/pg_pool.h"
 #include "daemon/submit_checks.h"
 #include "pipeline/media/image_formats.h"
@@ -30,18 +31,6 @@ std::string make_daemon_id() {
   char suffix[9];
   std::snprintf(suffix, sizeof suffix, "%08x", static_cast<unsigned>(engine()));
   return std::string(host) + "-" + std::to_string(::getpid()) + "-" + suffix;
-}
-
-ImageFileFormat file_format(ImageFormat f) {
-  switch (f) {
-    case ImageFormat::jpeg:
-      return ImageFileFormat::jpeg;
-    case ImageFormat::webp:
-      return ImageFileFormat::webp;
-    case ImageFormat::png:
-      break;
-  }
-  return ImageFileFormat::png;
 }
 
 }  // namespace
@@ -162,15 +151,7 @@ ModelInfo ClusterService::model_info() const {
 }
 
 std::vector<ModelInfo> ClusterService::models() const {
-  std::vector<ModelInfo> out = models_;
-  for (const auto& worker : workers_)
-    for (int id : dispatcher_.models(worker->index()))
-      if (id >= 0 && id < static_cast<int>(out.size()))
-        out[static_cast<std::size_t>(id)].loaded_on.push_back(worker->spec().name);
-  if (options_.hasher)
-    for (auto& m : out)
-      if (auto hash = options_.hasher->peek(m.hash_file)) m.sha256 = *hash;
-  return out;
+  return models_view(models_, workers_, dispatcher_, options_.hasher.get());
 }
 
 std::optional<std::string> ClusterService::canonical_scheduler(const std::string& name) const {
@@ -365,23 +346,12 @@ std::optional<EncodedImage> ClusterService::encoded_image(const std::string& id,
     throw unreachable(e);
   }
   if (!png || png->empty()) return std::nullopt;
-  try {
-    return EncodedImage{transcode_png(*png, file_format(format), quality), format};
-  } catch (const std::exception& e) {
-    throw ServiceError(ErrorCode::internal, "cannot encode image " + std::to_string(k) +
-                                                " of job '" + id + "' as " + to_string(format) +
-                                                ": " + e.what());
-  }
+  return encode_stored_png(*png, id, k, format, quality);
 }
 
 std::vector<std::pair<std::string, std::string>> ClusterService::image_text(
     std::string_view image_bytes) const {
-  try {
-    return image_text_metadata(image_bytes);
-  } catch (const std::exception& e) {
-    throw ServiceError(ErrorCode::invalid_request, std::string("unreadable image: ") + e.what(),
-                       "invalid_image", "image");
-  }
+  return uploaded_image_text(image_bytes);
 }
 
 std::vector<JobView> ClusterService::client_jobs(const std::string& client) const {
