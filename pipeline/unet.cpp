@@ -1,5 +1,7 @@
 #include "pipeline/unet.h"
 
+#include <ATen/record_function.h>
+
 #include "pipeline/component_weights.h"
 
 #include "pipeline/media/config_util.h"
@@ -163,6 +165,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, torch::Ten
                                                 torch::Tensor encoder_hidden_states,
                                                 const UNetAddedConditions& added,
                                                 const TensorTap& tap) {
+  RECORD_FUNCTION("diffusiond::UNet2DConditionModel", std::vector<c10::IValue>());  // profiles
   const auto& c = config_;
   TORCH_CHECK(sample.dim() == 4 && sample.size(1) == c.in_channels, "UNet: sample must be [B,",
               c.in_channels, ",h,w], got ", sample.sizes());

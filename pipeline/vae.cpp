@@ -1,5 +1,7 @@
 #include "pipeline/vae.h"
 
+#include <ATen/record_function.h>
+
 #include "pipeline/component_weights.h"
 
 #include "pipeline/media/config_util.h"
@@ -109,6 +111,7 @@ AutoencoderKLImpl::AutoencoderKLImpl(const VaeConfig& config) : config_(config) 
 }
 
 torch::Tensor AutoencoderKLImpl::decode(const torch::Tensor& z, const VaeTap& tap) {
+  RECORD_FUNCTION("diffusiond::AutoencoderKL.decode", std::vector<c10::IValue>());  // profiles
   TORCH_CHECK(z.dim() == 4 && z.size(1) == config_.latent_channels, "VAE decode: z must be [B,",
               config_.latent_channels, ",h,w], got ", z.sizes());
   torch::Tensor h = post_quant_conv ? post_quant_conv(z) : z;

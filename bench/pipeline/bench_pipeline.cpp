@@ -3,7 +3,12 @@
 // images/s and peak RSS. Prints a table. Not a test: nothing here asserts on time.
 //
 //   bench_pipeline --model DIR [--width 256 --height 256 --steps 4 --device cpu --dtype fp32
-//                  --batch 1 --runs 1 --scheduler NAME]
+//                  --batch 1 --runs 1 --scheduler NAME --threads N --trace FILE]
+//
+// --threads sets LibTorch's intra-op threads, by default one per core as `diffusiond serve` does
+// (Debian's LibTorch 1.13 itself defaults to 1, which leaves oneDNN's convolutions on one core);
+// --trace writes a Chrome trace of every ATen op of the timed runs (LibTorch's legacy
+// profiler), for op-level comparisons against diffusers' torch.profiler tables.
 #include <CLI/CLI.hpp>
 
 #include <sys/resource.h>
@@ -12,8 +17,10 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <thread>
 
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include "pipeline/media/png.h"
@@ -27,6 +34,15 @@ namespace {
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// User + system CPU seconds of the whole process: on a shared machine the wall times move with
+// the load, the CPU time much less (both programs of a side-by-side run spin the same way).
+double process_cpu_s() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + 1e-6 * t.tv_usec; };
+  return s(usage.ru_utime) + s(usage.ru_stime);
 }
 
 double peak_rss_mib() {
@@ -58,9 +74,10 @@ void row(const std::string& stage, double value, const std::string& note = "s") 
 
 int main(int argc, char** argv) {
   CLI::App app{"diffusiond pipeline benchmark"};
-  std::string model, device = "cpu", dtype = "fp32", scheduler;
+  std::string model, device = "cpu", dtype = "fp32", scheduler, trace;
   std::string prompt = "a photograph of an astronaut riding a horse";
   int width = 256, height = 256, steps = 4, batch = 1, runs = 1;
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.add_option("--model", model, "Model folder or HF repo id")->required();
   app.add_option("--width", width)->capture_default_str();
   app.add_option("--height", height)->capture_default_str();
@@ -74,9 +91,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--scheduler", scheduler, "Sampler (default: the model's)");
   app.add_option("--prompt", prompt)->capture_default_str();
+  app.add_option("--threads", threads,
+                 "LibTorch intra-op threads (default: the cores, as `diffusiond serve`; "
+                 "0: LibTorch's own default)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--trace", trace, "Write a Chrome trace of the timed runs' ops to this file");
   CLI11_PARSE(app, argc, argv);
 
   try {
+    if (threads > 0) torch::set_num_threads(threads);
     const torch::Device dev(device);
     std::printf("model %s | %dx%d | %d steps | batch %d | %s %s | torch threads %d | %s\n",
                 model.c_str(), width, height, steps, batch, device.c_str(), dtype.c_str(),
@@ -90,6 +114,8 @@ int main(int argc, char** argv) {
                 std::string(26, '-').c_str());
     row("load (all components)", load_s);
 
+    std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+    if (!trace.empty()) profile = std::make_unique<torch::autograd::profiler::RecordProfile>(trace);
     for (int r = 0; r < runs; ++r) {
       Txt2ImgParams params;
       params.prompts = {runs == 1 ? prompt : prompt + ", run " + std::to_string(r)};
@@ -99,7 +125,9 @@ int main(int argc, char** argv) {
       params.height = height;
       params.seed = 42;
       params.scheduler = scheduler;
+      const double cpu_start = process_cpu_s();
       auto images = pipe->generate(params);
+      const double cpu_s = process_cpu_s() - cpu_start;
       const GenerationTimings t = pipe->last_timings();
 
       auto png_start = Clock::now();
@@ -121,8 +149,10 @@ int main(int argc, char** argv) {
       row("VAE decode" + tag, t.vae_decode_s);
       row("PNG encode (level 1)" + tag, png_s, "s (" + std::to_string(png_bytes) + " bytes)");
       row("total (generate + PNG)" + tag, t.total_s + png_s);
+      row("generate CPU time (user+sys)" + tag, cpu_s, "s (all threads)");
       row("throughput" + tag, static_cast<double>(images.size()) / (t.total_s + png_s), "images/s");
     }
+    profile.reset();  // writes the trace
     row("peak RSS", peak_rss_mib(), "MiB");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_pipeline: error: %s\n", e.what());
