@@ -179,6 +179,8 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   CoreOptions core;
   core.dispatch = *dispatch;
   core.max_queue = options.max_queue;
+  core.max_batch = options.max_batch;
+  core.batch_wait = std::chrono::milliseconds(options.batch_wait_ms);
   core.png_threads = options.png_threads;
   core.limits.max_pixels = options.max_pixels;
   core.limits.max_steps = options.max_steps;

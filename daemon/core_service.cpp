@@ -7,6 +7,7 @@
 #include <random>
 #include <thread>
 
+#include "daemon/api/batch_key.h"
 #include "daemon/core_events.h"
 
 namespace diffusiond {
@@ -31,7 +32,16 @@ int loaded_models_limit(int max_loaded_models, const DeviceSpec& device) {
 TaskRef CoreService::task_ref(const ActiveJob& job, int k) const {
   TaskRef task{job.record.view.id, k, job.record.view.request.priority, job.record.seq, -1};
   task.model = job.model;
+  // A job whose model is no longer served never runs (see start), so it needs no key.
+  if (job.model >= 0) task.batch_key = batch_key(image_spec_of(job, k));
   return task;
+}
+
+ImageSpec CoreService::image_spec_of(const ActiveJob& job, int k) const {
+  ImageSpec spec = image_spec(job.record.view.request, k);
+  spec.previews = job.record.previews;
+  spec.model = models_.at(static_cast<std::size_t>(job.model)).name;  // resolved
+  return spec;
 }
 
 int CoreService::resolve_model(const GenerateRequest& asked) const {
@@ -67,10 +77,14 @@ CoreService::CoreService(JobStore& store, ModelBackend& backend, std::vector<Dev
         else
           spdlog::info("storage available again: images run and jobs are accepted");
       });
-  for (std::size_t i = 0; i < devices_.size(); ++i)
+  for (std::size_t i = 0; i < devices_.size(); ++i) {
+    const WorkerBatching batching{
+        options_.max_batch > 0 ? options_.max_batch : default_max_batch(devices_[i]),
+        options_.batch_wait};
     workers_.push_back(std::make_unique<DeviceWorker>(
         static_cast<int>(i), devices_[i], backend_, dispatcher_, static_cast<TaskHost&>(*this),
-        loaded_models_limit(options_.max_loaded_models, devices_[i])));
+        loaded_models_limit(options_.max_loaded_models, devices_[i]), batching));
+  }
 }
 
 CoreService::~CoreService() {
@@ -410,6 +424,7 @@ std::vector<DeviceView> CoreService::devices() const {
     d.last_error_ms = s.last_error_ms;
     d.busy = s.busy;
     d.current_job = s.current_job;
+    for (const auto& task : s.current_batch) d.current_batch.push_back({task.job_id, task.image});
     d.images_done = s.images_done;
     d.steps_done = s.steps_done;
     d.steps_per_second = s.steps_per_second;

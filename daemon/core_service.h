@@ -78,6 +78,8 @@ struct CoreOptions {
   // The LoRA folder requests name LoRAs from (shared with the backend, which resolves the same
   // names on the device threads); null: no LoRA folder, every LoRA name is unknown.
   std::shared_ptr<const LoraCatalog> loras;
+  int max_batch = 0;  // images per generation (--max-batch); 0: default_max_batch() per device
+  std::chrono::milliseconds batch_wait{0};  // how long a batch waits for partners
 };
 
 // The models-per-device bound `max_loaded_models` (0 = auto) means for one device.
@@ -148,13 +150,15 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
     std::map<int, RgbImage> previews;    // image -> its latest live preview (previews asked)
   };
   TaskRef task_ref(const ActiveJob& job, int k) const;
+  // Image k of the job as its worker runs it: model name resolved, previews as asked.
+  ImageSpec image_spec_of(const ActiveJob& job, int k) const;
   // The model id a request's `model` names. Throws invalid_request (unknown_model) listing a few.
   int resolve_model(const GenerateRequest& asked) const;
 
   // TaskHost (worker threads)
   void replica_loaded(int worker, const std::string& error) override;
   std::optional<ImageSpec> begin_task(int worker, const TaskRef& task) override;
-  bool task_progress(int worker, const TaskRef& task, int step, int steps) override;
+  bool task_progress(int worker, const TaskRef& task, int step, int steps, int batch_size) override;
   void task_succeeded(int worker, const TaskRef& task, RgbImage image) override;
   void task_stopped(int worker, const TaskRef& task) override;
   void task_failed(int worker, const TaskRef& task, const std::string& error) override;
@@ -173,6 +177,7 @@ class CoreService final : public ImageService, private TaskHost, private StoreWr
   void image_written(const TaskRef& task, const std::string& error, bool storage_full,
                      std::int64_t file_bytes);
 
+  // The dispatcher's task for image k (its batch key from daemon/api/batch_key.h).
   // Helpers; *_locked need mu_. They queue events and note the job ids to flush after unlock.
   // Throws ServiceError unknown_lora (field "loras") for the first name not in the folder.
   void check_loras(const std::vector<LoraRef>& loras) const;

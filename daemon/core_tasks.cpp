@@ -46,22 +46,21 @@ std::optional<ImageSpec> CoreService::begin_task(int worker, const TaskRef& task
     image.started_ms = now;
     image.step = 0;
     image.steps = view.request.steps;
+    image.batch_size = 0;  // known at its first step
     ++job->record.attempts[k];
     queue_wait_.observe(static_cast<double>(now - job->queued_since_ms[k]) / 1000.0);
     JobEvent started = make_event(JobEvent::Kind::started, task.job_id, task.image);
     started.device = image.device;
     started.steps = image.steps;
     emit_locked(*job, started, to_flush);
-    spec = image_spec(view.request, task.image);
-    spec.previews = job->record.previews;
-    spec.model = models_[static_cast<std::size_t>(job->model)].name;  // resolved
+    spec = image_spec_of(*job, task.image);
     commit_locked(*job, {task.image}, to_flush);
   }
   flush(to_flush);
   return spec;
 }
 
-bool CoreService::task_progress(int, const TaskRef& task, int step, int steps) {
+bool CoreService::task_progress(int, const TaskRef& task, int step, int steps, int batch_size) {
   std::vector<std::string> to_flush;
   {
     std::lock_guard lock(mu_);
@@ -71,6 +70,7 @@ bool CoreService::task_progress(int, const TaskRef& task, int step, int steps) {
     if (image.status != ImageStatus::running) return false;
     image.step = step;
     image.steps = steps;
+    image.batch_size = batch_size;
     JobEvent progress = make_event(JobEvent::Kind::progress, task.job_id, task.image);
     progress.step = step;
     progress.steps = steps;

@@ -12,8 +12,14 @@
 // failure that counts against the device. Every failure counts but one: running out of memory
 // at a size (width x height) larger than any this device has generated; that is the request's
 // size, not the device's health (one huge request must not take every device out).
-// Owner: CoreService. Thread-safety: start/join from the control thread; stats()/alive() from
-// any thread.
+// Batches (issue 11): after each take() the worker takes up to max_batch - 1 more queued tasks
+// with the first one's batch key (which holds the model: a batch is of one model)
+// (Dispatcher::take_compatible: its own share only; it waits for partners only up to batch_wait, 0
+// by default) and runs them as one generation; every image keeps its own progress and stop (a
+// cancelled image leaves the batch at the next step). A batch that fails runs its images again one
+// by one on the same device (its progress starts again at step 1), so only the image at fault fails
+// and only those runs give verdicts. Owner: CoreService. Thread-safety: start/join from the control
+// thread; stats()/alive() from any thread.
 #pragma once
 
 #include <atomic>
@@ -41,8 +47,10 @@ class TaskHost {
   virtual void replica_loaded(int worker, const std::string& error) = 0;  // error "" = loaded
   // Marks the task running on `worker`; nullopt when it must not run any more.
   virtual std::optional<ImageSpec> begin_task(int worker, const TaskRef& task) = 0;
-  // After every step; false stops the generation (cancel or shutdown).
-  virtual bool task_progress(int worker, const TaskRef& task, int step, int steps) = 0;
+  // After every step; false stops the image (cancel or shutdown). batch_size: how many images
+  // shared its batch when the batch started.
+  virtual bool task_progress(int worker, const TaskRef& task, int step, int steps,
+                             int batch_size) = 0;
   virtual void task_succeeded(int worker, const TaskRef& task, RgbImage image) = 0;
   virtual void task_stopped(int worker, const TaskRef& task) = 0;
   virtual void task_failed(int worker, const TaskRef& task, const std::string& error) = 0;
@@ -62,6 +70,7 @@ struct WorkerStats {
   std::string load_error;
   bool busy = false;
   std::string current_job;
+  std::vector<TaskRef> current_batch;  // the images it runs now (empty: idle)
   std::int64_t images_done = 0;
   std::int64_t images_failed = 0;         // generations that failed (each attempt)
   std::int64_t images_out_of_memory = 0;  // of which ran out of device memory
@@ -78,10 +87,19 @@ struct WorkerStats {
   std::int64_t model_load_failures = 0;
 };
 
+// How a worker batches (serve --max-batch, --batch-wait-ms).
+struct WorkerBatching {
+  int max_batch = 1;                  // images per generation, >= 1
+  std::chrono::milliseconds wait{0};  // how long a batch waits for partners
+};
+
+// --max-batch 0 ("auto"): what a device of this kind batches by default (see README.md).
+int default_max_batch(const DeviceSpec& device);
+
 class DeviceWorker {
  public:
   DeviceWorker(int index, DeviceSpec spec, ModelBackend& backend, Dispatcher& dispatcher,
-               TaskHost& host, int max_loaded_models = 1);
+               TaskHost& host, int max_loaded_models = 1, WorkerBatching batching = {});
   ~DeviceWorker();  // join()
   DeviceWorker(const DeviceWorker&) = delete;
   DeviceWorker& operator=(const DeviceWorker&) = delete;
@@ -98,7 +116,12 @@ class DeviceWorker {
 
  private:
   void run();
-  void run_task(const TaskRef& task);
+  // Runs `first` and the compatible tasks it finds as one batch.
+  void run_batch(const TaskRef& first);
+  // One generation of tasks (begun, of one model) as a batch on `generator`; a failed batch
+  // runs its images one by one.
+  void run_images(ImageGenerator& generator, const std::vector<TaskRef>& tasks,
+                  const std::vector<ImageSpec>& specs);
   // Gives the dispatcher the verdict of one generation (and logs a change of health).
   void report_health(bool done, bool out_of_memory, std::int64_t pixels);
 
@@ -109,6 +132,7 @@ class DeviceWorker {
   Dispatcher& dispatcher_;
   TaskHost& host_;
   const int max_loaded_models_;
+  const WorkerBatching batching_;
   std::unique_ptr<ModelCache> cache_;     // touched only by the worker thread
   std::int64_t largest_done_pixels_ = 0;  // worker thread: width x height it generated
   std::thread thread_;

@@ -229,8 +229,62 @@ std::optional<TaskRef> Dispatcher::take(int device) {
     }
     if (!paused_)  // storage full: nothing is handed out
       if (auto task = pop_locked(device)) return task;
+    dev.waiting = true;
     cv_.wait(lock);
+    dev.waiting = false;
   }
+}
+
+std::vector<TaskRef> Dispatcher::compatible_locked(int device, const TaskRef& first, int max) {
+  std::vector<TaskRef> found;
+  auto& dev = devices_[static_cast<std::size_t>(device)];
+  if (stopped_ || paused_ || first.batch_key.empty() || dev.health != DeviceHealth::healthy)
+    return found;
+  const bool others = others_healthy_locked(device);
+  auto sweep = [&](Queue& queue, int limit) {
+    for (auto it = queue.begin(); it != queue.end() && static_cast<int>(found.size()) < limit;) {
+      // In run order: a higher priority queued since `first` was taken is not delayed by a
+      // bigger batch (no partners then), and nothing after a lower priority qualifies.
+      if (it->priority != first.priority) break;
+      if (it->batch_key == first.batch_key && !(it->avoid_device == device && others)) {
+        found.push_back(*it);
+        it = queue.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  };
+  sweep(dev.queue, max);
+  if (static_cast<int>(found.size()) < max) {
+    // The shared queue (least_loaded, or round_robin tasks no device could take): leave one
+    // task for every other device that waits idle, so batching never leaves a device without
+    // work it could have had.
+    int idle_others = 0;
+    for (int d = 0; d < num_devices(); ++d)
+      if (d != device && devices_[static_cast<std::size_t>(d)].waiting &&
+          devices_[static_cast<std::size_t>(d)].health == DeviceHealth::healthy)
+        ++idle_others;
+    const int spare = static_cast<int>(shared_.size()) - idle_others;
+    const int have = static_cast<int>(found.size());
+    sweep(shared_, have + std::max(0, std::min(max - have, spare)));
+  }
+  return found;
+}
+
+std::vector<TaskRef> Dispatcher::take_compatible(int device, const TaskRef& first, int max,
+                                                 Clock::time_point until) {
+  std::unique_lock lock(mu_);
+  check_device(device);
+  if (max < 1) return {};
+  refresh_locked();
+  auto found = compatible_locked(device, first, max);
+  while (found.empty() && Clock::now() < until) {  // the real clock: cv_ waits on it
+    const auto& dev = devices_[static_cast<std::size_t>(device)];
+    if (stopped_ || paused_ || dev.health != DeviceHealth::healthy) break;
+    cv_.wait_until(lock, until);
+    found = compatible_locked(device, first, max);
+  }
+  return found;
 }
 
 std::optional<TaskRef> Dispatcher::try_take(int device) {

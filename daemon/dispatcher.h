@@ -30,7 +30,10 @@
 //    one whose model it holds, passing over tasks whose model another healthy device holds; a
 //    task is passed over at most kMaxPassOver times, then the next device takes it.
 // With one model (or all devices holding the same ones) both policies are exactly as above.
-// Batching (issue 11) must put only tasks of the same `model` into one batch.
+// Batches (issue 11): after take(), a device worker may take_compatible() more tasks with the
+// same batch key (an opaque string the core computes, daemon/api/batch_key.h; it includes the
+// model) and priority from its own share only (round_robin: its queue; least_loaded: the shared
+// queue, leaving one task for each other device that waits idle), never while probing.
 //
 // Owner: CoreService. Thread-safety: every method may be called from any thread; take() blocks.
 #pragma once
@@ -62,6 +65,7 @@ struct TaskRef {
   int avoid_device = -1;        // device it failed on (retry elsewhere), -1 = none
   int model = 0;                // model id (ModelBackend::models() index); part of any batch key
   mutable int passed_over = 0;  // least_loaded: times a device took a later task instead
+  std::string batch_key;        // tasks with equal non-empty keys may share a batch (opaque here)
 
   bool operator==(const TaskRef& o) const { return job_id == o.job_id && image == o.image; }
 };
@@ -102,6 +106,13 @@ class Dispatcher {
   std::optional<TaskRef> take(int device);
   // Non-blocking take().
   std::optional<TaskRef> try_take(int device);
+  // Partners for a batch that starts with `first` (a task this device took): up to `max` queued
+  // tasks with first's batch key and priority, from this device's share, in run order (none
+  // while a task of higher priority waits there: a bigger batch would delay it). Waits
+  // until `until` while it has found none (until <= now: does not wait); returns early on stop,
+  // pause or a change of the device's health. Nothing for a probing device or an empty key.
+  std::vector<TaskRef> take_compatible(int device, const TaskRef& first, int max,
+                                       std::chrono::steady_clock::time_point until = {});
 
   // Removes the queued tasks of a job and returns them (tasks already taken are not affected).
   std::vector<TaskRef> cancel_job(const std::string& job_id);
@@ -142,6 +153,7 @@ class Dispatcher {
     Clock::time_point probe_at{};
     std::chrono::milliseconds backoff{0};  // unhealthy: the current probe interval
     bool probe_running = false;            // probing: it holds a task with no verdict yet
+    bool waiting = false;                  // blocked in take(): idle, wants work
     Queue queue;                           // round_robin: its own queue
     std::vector<int> models;               // model ids it holds
   };
@@ -159,6 +171,7 @@ class Dispatcher {
   bool place_locked(TaskRef task, int avoid);
   std::optional<TaskRef> pop_locked(int device);
   std::optional<TaskRef> steal_locked(int device);  // round_robin probe: from the others
+  std::vector<TaskRef> compatible_locked(int device, const TaskRef& first, int max);
   void check_device(int device) const;
   int healthy_count_locked() const;
   bool others_healthy_locked(int device) const;  // a healthy device besides `device`

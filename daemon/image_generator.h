@@ -24,10 +24,15 @@ namespace diffusiond {
 // which then throws GenerationStopped.
 using StepProgress = std::function<bool(int step, int steps)>;
 
-// Where a replica hands the cheap previews of the image it is making (latent-sized RGB, at most
-// one per kPreviewInterval, the first after step 1); called on its device thread.
-using PreviewSink = std::function<void(RgbImage preview)>;
+// Where a replica hands the cheap previews of the images it is making (latent-sized RGB, at most
+// one per kPreviewInterval per image, the first after step 1), for the images whose
+// ImageSpec::previews is set; `image` is its position in the generate_batch call (0 for
+// generate_one). Called on its device thread.
+using PreviewSink = std::function<void(int image, RgbImage preview)>;
 inline constexpr std::chrono::milliseconds kPreviewInterval{250};
+// Called after every step of every image of a batch (image: its position in the batch);
+// returning false makes that image leave the batch (the others go on).
+using BatchProgress = std::function<bool(int image, int step, int steps)>;
 
 class GenerationStopped : public std::runtime_error {
  public:
@@ -64,9 +69,27 @@ class ImageGenerator {
   // Throws GenerationStopped when `progress` returned false, DeviceOutOfMemory when the device
   // ran out of memory, anything else on another failure.
   virtual RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) = 0;
-  // Previews for the following generate_one calls (an empty sink: none, the default). Replicas
-  // that cannot make previews ignore it.
+  // Previews for the following generate_one / generate_batch calls (an empty sink: none, the
+  // default). Replicas that cannot make previews ignore it (so does the default generate_batch).
   virtual void set_previews(PreviewSink /*sink*/) {}
+  // The images as one batch (the worker batches only images of one daemon/api/batch_key.h
+  // key). Per image: its pixels, or nullopt when `progress` returned false for it. A failure
+  // throws as generate_one does, for the whole batch. This default runs them one after another
+  // (a replica that cannot batch); the torch replica runs them as one UNet batch.
+  virtual std::vector<std::optional<RgbImage>> generate_batch(const std::vector<ImageSpec>& images,
+                                                              const BatchProgress& progress) {
+    std::vector<std::optional<RgbImage>> out;
+    for (std::size_t k = 0; k < images.size(); ++k) {
+      try {
+        out.emplace_back(generate_one(images[k], [&](int step, int steps) {
+          return progress(static_cast<int>(k), step, steps);
+        }));
+      } catch (const GenerationStopped&) {
+        out.emplace_back(std::nullopt);
+      }
+    }
+    return out;
+  }
   virtual std::string description() const = 0;  // "NVIDIA H100 80GB HBM3", "CPU (4 threads)"
   virtual DeviceMemory memory() const { return {}; }
 };

@@ -21,7 +21,7 @@ namespace diffusiond {
 
 namespace {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS images(
   started_ms INTEGER NOT NULL DEFAULT 0,
   finished_ms INTEGER NOT NULL DEFAULT 0,
   bytes INTEGER NOT NULL DEFAULT 0,
+  batch_size INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(job_id, idx));
 CREATE INDEX IF NOT EXISTS images_by_status ON images(status);
 )sql";
@@ -72,6 +73,8 @@ constexpr const char* kMigrations[] = {
     "ALTER TABLE jobs ADD COLUMN idem_key TEXT;"
     "ALTER TABLE jobs ADD COLUMN idem_fp TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE images ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;",
+    // 2 -> 3: how many images shared an image's UNet batch (batches across requests).
+    "ALTER TABLE images ADD COLUMN batch_size INTEGER NOT NULL DEFAULT 0;",
 };
 
 constexpr const char* kJobColumns =
@@ -79,7 +82,7 @@ constexpr const char* kJobColumns =
     "COALESCE(idem_key, ''), idem_fp";
 constexpr const char* kImageColumns =
     "idx, prompt, seed, status, device, steps, attempts, error, file, started_ms, finished_ms, "
-    "bytes";
+    "bytes, batch_size";
 
 JobStatus status_from_text(const std::string& text, const std::string& where) {
   auto status = parse_job_status(text);
@@ -257,12 +260,12 @@ void JobStore::prepare_image_dir(const std::string& job_id) const {
 void JobStore::write_images(const JobRecord& job, const std::vector<int>& images) {
   SqliteStatement upsert(db_->handle(),
                          "INSERT INTO images(job_id, idx, prompt, seed, status, device, steps, "
-                         "attempts, error, file, started_ms, finished_ms, bytes) "
-                         "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id, idx) DO UPDATE SET "
-                         "status=excluded.status, device=excluded.device, "
+                         "attempts, error, file, started_ms, finished_ms, bytes, batch_size) "
+                         "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id, idx) DO UPDATE "
+                         "SET status=excluded.status, device=excluded.device, "
                          "attempts=excluded.attempts, error=excluded.error, file=excluded.file, "
                          "started_ms=excluded.started_ms, finished_ms=excluded.finished_ms, "
-                         "bytes=excluded.bytes");
+                         "bytes=excluded.bytes, batch_size=excluded.batch_size");
   for (int k : images) {
     const auto& image = job.view.images.at(static_cast<std::size_t>(k));
     const std::string file =
@@ -279,7 +282,8 @@ void JobStore::write_images(const JobRecord& job, const std::vector<int>& images
         .bind(10, file)
         .bind(11, image.started_ms)
         .bind(12, image.finished_ms)
-        .bind(13, image.file_bytes);
+        .bind(13, image.file_bytes)
+        .bind(14, std::int64_t{image.batch_size});
     upsert.run();
   }
 }
@@ -412,6 +416,7 @@ std::vector<JobRecord> JobStore::select_jobs(SqliteDatabase& db,
       image.started_ms = images.int64(9);
       image.finished_ms = images.int64(10);
       image.file_bytes = images.int64(11);
+      image.batch_size = static_cast<int>(images.int64(12));
       image.step = image.status == ImageStatus::done ? image.steps : 0;
       job.view.images.push_back(std::move(image));
     }

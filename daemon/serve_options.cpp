@@ -79,6 +79,17 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                  "takes the next image")
       ->capture_default_str()
       ->check(CLI::IsMember({"round-robin", "least-loaded"}));
+  cmd.add_option("--max-batch", o.max_batch,
+                 "Images of different requests a device runs as one UNet batch when they are "
+                 "compatible (same size, steps, sampler, CFG on/off); 0 = auto: 4 on CUDA, 1 "
+                 "on the CPU")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
+  cmd.add_option("--batch-wait-ms", o.batch_wait_ms,
+                 "How long a device waits for compatible images to fill a batch (0: it never "
+                 "idles for them, it batches what is already queued)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 60000));
   cmd.add_option("--max-queue", o.max_queue, "Queued images beyond which submissions get 429")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000000));

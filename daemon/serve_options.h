@@ -34,6 +34,8 @@ struct ServeOptions {
   std::string public_url;  // absolute image URLs of the OpenAI dialect; "": from Host
   std::string dispatch = "round-robin";
   int max_queue = 256;
+  int max_batch = 0;      // images per UNet batch per device; 0 = auto (CUDA 4, CPU 1)
+  int batch_wait_ms = 0;  // how long a batch waits for compatible partners
   int max_pixels = 1024 * 1024;
   int max_steps = 150;
   int max_n = 16;

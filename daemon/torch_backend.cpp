@@ -3,6 +3,7 @@
 #include <c10/core/Stream.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <mutex>
 
 #include "daemon/cuda_driver.h"
 #include "daemon/dtype.h"
@@ -111,37 +113,8 @@ class TorchGenerator final : public ImageGenerator {
         loras_(std::move(loras)) {}
 
   RgbImage generate_one(const ImageSpec& image, const StepProgress& progress) override {
-    Txt2ImgParams params = txt2img_params(image);
-    params.pad_cond_uncond = pad_cond_uncond_;
-    if (previews_) {  // A1111's "Approx cheap" preview, at most one per kPreviewInterval
-      auto last = std::chrono::steady_clock::time_point{};
-      params.on_latents = [this, last](int, const torch::Tensor& latents) mutable {
-        const auto now = std::chrono::steady_clock::now();
-        if (last != std::chrono::steady_clock::time_point{} && now - last < kPreviewInterval)
-          return;
-        last = now;
-        previews_(cheap_latent_preview(latents[0], model_->is_xl()));
-      };
-    }
-    params.loras = lora_set(image.loras);
-    // The replica's weights become the task's LoRA set here, on this device thread, before the
-    // task (the same set as the previous task costs nothing; none: the exact base weights).
-    // Batches: tasks with different LoRA sets never share a UNet batch (the batch key has
-    // ImageSpec::loras, names and weights).
-    try {
-      const LoraApplyReport report = model_->apply_loras(params.loras);
-      if (report.changed)
-        spdlog::info("{}: LoRA set now [{}] ({} weights merged)", device_.name,
-                     describe(image.loras), report.merged_weights);
-      for (const auto& [file, keys] : report.ignored)
-        spdlog::warn(
-            "{}: LoRA {}: {} key(s) name no layer of the model and were ignored (first: {})",
-            device_.name, file, keys.size(), keys.front());
-    } catch (const LoraError& e) {
-      throw TaskInputError(e.what());
-    } catch (...) {
-      rethrow_generation_error(std::current_exception());
-    }
+    const Txt2ImgParams params = params_for(image, 0);
+    merge_loras(params.loras, image.loras);
     const auto fault = faults_ ? faults_->next(device_.name) : std::nullopt;
     std::vector<RgbImage> images;
     try {
@@ -160,6 +133,28 @@ class TorchGenerator final : public ImageGenerator {
     return std::move(images.front());
   }
 
+  std::vector<std::optional<RgbImage>> generate_batch(const std::vector<ImageSpec>& batch,
+                                                      const BatchProgress& progress) override {
+    std::vector<Txt2ImgParams> items;
+    std::optional<InjectedFault> fault;  // one faulty image fails the batch, as a real fault
+    for (std::size_t k = 0; k < batch.size(); ++k) {
+      items.push_back(params_for(batch[k], static_cast<int>(k)));
+      const auto next = faults_ ? faults_->next(device_.name) : std::nullopt;
+      if (next && !fault) fault = next;
+    }
+    merge_loras(items.front().loras, batch.front().loras);  // one set per batch (batch key)
+    BatchOutcome outcome;
+    try {
+      outcome = model_->generate_batch(items, [&](int k, int step, int steps) {
+        if (fault) throw_injected(*fault, device_.name);
+        return progress(k, step, steps);
+      });
+    } catch (...) {
+      rethrow_generation_error(std::current_exception());
+    }
+    return std::move(outcome.images);
+  }
+
   void set_previews(PreviewSink sink) override { previews_ = std::move(sink); }
   std::string description() const override { return description_; }
 
@@ -174,10 +169,50 @@ class TorchGenerator final : public ImageGenerator {
   std::unique_ptr<c10::StreamGuard> stream_guard_;  // destroyed last: restores the old stream
   std::unique_ptr<StableDiffusion> model_;
   std::string description_;
-  PreviewSink previews_;                   // set by the worker per image; empty: no previews
+  PreviewSink previews_;                   // set by the worker; empty: no previews
   std::shared_ptr<FaultInjector> faults_;  // --inject-faults; null = none
   bool pad_cond_uncond_;                   // serve --pad-cond-uncond
   std::shared_ptr<const LoraCatalog> loras_;
+
+  // Image `position` of a generation on this replica: the server's options, its LoRA files,
+  // its previews (when it asked for them and the worker installed a sink).
+  Txt2ImgParams params_for(const ImageSpec& image, int position) const {
+    Txt2ImgParams params = txt2img_params(image);
+    params.pad_cond_uncond = pad_cond_uncond_;
+    if (previews_ && image.previews) {  // A1111's "Approx cheap" preview, one per interval
+      auto last = std::chrono::steady_clock::time_point{};
+      params.on_latents = [this, last, position](int, const torch::Tensor& latents) mutable {
+        const auto now = std::chrono::steady_clock::now();
+        if (last != std::chrono::steady_clock::time_point{} && now - last < kPreviewInterval)
+          return;
+        last = now;
+        previews_(position, cheap_latent_preview(latents[0], model_->is_xl()));
+      };
+    }
+    params.loras = lora_set(image.loras);
+    return params;
+  }
+
+  // The replica's weights become the task's LoRA set here, on this device thread, before the
+  // task (the same set as the previous task costs nothing; none: the exact base weights).
+  // Tasks with different LoRA sets never share a UNet batch (the batch key has
+  // ImageSpec::loras, names and weights).
+  void merge_loras(const std::vector<LoraApplication>& set, const std::vector<LoraRef>& names) {
+    try {
+      const LoraApplyReport report = model_->apply_loras(set);
+      if (report.changed)
+        spdlog::info("{}: LoRA set now [{}] ({} weights merged)", device_.name, describe(names),
+                     report.merged_weights);
+      for (const auto& [file, keys] : report.ignored)
+        spdlog::warn(
+            "{}: LoRA {}: {} key(s) name no layer of the model and were ignored (first: {})",
+            device_.name, file, keys.size(), keys.front());
+    } catch (const LoraError& e) {
+      throw TaskInputError(e.what());
+    } catch (...) {
+      rethrow_generation_error(std::current_exception());
+    }
+  }
 
   static std::string describe(const std::vector<LoraRef>& loras) {
     std::string s;
@@ -240,7 +275,18 @@ class TorchBackend final : public ModelBackend {
     }
     std::unique_ptr<StableDiffusion> sd;
     try {
-      sd = load_pipeline(source, device, scalar_type(dtype));
+      if (device.is_cpu()) {
+        // One CPU replica loads at a time: each module is first built with freshly initialised
+        // weights that the file's (in place, shared by the replicas) then replace. Those freed
+        // initial weights stay in this thread's malloc arena unless trimmed, and each worker
+        // thread has its own arena: without the trim every replica would keep a model-sized
+        // transient. One at a time + trim: cpu*N peaks near one model's bytes, not N.
+        std::lock_guard lock(cpu_load_mu_);
+        sd = load_pipeline(source, device, scalar_type(dtype));
+        ::malloc_trim(0);
+      } else {
+        sd = load_pipeline(source, device, scalar_type(dtype));
+      }
     } catch (...) {
       rethrow_generation_error(std::current_exception());  // OOM -> DeviceOutOfMemory
     }
@@ -253,6 +299,7 @@ class TorchBackend final : public ModelBackend {
  private:
   std::vector<ModelSource> models_;
   TorchBackendOptions options_;
+  std::mutex cpu_load_mu_;  // CPU replicas load one at a time
 };
 
 }  // namespace

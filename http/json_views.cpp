@@ -27,7 +27,8 @@ json image_json(const std::string& job_id, const ImageView& img) {
           {"url", img.has_file ? json(image_url(job_id, img.index)) : json(nullptr)},
           {"error", text_or_null(img.error)},
           {"started_ms", ms_or_null(img.started_ms)},
-          {"finished_ms", ms_or_null(img.finished_ms)}};
+          {"finished_ms", ms_or_null(img.finished_ms)},
+          {"batch_size", img.batch_size > 0 ? json(img.batch_size) : json(nullptr)}};
 }
 
 }  // namespace
@@ -78,6 +79,8 @@ json job_json(const JobView& job) {
 }
 
 json device_json(const DeviceView& d) {
+  json batch = json::array();
+  for (const auto& b : d.current_batch) batch.push_back({{"job_id", b.job_id}, {"image", b.image}});
   return {{"name", d.name},
           {"description", d.description},
           {"memory_total_bytes", d.memory_total_bytes},
@@ -97,6 +100,8 @@ json device_json(const DeviceView& d) {
                     : d.busy    ? "busy"
                                 : "idle"},
           {"current_job", text_or_null(d.current_job)},
+          {"current_batch", batch},
+          {"batch_size", d.current_batch.size()},
           {"images_done", d.images_done},
           {"steps_done", d.steps_done},
           {"steps_per_second", d.steps_per_second},

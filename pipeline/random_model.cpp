@@ -185,7 +185,7 @@ void copy_tokenizer(const fs::path& from, const fs::path& to, const std::string&
 }  // namespace
 
 const std::vector<std::string>& random_model_archs() {
-  static const std::vector<std::string> archs = {"sd15", "sd21", "tiny-sd2", "sdxl"};
+  static const std::vector<std::string> archs = {"sd15", "sd21", "tiny-sd2", "small-sd1", "sdxl"};
   return archs;
 }
 
@@ -215,6 +215,14 @@ RandomModelConfigs random_model_configs(const std::string& arch) {
     c.vae = vae_config({8, 16, 16, 16}, 64, 4);
     c.scheduler = scheduler_config("DDIMScheduler", "v_prediction");
     c.pad_token = "!";
+  } else if (arch == "small-sd1") {  // SD 1.5's layout at 1/5 of its widths: ~290 MB in fp32,
+    // big enough to measure memory sharing, small enough for a test
+    c.model_index = model_index("PNDMScheduler");
+    c.text_encoder = text_encoder_config(256, 1024, 4, 4, "quick_gelu", 256);
+    c.unet = unet_config({64, 128, 256, 256}, 8, 256, 64, false, false, kSdDown, kSdUp, 32);
+    c.vae = vae_config({64, 128, 256, 256}, 512, 32);
+    c.scheduler = scheduler_config("PNDMScheduler", "epsilon");
+    c.pad_token = "<|endoftext|>";
   } else if (arch == "sdxl") {  // stabilityai/stable-diffusion-xl-base-1.0
     c.model_index = sdxl_model_index();
     c.text_encoder = text_encoder_config(768, 3072, 12, 12, "quick_gelu", 768);

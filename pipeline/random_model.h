@@ -15,7 +15,8 @@ namespace diffusiond {
 
 // "sd15" (runwayml/stable-diffusion-v1-5), "sd21" (stabilityai/stable-diffusion-2-1),
 // "tiny-sd2" (a few-MB model with every SD 2.x switch: v_prediction, linear projection,
-// per-block heads, gelu text encoder, upcast_attention, pad token "!"), "sdxl"
+// per-block heads, gelu text encoder, upcast_attention, pad token "!"), "small-sd1" (SD 1.5's
+// layout at a fifth of its widths, ~290 MB in fp32: memory tests), "sdxl"
 // (stabilityai/stable-diffusion-xl-base-1.0: a 2.6 B-parameter UNet, two text encoders).
 const std::vector<std::string>& random_model_archs();
 

@@ -1,6 +1,10 @@
 #include "pipeline/safetensors.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <mutex>
+
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -62,7 +66,42 @@ StDType from_torch(torch::ScalarType type) {
 }
 
 std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
-  return std::shared_ptr<const SafetensorsFile>(new SafetensorsFile(SafetensorsMap::open(path)));
+  // One mapping per file per process, shared while anything holds it (a SafetensorsFile or a
+  // tensor made from it: in-place weights keep it for the replica's lifetime; the cpu*N
+  // replicas of a model use the same pages, at the same addresses: the process's RSS counts
+  // them once). A file replaced or modified since (another inode, size or mtime) maps anew.
+  struct Identity {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    std::int64_t mtime_ns;
+    bool operator==(const Identity& o) const {
+      return dev == o.dev && ino == o.ino && size == o.size && mtime_ns == o.mtime_ns;
+    }
+  };
+  struct Entry {  // the mapping, which the tensors made from it keep alive
+    Identity identity;
+    std::weak_ptr<const SafetensorsMap> map;
+  };
+  static std::mutex mu;
+  static std::map<std::string, Entry> open_files;
+  struct stat st {};
+  std::error_code ec;
+  const auto canonical = std::filesystem::weakly_canonical(path, ec);
+  if (ec || ::stat(canonical.c_str(), &st) != 0)  // let the map report a missing file
+    return std::shared_ptr<const SafetensorsFile>(new SafetensorsFile(SafetensorsMap::open(path)));
+  const Identity identity{st.st_dev, st.st_ino, st.st_size,
+                          std::int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+  std::lock_guard lock(mu);
+  for (auto it = open_files.begin(); it != open_files.end();)  // forget the unmapped ones
+    it = it->second.map.expired() ? open_files.erase(it) : std::next(it);
+  auto& entry = open_files[canonical.string()];
+  std::shared_ptr<const SafetensorsMap> map = entry.map.lock();
+  if (!map || !(entry.identity == identity)) {
+    map = SafetensorsMap::open(path);
+    entry = {identity, map};
+  }
+  return std::shared_ptr<const SafetensorsFile>(new SafetensorsFile(std::move(map)));
 }
 
 namespace {

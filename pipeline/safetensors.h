@@ -22,7 +22,8 @@ namespace diffusiond {
 
 class SafetensorsFile {
  public:
-  // Maps the file and validates the whole header. Throws SafetensorsError.
+  // Maps the file and validates the whole header. Throws SafetensorsError. A file already open
+  // in this process (the same inode, size and mtime) is shared, not mapped again.
   static std::shared_ptr<const SafetensorsFile> open(const std::filesystem::path& path);
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;

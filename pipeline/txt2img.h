@@ -47,14 +47,16 @@ struct Txt2ImgParams {
   // long prompts): false, A1111's default: each length is its own UNet pass per step (the
   // conditional and unconditional rows apart), the guidance combine as usual; true, A1111's
   // pad_cond_uncond: the shorter rows padded with the empty prompt's chunk encoding to the
-  // longest, one batched pass. Rows of equal length always share one pass.
+  // longest, one batched pass. Rows of equal length always share one pass. generate_batch
+  // pads within each sub-batch (one prompt length), so each image is padded as it is alone.
   bool pad_cond_uncond = false;
   // Optional initial noise [prompts x num_images, C, H/8, W/8] (diffusers' `latents=`): used
   // instead of the generators' draw, cast to the model's dtype and device, then scaled by the
   // scheduler's init_noise_sigma. The generators still draw the samplers' step noise.
   torch::Tensor latents;
-  // Optional: after each denoising step (1..steps), the current latents [B, C, H/8, W/8] on the
-  // model's device, for previews (pipeline/latent_preview.h). Called on the calling thread; it
+  // Optional: after each denoising step (1..steps), the current latents [B, C, H/8, W/8] of this
+  // item's images still running (in generate_batch: only this item's rows) on the model's
+  // device, for previews (pipeline/latent_preview.h). Called on the calling thread; it
   // must not keep the tensor.
   std::function<void(int step, const torch::Tensor& latents)> on_latents;
   // The LoRA set (in order) merged into the weights before this generation (pipeline/lora.h);
@@ -69,6 +71,14 @@ using StepCallback = std::function<bool(int image, int step, int steps)>;
 class GenerationCancelled : public std::runtime_error {
  public:
   GenerationCancelled() : std::runtime_error("generation cancelled") {}
+};
+
+// What generate_batch() made: per image (items in order, each item's images prompt-major), the
+// image, or nullopt when the callback stopped it (it left the batch at that step); and how many
+// images shared its UNet batch (the batch's size when it started).
+struct BatchOutcome {
+  std::vector<std::optional<RgbImage>> images;
+  std::vector<int> batch_sizes;
 };
 
 // Optional sink for intermediates (--dump): called with a name and a CPU tensor.
@@ -98,6 +108,18 @@ class StableDiffusion {
   // Merges a LoRA set into this replica's weights (empty: back to the exact base weights);
   // generate() calls it with params.loras. Throws LoraError (weights unchanged) on a bad file.
   virtual LoraApplyReport apply_loras(const std::vector<LoraApplication>& set) = 0;
+  // A batch across requests: the images of every item in one UNet batch. Each item keeps its
+  // own prompts, negative prompt, guidance scale (a [B] tensor when they differ), seed (its
+  // generators: image k of an item draws from seed + k, as alone) and micro-conditioning; all
+  // items must share steps, width, height, scheduler, CFG on/off (guidance_scale > 1) and the
+  // LoRA set (merged once, as generate() does), else std::invalid_argument. Images whose prompt
+  // embeddings differ in shape (e.g. prompts of different chunk counts) run as separate
+  // sub-batches, one after another. When on_step returns false for an image, that image leaves the
+  // batch before the next step (its outcome is nullopt) and the others go on undisturbed. Every
+  // image equals the same image generated alone (generate()) up to the floating-point rounding of a
+  // larger batch (within 1/255 per pixel).
+  virtual BatchOutcome generate_batch(const std::vector<Txt2ImgParams>& items,
+                                      const StepCallback& on_step = {}) = 0;
 
   virtual int default_width() const = 0;  // unet sample_size * vae scale factor
   virtual int default_height() const = 0;

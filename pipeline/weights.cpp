@@ -84,7 +84,16 @@ void load_weights(torch::nn::Module& module, const SafetensorsFile& file, torch:
                          "' is floating point in the file but " +
                          std::string(c10::toString(tensor.scalar_type())) + " in the model");
     }
-    tensor.set_data(source.to(device, target, /*non_blocking=*/false, /*copy=*/true).contiguous());
+    if (device.is_cpu() && source.scalar_type() == target) {
+      // In place: the parameter IS the mapped bytes (no copy, no anonymous memory; every
+      // replica of the model shares the pages). READ-ONLY IN USE: code that changes weights
+      // (a LoRA merge, fusing, quantising) must build a new tensor and set_data() it in, never
+      // write into this one (the write would silently copy the page, per replica).
+      tensor.set_data(source);
+    } else {
+      tensor.set_data(
+          source.to(device, target, /*non_blocking=*/false, /*copy=*/true).contiguous());
+    }
   }
 }
 

@@ -29,9 +29,12 @@ struct LoadWeightsOptions {
   std::function<bool(const std::string&)> keep_fp32;
 };
 
-// Copies every parameter and buffer of `module` (recursive names joined with '.') from `file`,
-// moving the module to `device` and floating tensors to `dtype` first, so each tensor is copied
-// once from the mapping into its destination. Throws WeightsError listing all problems.
+// Sets every parameter and buffer of `module` (recursive names joined with '.') from `file`:
+// on the CPU in the file's own dtype the tensor is used in place from the memory map (no copy;
+// shared by every replica that opened the same file, see SafetensorsFile::open), else copied
+// once from the mapping into its device and dtype. In-place weights are READ-ONLY: whoever
+// changes a weight (LoRA merges, ...) must swap in a new tensor (set_data), never write into it.
+// Throws WeightsError listing all problems.
 void load_weights(torch::nn::Module& module, const SafetensorsFile& file, torch::Device device,
                   torch::ScalarType dtype, const LoadWeightsOptions& options);
 

@@ -2,8 +2,10 @@
 # GPU check for a bare GPU machine (CUDA and PyTorch, no network), in one run of a few
 # minutes: unpacks the carried Debian -dev packages, configures against the machine's PyTorch
 # LibTorch (CUDA), builds (ninja -k 0: every compile error at once), runs the GPU-tagged tests,
-# the golden tests on this LibTorch, bench_pipeline (tiny model, then the SD 1.5 architecture with
-# random weights at 512x512) and bench_serve on the GPU, and prints a short table last.
+# the golden tests on this LibTorch, bench_pipeline (the SD 1.5 architecture with random weights
+# at 512x512, fp16, 20 steps, batch 1/2/4/8; then the tiny model) and bench_serve on the GPU
+# (16/4/1 clients, batching off and on, each against the in-process pipeline at the same
+# batch: issue 11's measurements), and prints a short table last.
 # Logs: one tarball and summary.txt in OUT_DIR (the device tool brings back at most 8 files).
 #
 #   scripts/device-check.sh [OUT_DIR]      (default: $OUT, else /tmp/device-check)
@@ -15,7 +17,10 @@
 # and carry .devdeps in the device run.
 # Env: DEPS (default .devdeps/deps.tar.xz), BUILD_DIR (default build-gpu), JOBS (default: every
 #      core), BUDGET_S (default 500: no step runs past it, later ones are skipped), SKIP_SD15=1,
-#      TARGETS (what to build; steps whose programs were not built are skipped).
+#      TARGETS (what to build; steps whose programs were not built are skipped),
+#      CHECKS (default "tests sd15 serve tiny golden": which groups run, in that order; e.g. a
+#      second call on the still-warm machine with CHECKS="sd15 serve" reuses the build and the
+#      random SD 1.5 folder in /tmp and only measures).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-${OUT:-/tmp/device-check}}
@@ -33,6 +38,8 @@ row() {
   echo "${rows[-1]}"
 }
 elapsed() { echo $(($(date +%s) - t0)); }
+checks=" ${CHECKS:-tests sd15 serve tiny golden} "
+want() { [[ "$checks" == *" $1 "* ]]; }
 run_step() {  # name logfile timeout_s command...: records ok/FAILED/skipped and the seconds
   local name=$1 log=$2 limit=$3 start rc left
   shift 3
@@ -100,40 +107,54 @@ bin=$build/daemon/diffusiond
 bench=$build/bench/pipeline/bench_pipeline
 bench_serve=$build/bench/serve/bench_serve
 export DIFFUSIOND_BIN=$bin
-if [ -x "$build/tests/daemon/test_daemon_gpu" ]; then
+if want tests && [ -x "$build/tests/daemon/test_daemon_gpu" ]; then
   run_step "GPU tests (test_daemon_gpu)" gpu-tests.log 300 \
     "$build/tests/daemon/test_daemon_gpu" --durations yes
   grep -E "vs diffusers|mean \|gpu|FAILED|failed|passed" "$logs/gpu-tests.log" | head -12
 fi
-if [ -x "$bench" ]; then
+sd15=/tmp/sd15-random
+serve_rows() {  # logfile: bench_serve's headline lines
+  while IFS= read -r line; do row "    serve" "$line"; done < <(grep -E '^\| (throughput|submit|end-to-end|time per)|^throughput daemon' "$logs/$1")
+}
+# Issue 11's GPU measurements, SD 1.5 architecture, 512x512, fp16, 20 steps: the step time at
+# batch 1/2/4/8 (--mixed: different requests in one generate_batch, per-row guidance), then
+# bench_serve with 16, 4 and 1 clients, batching off (--max-batch 1) and on (4), each against
+# the in-process pipeline at the same batch (daemon / in-process).
+if want sd15 && [ "${SKIP_SD15:-0}" != 1 ] && [ -x "$bin" ] && [ -x "$bench" ] &&
+   { [ -d "$sd15" ] || run_step "make-random-model sd15" make-sd15.log 240 "$bin" make-random-model --arch sd15 --out "$sd15"; }; then
+  for batch in 1 2 4 8; do
+    mixed=(); [ "$batch" -gt 1 ] && mixed=(--mixed)
+    run_step "bench_pipeline sd15 cuda:0 fp16 512px 20st b$batch" "bench-sd15-b$batch.log" 180 "$bench" \
+      --model "$sd15" --device cuda:0 --dtype fp16 --width 512 --height 512 --steps 20 \
+      --batch "$batch" "${mixed[@]}" --runs 3 && bench_rows "bench-sd15-b$batch.log"
+  done
+  if want serve && [ -x "$bench_serve" ]; then
+    for clients in 16 4 1; do
+      images=$((clients == 1 ? 8 : 16))
+      for max_batch in 1 4; do
+        run_step "bench_serve sd15 512px ${clients}c batch<=$max_batch" "bench-serve-sd15-c$clients-b$max_batch.log" 200 \
+          "$bench_serve" --model "$sd15" --devices cuda --images "$images" --clients "$clients" \
+          --size 512 --steps 20 --max-batch "$max_batch" &&
+          serve_rows "bench-serve-sd15-c$clients-b$max_batch.log"
+      done
+    done
+  fi
+fi
+if want tiny && [ -x "$bench" ]; then
   for dtype in fp16 fp32; do
     run_step "bench_pipeline tiny cuda:0 $dtype 256px 20st" "bench-tiny-$dtype.log" 120 "$bench" \
       --model "$tiny" --device cuda:0 --dtype "$dtype" --width 256 --height 256 --steps 20 \
       --runs 3 && bench_rows "bench-tiny-$dtype.log"
   done
 fi
-if [ -x "$bench_serve" ]; then
+if want tiny && [ -x "$bench_serve" ]; then
   run_step "bench_serve tiny cuda 256px" bench-serve-tiny.log 150 "$bench_serve" --model "$tiny" \
     --devices cuda --images 64 --clients 8 --size 256 --steps 20
-  while IFS= read -r line; do row "    serve" "$line"; done < <(grep -E '^\| (throughput|submit|end-to-end|time per)' "$logs/bench-serve-tiny.log")
-fi
-sd15=/tmp/sd15-random
-if [ "${SKIP_SD15:-0}" != 1 ] && [ -x "$bin" ] && [ -x "$bench" ] &&
-   run_step "make-random-model sd15" make-sd15.log 240 "$bin" make-random-model --arch sd15 --out "$sd15"; then
-  for batch in 1 4; do
-    run_step "bench_pipeline sd15 cuda:0 fp16 512px 20st b$batch" "bench-sd15-b$batch.log" 180 "$bench" \
-      --model "$sd15" --device cuda:0 --dtype fp16 --width 512 --height 512 --steps 20 \
-      --batch "$batch" --runs 3 && bench_rows "bench-sd15-b$batch.log"
-  done
-  if [ -x "$bench_serve" ]; then
-    run_step "bench_serve sd15 cuda 512px" bench-serve-sd15.log 200 "$bench_serve" --model "$sd15" \
-      --devices cuda --images 16 --clients 4 --size 512 --steps 20
-    while IFS= read -r line; do row "    serve" "$line"; done < <(grep -E '^\| (throughput|submit|end-to-end|time per)' "$logs/bench-serve-sd15.log")
-  fi
+  serve_rows bench-serve-tiny.log
 fi
 # The golden tests on this LibTorch's CPU kernels (2.x: the fused attention path).
 for t in text_encoder/test_text_encoder unet/test_unet pipeline/test_pipeline daemon/test_daemon; do
-  [ -x "$build/tests/$t" ] &&
+  want golden && [ -x "$build/tests/$t" ] &&
     run_step "$(basename "$t") (CPU, this LibTorch)" "$(basename "$t").log" 240 \
       env OMP_NUM_THREADS=4 "$build/tests/$t"
 done

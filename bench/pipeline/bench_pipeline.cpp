@@ -3,8 +3,11 @@
 // images/s and peak RSS. Prints a table. Not a test: nothing here asserts on time.
 //
 //   bench_pipeline --model DIR [--width 256 --height 256 --steps 4 --device cpu --dtype fp32
-//                  --batch 1 --runs 1 --scheduler NAME --threads N --trace FILE]
+//                  --batch 1 --runs 1 --scheduler NAME --threads N --trace FILE --mixed]
 //
+// --mixed: the batch is --batch different requests (own prompt, seed and guidance scale) run
+// with generate_batch(), as the daemon batches across requests; else one request of --batch
+// images.
 // --threads sets LibTorch's intra-op threads, by default one per core as `diffusiond serve` does
 // (Debian's LibTorch 1.13 itself defaults to 1, which leaves oneDNN's convolutions on one core);
 // --trace writes a Chrome trace of every ATen op of the timed runs (LibTorch's legacy
@@ -97,6 +100,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--trace", trace, "Write a Chrome trace of the timed runs' ops to this file");
+  bool mixed = false;
+  app.add_flag("--mixed", mixed, "Batch --batch different requests (generate_batch)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -126,7 +131,22 @@ int main(int argc, char** argv) {
       params.seed = 42;
       params.scheduler = scheduler;
       const double cpu_start = process_cpu_s();
-      auto images = pipe->generate(params);
+      std::vector<RgbImage> images;
+      if (mixed) {
+        std::vector<Txt2ImgParams> items;
+        for (int k = 0; k < batch; ++k) {
+          Txt2ImgParams item = params;
+          item.num_images_per_prompt = 1;
+          item.prompts = {params.prompts.front() + ", variation " + std::to_string(k)};
+          item.seed = 42 + 1000 * static_cast<std::uint64_t>(k);
+          item.guidance_scale = 7.5 - 0.5 * k;
+          if (item.guidance_scale <= 1) item.guidance_scale = 7.5;
+          items.push_back(std::move(item));
+        }
+        for (auto& image : pipe->generate_batch(items).images) images.push_back(std::move(*image));
+      } else {
+        images = pipe->generate(params);
+      }
       const double cpu_s = process_cpu_s() - cpu_start;
       const GenerationTimings t = pipe->last_timings();
 

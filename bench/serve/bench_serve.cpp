@@ -71,6 +71,10 @@ int main(int argc, char** argv) {
   app.add_option("--dtype", dtype, "diffusiond --dtype: auto (fp16 on CUDA), fp32, fp16");
   app.add_option("--model", model, "Model folder");
   app.add_option("--bin", bin, "diffusiond executable");
+  int max_batch = 0, batch_wait_ms = 0;
+  app.add_option("--max-batch", max_batch,
+                 "diffusiond --max-batch (0: its auto default); the in-process run batches alike");
+  app.add_option("--batch-wait-ms", batch_wait_ms, "diffusiond --batch-wait-ms");
   CLI11_PARSE(app, argc, argv);
 
   const std::vector<torch::Device> replicas = devices_of(devices);
@@ -90,6 +94,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> args = {"--devices", devices, "--log-level", "warn"};
   if (threads > 0) args.insert(args.end(), {"--threads", std::to_string(threads)});
   if (dtype != "auto") args.insert(args.end(), {"--dtype", dtype});
+  args.insert(args.end(), {"--max-batch", std::to_string(max_batch), "--batch-wait-ms",
+                           std::to_string(batch_wait_ms)});
+  // The batch the daemon's workers use (its auto default: 4 on CUDA, 1 on the CPU).
+  const int batch = max_batch > 0 ? max_batch : (on_cuda ? 4 : 1);
   ClientRun served;
   {
     testing::DaemonProcess daemon(data_dir, args, model);
@@ -103,7 +111,7 @@ int main(int argc, char** argv) {
   remove_tree(data_dir);
 
   // 2. The same images in-process: one replica per worker thread, same thread split.
-  const InProcessRun local = run_in_process(model, replicas, scalar_type, per_worker, work);
+  const InProcessRun local = run_in_process(model, replicas, scalar_type, per_worker, work, batch);
 
   std::map<std::string, int> per_device;
   for (const auto& d : served.devices) ++per_device[d];
@@ -115,10 +123,10 @@ int main(int argc, char** argv) {
   const double served_ips = done / served.wall_s;
   const double local_ips = work.images / local.wall_s;
   std::printf(
-      "\nbench_serve: %d images (%dx%d, %d steps, %s), %d clients, --devices %s, %s, %d intra-op "
-      "thread(s) per worker, %u cores\n\n",
+      "\nbench_serve: %d images (%dx%d, %d steps, %s), %d clients, --devices %s, max batch %d, "
+      "%s, %d intra-op thread(s) per worker, %u cores\n\n",
       work.images, work.size, work.size, work.steps, work.scheduler.c_str(), clients,
-      devices.c_str(), scalar_type == torch::kHalf ? "fp16" : "fp32", per_worker,
+      devices.c_str(), batch, scalar_type == torch::kHalf ? "fp16" : "fp32", per_worker,
       std::thread::hardware_concurrency());
   const double e2e_p50 = percentile(served.end_to_end_ms, 50);
   const double seq = mean(local.sequential_ms);

@@ -19,8 +19,11 @@ struct InProcessRun {
 
 // First every image one at a time on the first replica (the unloaded pipeline time), then all of
 // them again on one replica per entry of `devices`, each in its own thread, with
-// `threads_per_worker` intra-op threads (process-wide, as the daemon sets it).
+// `threads_per_worker` intra-op threads (process-wide, as the daemon sets it). batch > 1: each
+// replica takes up to `batch` images at a time as one generate_batch() (what the daemon does
+// with --max-batch), image_ms then being the batch's time divided by its images.
 InProcessRun run_in_process(const std::string& model_dir, const std::vector<torch::Device>& devices,
-                            torch::ScalarType dtype, int threads_per_worker, const WorkSpec& work);
+                            torch::ScalarType dtype, int threads_per_worker, const WorkSpec& work,
+                            int batch = 1);
 
 }  // namespace diffusiond::bench

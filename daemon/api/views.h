@@ -28,6 +28,7 @@ struct ImageView {
   std::int64_t file_bytes = 0;   // size of the PNG once written (retention by bytes)
   std::int64_t started_ms = 0;   // unix ms, 0 if not yet
   std::int64_t finished_ms = 0;  // unix ms, 0 if not yet
+  int batch_size = 0;  // images that shared its UNet batch (its latest run); 0 until it runs
 };
 
 struct JobView {
@@ -70,6 +71,11 @@ struct DeviceView {
   std::int64_t next_probe_ms = 0;         // unhealthy: when it is given a task again (unix ms)
   bool busy = false;
   std::string current_job;  // empty when idle
+  struct BatchImage {
+    std::string job_id;
+    int image = 0;
+  };
+  std::vector<BatchImage> current_batch;  // the images it runs now as one batch (empty: idle)
   std::int64_t images_done = 0;
   std::int64_t steps_done = 0;
   double steps_per_second = 0;       // recent average

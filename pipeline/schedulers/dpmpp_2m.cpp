@@ -103,6 +103,12 @@ DpmSolverConfig parse_config(const nlohmann::json& json, bool karras) {
 
 class DpmSolverMultistepScheduler final : public sched::UnscaledInputScheduler {
  public:
+  // Drops the history rows of images that left the batch (Scheduler::keep_rows).
+  void keep_rows(const Tensor& rows) override {
+    select_rows(current_x0_, rows);
+    select_rows(previous_x0_, rows);
+  }
+
   explicit DpmSolverMultistepScheduler(DpmSolverConfig cfg)
       : UnscaledInputScheduler(kClassName), cfg_(std::move(cfg)) {
     const Tensor& acp = cfg_.schedule.alphas_cumprod;  // [T] float32
@@ -126,6 +132,7 @@ class DpmSolverMultistepScheduler final : public sched::UnscaledInputScheduler {
   Tensor lambda_t_;  // [T] float32
   Tensor sigmas_;    // [N+1] float32, CPU
   std::optional<std::vector<double>> sigma_values_;
+
   Tensor current_x0_;   // the converted model output of this step (m0)
   Tensor previous_x0_;  // the converted model output of the previous step (m1)
   int lower_order_nums_ = 0;

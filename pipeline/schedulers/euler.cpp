@@ -102,7 +102,7 @@ class EulerScheduler final : public sched::SigmaScheduler {
     Tensor sample = sample_in.to(torch::kFloat32);
     Tensor sigma = sigmas_[step_index];
     // s_churn = 0 -> gamma = 0; the noise is drawn anyway (diffusers does) but not used.
-    (void)step_noise(model_output, generator);
+    (void)step_noise_on_host(model_output, generator);
     const double gamma = 0.0;
     Tensor sigma_hat = sigma * (gamma + 1);
 

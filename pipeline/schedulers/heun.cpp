@@ -20,6 +20,12 @@ constexpr const char* kClass = "HeunDiscreteScheduler";
 
 class HeunScheduler final : public sched::SigmaScheduler {
  public:
+  // Drops the history rows of images that left the batch (Scheduler::keep_rows).
+  void keep_rows(const Tensor& rows) override {
+    select_rows(prev_derivative_, rows);  // dt_ is 0-dim: shared by every row
+    select_rows(first_sample_, rows);
+  }
+
   explicit HeunScheduler(const nlohmann::json& json) : SigmaScheduler(kClass) {
     sched::SchedulerConfig cfg(json, kClass);
     sched::BetaDefaults defaults;  // Heun's own defaults are SD's betas

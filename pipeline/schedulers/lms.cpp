@@ -111,6 +111,11 @@ double integrate(const std::function<double(double)>& f, double a, double b, dou
 
 class LmsScheduler final : public sched::SigmaScheduler {
  public:
+  // Drops the history rows of images that left the batch (Scheduler::keep_rows).
+  void keep_rows(const Tensor& rows) override {
+    for (auto& d : derivatives_) select_rows(d, rows);
+  }
+
   explicit LmsScheduler(const nlohmann::json& json) : SigmaScheduler(kClass) {
     sched::SchedulerConfig cfg(json, kClass);
     schedule_ = sched::make_noise_schedule(cfg, sched::BetaDefaults{});

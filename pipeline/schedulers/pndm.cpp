@@ -21,6 +21,13 @@ constexpr const char* kClass = "PNDMScheduler";
 
 class PndmScheduler final : public sched::UnscaledInputScheduler {
  public:
+  // Drops the history rows of images that left the batch (Scheduler::keep_rows).
+  void keep_rows(const Tensor& rows) override {
+    for (auto& e : ets_) select_rows(e, rows);
+    select_rows(cur_model_output_, rows);
+    select_rows(cur_sample_, rows);
+  }
+
   explicit PndmScheduler(const nlohmann::json& json) : UnscaledInputScheduler(kClass) {
     sched::SchedulerConfig cfg(json, kClass);
     schedule_ = sched::make_noise_schedule(cfg, sched::BetaDefaults{});

@@ -24,6 +24,19 @@ torch::Tensor Scheduler::step_batch(const torch::Tensor& model_output, int step_
 }
 
 torch::Tensor Scheduler::step_noise(const torch::Tensor& like, at::Generator& generator) const {
+  torch::Tensor noise = step_noise_on_host(like, generator);
+  if (!like.is_cuda()) return noise.to(like.device());
+  // Pinned + non_blocking: the copy is queued on the current stream; LibTorch's caching host
+  // allocator keeps the pinned block until the copy has run.
+  return noise.pin_memory().to(like.device(), /*non_blocking=*/true);
+}
+
+void Scheduler::select_rows(torch::Tensor& t, const torch::Tensor& rows) {
+  if (t.defined() && t.dim() > 0) t = t.index_select(0, rows.to(t.device()));
+}
+
+torch::Tensor Scheduler::step_noise_on_host(const torch::Tensor& like,
+                                            at::Generator& generator) const {
   const auto options = torch::TensorOptions().dtype(like.scalar_type()).device(torch::kCPU);
   torch::Tensor noise;
   if (row_generators_ != nullptr && row_generators_->size() > 1) {
@@ -36,7 +49,7 @@ torch::Tensor Scheduler::step_noise(const torch::Tensor& like, at::Generator& ge
   } else {
     noise = torch::randn(like.sizes(), generator, options);
   }
-  return noise.to(like.device());
+  return noise;
 }
 
 }  // namespace diffusiond

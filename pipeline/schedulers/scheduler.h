@@ -41,12 +41,25 @@ class Scheduler {
   torch::Tensor step_batch(const torch::Tensor& model_output, int step_index,
                            const torch::Tensor& sample, std::vector<at::Generator>& generators);
 
+  // Drops batch rows from the sampler's state between two steps (an image left the batch):
+  // `rows` [B'] int64 are the rows kept, in order. Stateless samplers have nothing to drop; the
+  // multistep ones (DPM++ 2M, UniPC, LMS, PNDM, Heun) keep their history of those rows only, so
+  // the images that stay step exactly as before. Their generators are the caller's to drop.
+  virtual void keep_rows(const torch::Tensor& /*rows*/) {}
+
  protected:
   // The noise a sampler draws inside step(): torch::randn(like.sizes(), generator) in like's
   // dtype on the CPU, then moved to like's device (diffusers' randn_tensor with a CPU generator;
   // diffusers passes model_output as `like`). Inside step_batch() with B generators each batch
   // row comes from its own generator. Every sampler must draw its step noise through this.
+  // On a CUDA device the draw goes through pinned memory and is copied without blocking, so the
+  // step does not wait for the device (no host-device synchronisation inside the loop).
   torch::Tensor step_noise(const torch::Tensor& like, at::Generator& generator) const;
+  // The same draw, left on the CPU: for a sampler that draws (to advance the generators as
+  // diffusers does) but does not use the noise (Euler with s_churn = 0).
+  torch::Tensor step_noise_on_host(const torch::Tensor& like, at::Generator& generator) const;
+  // keep_rows() helper: t = t[rows] when t is defined and has a batch dimension.
+  static void select_rows(torch::Tensor& t, const torch::Tensor& rows);
 
  private:
   std::vector<at::Generator>* row_generators_ = nullptr;  // set only during step_batch()

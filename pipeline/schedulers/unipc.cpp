@@ -99,6 +99,12 @@ BhCoefficients bh_coefficients(const Tensor& h, int order, bool predict_x0,
 
 class UniPcMultistepScheduler final : public sched::UnscaledInputScheduler {
  public:
+  // Drops the history rows of images that left the batch (Scheduler::keep_rows).
+  void keep_rows(const Tensor& rows) override {
+    for (auto& m : model_outputs_) select_rows(m, rows);
+    select_rows(last_sample_, rows);
+  }
+
   explicit UniPcMultistepScheduler(UniPcConfig cfg)
       : UnscaledInputScheduler(kClassName), cfg_(std::move(cfg)) {}
 
@@ -121,6 +127,7 @@ class UniPcMultistepScheduler final : public sched::UnscaledInputScheduler {
   UniPcConfig cfg_;
   Tensor sigmas_;  // [N+1] float32, CPU
   std::optional<std::vector<double>> sigma_values_;
+
   std::vector<Tensor> model_outputs_;  // solver_order slots, oldest first (undefined = None)
   int lower_order_nums_ = 0;
   int this_order_ = 0;

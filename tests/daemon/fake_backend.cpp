@@ -40,6 +40,43 @@ class FakeGenerator : public ImageGenerator {
     }
     return expected_fake_image(task.prompt, task.seed, task.width, task.height);
   }
+  std::vector<std::optional<RgbImage>> generate_batch(const std::vector<ImageSpec>& tasks,
+                                                      const BatchProgress& progress) override {
+    const int size = static_cast<int>(tasks.size());
+    for (const auto& task : tasks)
+      backend_.record({device_.name, task.prompt, task.seed, task.model, size});
+    if (failing_) throw std::runtime_error("fake device failure on " + device_.name);
+    for (std::size_t k = 0; k < tasks.size(); ++k) {
+      const auto fault = backend_.faults ? backend_.faults->next(device_.name) : std::nullopt;
+      if (fault && *fault == InjectedFault::out_of_memory)
+        throw DeviceOutOfMemory("injected out of memory on " + device_.name);
+      if (fault) throw std::runtime_error("injected failure on " + device_.name);
+    }
+    bool block = false;
+    for (const auto& task : tasks) {
+      if (task.prompt.find("FAIL") != std::string::npos)
+        throw std::runtime_error("fake failure for prompt '" + task.prompt + "'");
+      if (task.prompt.find("OOM") != std::string::npos)
+        throw DeviceOutOfMemory("fake out of memory for prompt '" + task.prompt + "'");
+      block = block || task.prompt.find("BLOCK") != std::string::npos;
+    }
+    std::vector<bool> alive(tasks.size(), true);
+    const int steps = tasks.front().steps;  // a batch shares its steps (the batch key)
+    for (int step = 1; step <= steps; ++step) {
+      if (step == 2 && block) backend_.block_until_released();
+      for (std::size_t k = 0; k < tasks.size(); ++k)
+        if (alive[k] && !progress(static_cast<int>(k), step, steps)) alive[k] = false;
+    }
+    std::vector<std::optional<RgbImage>> out;
+    for (std::size_t k = 0; k < tasks.size(); ++k) {
+      if (alive[k])
+        out.emplace_back(
+            expected_fake_image(tasks[k].prompt, tasks[k].seed, tasks[k].width, tasks[k].height));
+      else
+        out.emplace_back(std::nullopt);
+    }
+    return out;
+  }
   std::string description() const override { return "fake " + device_.name; }
   DeviceMemory memory() const override { return {1000, 10}; }
 

@@ -3,6 +3,8 @@
 // behaviour: "FAIL" always throws, "OOM" runs out of device memory (DeviceOutOfMemory), "BLOCK"
 // waits at step 1 until release() is called. Devices listed in failing_devices throw on every
 // image; `faults` (daemon/fault_injection.h, as --inject-faults) fails chosen generations.
+// Batches step in lockstep (every image's step 1, then step 2, ...): an image whose progress
+// returns false leaves, a FAIL/OOM prompt or a fault fails the whole batch, as a real one.
 #pragma once
 
 #include <condition_variable>
@@ -25,6 +27,7 @@ struct FakeCall {
   std::string prompt;
   std::uint64_t seed = 0;
   std::string model;  // the ImageSpec's (resolved) model name
+  int batch_size = 1;  // images of its generation (generate_batch)
 };
 
 struct FakeLoad {

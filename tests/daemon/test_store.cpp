@@ -252,6 +252,7 @@ TEST_CASE("a version 1 database is migrated in place, its jobs intact", "[store]
   CHECK(old->view.request.prompts == std::vector<std::string>{"old"});
   CHECK(old->client.empty());
   CHECK(old->idempotency_key.empty());
+  CHECK(old->view.images[0].batch_size == 0);  // schema 3's column, through both migrations
   JobRecord keyed = sample_job("new", 1);
   keyed.client = "key-0123456789abcdef";
   keyed.idempotency_key = "k1";

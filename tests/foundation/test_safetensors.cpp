@@ -84,8 +84,13 @@ TEST_CASE("safetensors: tensors are views over the mapping and outlive the file 
     CHECK(t.data_ptr() == again.data_ptr());  // same bytes: no copy
   }
   CHECK(t[15].item<float>() == 15.0f);  // the mapping is still alive
-  t.add_(1);                            // private mapping: the file is not changed
-  auto reopened = SafetensorsFile::open(p);
+  // While anything holds the mapping, opening the file again shares it (one per process).
+  auto shared = SafetensorsFile::open(p);
+  CHECK(shared->tensor("w").data_ptr() == t.data_ptr());
+  t.add_(1);  // private mapping: the file is not changed
+  t = torch::Tensor();
+  shared.reset();
+  auto reopened = SafetensorsFile::open(p);  // mapped anew: the file's own bytes
   CHECK(reopened->tensor("w")[15].item<float>() == 15.0f);
 }
 

@@ -29,6 +29,7 @@ class DaemonProcess {
   void kill_hard();          // SIGKILL, and reap
   int terminate_and_wait();  // SIGTERM; returns the exit status
   bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }  // e.g. to read /proc/<pid>/status
   std::string log() const;
 
  private:

@@ -63,7 +63,8 @@ std::string load_error(const std::vector<std::pair<std::string, torch::Tensor>>&
 
 }  // namespace
 
-TEST_CASE("load_weights copies every parameter and buffer", "[weights]") {
+TEST_CASE("load_weights sets every parameter and buffer, in place when the dtype matches",
+          "[weights]") {
   auto path = temp_file("good.safetensors");
   write_safetensors(path, good_tensors());
   auto file = SafetensorsFile::open(path);
@@ -77,10 +78,16 @@ TEST_CASE("load_weights copies every parameter and buffer", "[weights]") {
   CHECK(torch::equal(model->inner->ids, torch::tensor({7, 8, 9, 10}, torch::kInt64)));
   auto out = model->inner->proj->forward(torch::ones({1, 3}));
   CHECK(torch::allclose(out, torch::tensor({{3.5f, 11.5f}})));
-  // The module owns its memory: changing it does not touch a fresh view of the file.
+  // CPU, the file's dtype: the parameter is the mapping's bytes (no copy; read-only by
+  // contract, see weights.h).
+  CHECK(model->norm->weight.data_ptr() == file->tensor("norm.weight").data_ptr());
+  // Another dtype is a copy the module owns: changing it does not touch the mapping.
+  Outer cast;
+  load_weights(*cast, *file, torch::kCPU, torch::kFloat64);
+  CHECK(cast->norm->weight.data_ptr() != file->tensor("norm.weight").data_ptr());
   {
     torch::NoGradGuard g;
-    model->norm->weight.fill_(0);
+    cast->norm->weight.fill_(0);
   }
   CHECK(torch::equal(file->tensor("norm.weight"), torch::tensor({2.0f, 3.0f})));
 }
