@@ -56,8 +56,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
   out = out_proj(out);                                                         // [B,Sq,query_dim]
 
   if (spatial) out = out.transpose(-1, -2).reshape({b, c, h, w});
-  if (options_.residual_connection) out = out + residual;
-  if (options_.rescale_output_factor != 1.0) out = out / options_.rescale_output_factor;
+  // out is fresh (out_proj's output, or its NCHW copy): the residual and rescale run in place.
+  if (options_.residual_connection) out.add_(residual);
+  if (options_.rescale_output_factor != 1.0) out.div_(options_.rescale_output_factor);
   return out;
 }
 

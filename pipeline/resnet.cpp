@@ -31,8 +31,10 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& options) : opti
 }
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
-  torch::Tensor h = apply_activation(options_.act, norm1(x));
-  h = conv1(h);  // [B,out,H,W]
+  // Every temporary below is fresh (a norm's or a conv's output): activations and sums run in
+  // place, which saves an allocation (and its page faults) of the block's full size each.
+  torch::Tensor h = norm1(x);
+  h = conv1(apply_activation_(options_.act, h));  // [B,out,H,W]
 
   torch::Tensor t;
   if (time_emb_proj && temb.defined()) {
@@ -40,18 +42,21 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
   }
   if (options_.time_embedding_norm == "scale_shift" && t.defined()) {
     auto parts = t.chunk(2, 1);  // scale, shift: [B,out,1,1] each
-    h = norm2(h) * (1 + parts[0]) + parts[1];
+    h = norm2(h).mul_(1 + parts[0]).add_(parts[1]);
   } else {
-    if (t.defined()) h = h + t;
+    if (t.defined()) h.add_(t);
     h = norm2(h);
   }
-  h = apply_activation(options_.act, h);
-  h = conv2(h);  // dropout is the identity at inference
+  h = conv2(apply_activation_(options_.act, h));  // dropout is the identity at inference
 
-  torch::Tensor shortcut = conv_shortcut ? conv_shortcut(x) : x;
-  torch::Tensor out = shortcut + h;
-  if (options_.output_scale_factor != 1.0) out = out / options_.output_scale_factor;
-  return out;
+  // shortcut + h, computed into h (addition commutes: the same bits).
+  if (conv_shortcut) {
+    h.add_(conv_shortcut(x));
+  } else {
+    h.add_(x);
+  }
+  if (options_.output_scale_factor != 1.0) h.div_(options_.output_scale_factor);
+  return h;
 }
 
 Downsample2DImpl::Downsample2DImpl(int channels, int out_channels, int padding)

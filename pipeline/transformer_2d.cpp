@@ -8,8 +8,8 @@ GEGLUImpl::GEGLUImpl(int dim_in, int dim_out) {
 }
 
 torch::Tensor GEGLUImpl::forward(const torch::Tensor& x) {
-  auto parts = proj(x).chunk(2, -1);  // hidden, gate: [.., dim_out] each
-  return parts[0] * torch::gelu(parts[1]);
+  auto parts = proj(x).chunk(2, -1);            // hidden, gate: [.., dim_out] each
+  return torch::gelu(parts[1]).mul_(parts[0]);  // hidden * gelu(gate), into the fresh gelu output
 }
 
 FeedForwardImpl::FeedForwardImpl(int dim, int mult) {
@@ -47,9 +47,10 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(int dim, const TransformerO
 
 torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x,
                                                  const torch::Tensor& context) {
-  torch::Tensor h = attn1(norm1(x), only_cross_attention_ ? context : torch::Tensor()) + x;
-  h = attn2(norm2(h), context) + h;
-  return ff(norm3(h)) + h;
+  // Residual sums into the fresh attention / feed-forward outputs (same bits as a + b).
+  torch::Tensor h = attn1(norm1(x), only_cross_attention_ ? context : torch::Tensor()).add_(x);
+  h = attn2(norm2(h), context).add_(h);
+  return ff(norm3(h)).add_(h);
 }
 
 Transformer2DModelImpl::Transformer2DModelImpl(int in_channels, int num_layers, int norm_num_groups,
@@ -96,7 +97,7 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x,
     t = t.reshape({b, h, w, inner_dim_}).permute({0, 3, 1, 2}).contiguous();
     t = proj_out_conv(t);  // [B,C,H,W]
   }
-  return t + x;
+  return t.add_(x);
 }
 
 }  // namespace diffusiond

@@ -3,6 +3,7 @@
 #include <ATen/record_function.h>
 
 #include "pipeline/component_weights.h"
+#include "pipeline/cpu_memory.h"
 
 #include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
@@ -243,6 +244,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, torch::Ten
 UNet2DConditionModel load_unet(const std::filesystem::path& config_json,
                                const SafetensorsFile& weights, torch::Device device,
                                torch::ScalarType dtype) {
+  if (device.is_cpu()) retain_freed_cpu_memory();
   UNet2DConditionModel model(
       UNetConfig::from_json(read_json_file(config_json), config_json.string()));
   load_weights(*model, weights, device, dtype);
