@@ -16,7 +16,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& options) : opti
   }
   norm1 = register_module(
       "norm1", nn::GroupNorm(nn::GroupNormOptions(options_.groups, in).eps(options_.eps)));
-  conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1)));
+  conv1 = register_module("conv1", PackedConv2d(nn::Conv2dOptions(in, out, 3).padding(1)));
   if (options_.temb_channels > 0) {
     // scale_shift predicts a scale and a shift per channel.
     const int proj_out = options_.time_embedding_norm == "scale_shift" ? 2 * out : out;
@@ -24,9 +24,9 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& options) : opti
   }
   norm2 = register_module(
       "norm2", nn::GroupNorm(nn::GroupNormOptions(options_.groups, out).eps(options_.eps)));
-  conv2 = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(out, out, 3).padding(1)));
+  conv2 = register_module("conv2", PackedConv2d(nn::Conv2dOptions(out, out, 3).padding(1)));
   if (in != out) {
-    conv_shortcut = register_module("conv_shortcut", nn::Conv2d(nn::Conv2dOptions(in, out, 1)));
+    conv_shortcut = register_module("conv_shortcut", PackedConv2d(nn::Conv2dOptions(in, out, 1)));
   }
 }
 
@@ -62,7 +62,8 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
 Downsample2DImpl::Downsample2DImpl(int channels, int out_channels, int padding)
     : padding_(padding) {
   conv = register_module(
-      "conv", nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 3).stride(2).padding(padding)));
+      "conv",
+      PackedConv2d(nn::Conv2dOptions(channels, out_channels, 3).stride(2).padding(padding)));
 }
 
 torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
@@ -74,8 +75,8 @@ torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
 }
 
 Upsample2DImpl::Upsample2DImpl(int channels, int out_channels) {
-  conv =
-      register_module("conv", nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 3).padding(1)));
+  conv = register_module("conv",
+                         PackedConv2d(nn::Conv2dOptions(channels, out_channels, 3).padding(1)));
 }
 
 torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x,

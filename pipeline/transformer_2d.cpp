@@ -63,7 +63,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(int in_channels, int num_layers, 
     proj_in_linear = register_module("proj_in", nn::Linear(in_channels, inner_dim_));
   } else {
     proj_in_conv =
-        register_module("proj_in", nn::Conv2d(nn::Conv2dOptions(in_channels, inner_dim_, 1)));
+        register_module("proj_in", PackedConv2d(nn::Conv2dOptions(in_channels, inner_dim_, 1)));
   }
   transformer_blocks = register_module("transformer_blocks", nn::ModuleList());
   for (int i = 0; i < num_layers; ++i) {
@@ -75,7 +75,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(int in_channels, int num_layers, 
     proj_out_linear = register_module("proj_out", nn::Linear(inner_dim_, in_channels));
   } else {
     proj_out_conv =
-        register_module("proj_out", nn::Conv2d(nn::Conv2dOptions(inner_dim_, in_channels, 1)));
+        register_module("proj_out", PackedConv2d(nn::Conv2dOptions(inner_dim_, in_channels, 1)));
   }
 }
 

@@ -18,9 +18,9 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config)
   const std::size_t n = c.num_blocks();
   const int ch0 = c.block_out_channels[0];
 
-  conv_in =
-      register_module("conv_in", nn::Conv2d(nn::Conv2dOptions(c.in_channels, ch0, c.conv_in_kernel)
-                                                .padding((c.conv_in_kernel - 1) / 2)));
+  conv_in = register_module("conv_in",
+                            PackedConv2d(nn::Conv2dOptions(c.in_channels, ch0, c.conv_in_kernel)
+                                             .padding((c.conv_in_kernel - 1) / 2)));
   // time_proj (sinusoidal, ch0 features) has no weights: see forward().
   time_embedding =
       register_module("time_embedding", TimestepEmbedding(ch0, c.time_embedding_dim, act_));
@@ -101,8 +101,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config)
   conv_norm_out = register_module(
       "conv_norm_out", nn::GroupNorm(nn::GroupNormOptions(c.norm_num_groups, ch0).eps(c.norm_eps)));
   conv_out = register_module("conv_out",
-                             nn::Conv2d(nn::Conv2dOptions(ch0, c.out_channels, c.conv_out_kernel)
-                                            .padding((c.conv_out_kernel - 1) / 2)));
+                             PackedConv2d(nn::Conv2dOptions(ch0, c.out_channels, c.conv_out_kernel)
+                                              .padding((c.conv_out_kernel - 1) / 2)));
 }
 
 torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, double timestep,

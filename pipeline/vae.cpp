@@ -15,8 +15,8 @@ namespace nn = torch::nn;
 namespace {
 constexpr double kVaeEps = 1e-6;
 
-nn::Conv2d conv3x3(int in, int out) {
-  return nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1));
+PackedConv2d conv3x3(int in, int out) {
+  return PackedConv2d(nn::Conv2dOptions(in, out, 3).padding(1));
 }
 }  // namespace
 
@@ -103,11 +103,11 @@ AutoencoderKLImpl::AutoencoderKLImpl(const VaeConfig& config) : config_(config) 
   decoder = register_module("decoder", Decoder(config_));
   if (config_.use_quant_conv) {
     quant_conv =
-        register_module("quant_conv", nn::Conv2d(nn::Conv2dOptions(2 * latent, 2 * latent, 1)));
+        register_module("quant_conv", PackedConv2d(nn::Conv2dOptions(2 * latent, 2 * latent, 1)));
   }
   if (config_.use_post_quant_conv) {
     post_quant_conv =
-        register_module("post_quant_conv", nn::Conv2d(nn::Conv2dOptions(latent, latent, 1)));
+        register_module("post_quant_conv", PackedConv2d(nn::Conv2dOptions(latent, latent, 1)));
   }
 }
 
