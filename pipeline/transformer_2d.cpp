@@ -1,5 +1,7 @@
 #include "pipeline/transformer_2d.h"
 
+#include "pipeline/linear.h"
+
 namespace diffusiond {
 namespace nn = torch::nn;
 
@@ -8,7 +10,7 @@ GEGLUImpl::GEGLUImpl(int dim_in, int dim_out) {
 }
 
 torch::Tensor GEGLUImpl::forward(const torch::Tensor& x) {
-  auto parts = proj(x).chunk(2, -1);            // hidden, gate: [.., dim_out] each
+  auto parts = apply_linear(proj, x).chunk(2, -1);  // hidden, gate: [.., dim_out] each
   return torch::gelu(parts[1]).mul_(parts[0]);  // hidden * gelu(gate), into the fresh gelu output
 }
 
@@ -20,7 +22,7 @@ FeedForwardImpl::FeedForwardImpl(int dim, int mult) {
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  return out(geglu(x));
+  return apply_linear(out, geglu(x));
 }
 
 BasicTransformerBlockImpl::BasicTransformerBlockImpl(int dim, const TransformerOptions& options)
@@ -84,14 +86,15 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x,
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3);
   torch::Tensor t = norm(x);
   if (linear_) {
-    t = proj_in_linear(t.permute({0, 2, 3, 1}).reshape({b, h * w, t.size(1)}));  // [B,HW,inner]
+    t = apply_linear(proj_in_linear,
+                     t.permute({0, 2, 3, 1}).reshape({b, h * w, t.size(1)}));  // [B,HW,inner]
   } else {
     t = proj_in_conv(t);
     t = t.permute({0, 2, 3, 1}).reshape({b, h * w, inner_dim_});  // [B,HW,inner]
   }
   for (auto& block : blocks_) t = block(t, context);
   if (linear_) {
-    t = proj_out_linear(t);  // [B,HW,C]
+    t = apply_linear(proj_out_linear, t);  // [B,HW,C]
     t = t.reshape({b, h, w, t.size(2)}).permute({0, 3, 1, 2}).contiguous();
   } else {
     t = t.reshape({b, h, w, inner_dim_}).permute({0, 3, 1, 2}).contiguous();
