@@ -27,4 +27,19 @@ torch::Tensor apply_activation(Activation act, const torch::Tensor& x) {
   return x;
 }
 
+torch::Tensor& apply_activation_(Activation act, torch::Tensor& x) {
+  switch (act) {
+    case Activation::kSiLU:
+      return torch::silu_(x);
+    case Activation::kMish:
+      return torch::mish_(x);
+    case Activation::kGELU:
+      x = torch::gelu(x);  // no in-place exact GELU on every LibTorch this builds against
+      return x;
+    case Activation::kReLU:
+      return torch::relu_(x);
+  }
+  return x;
+}
+
 }  // namespace diffusiond

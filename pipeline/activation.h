@@ -16,4 +16,8 @@ Activation parse_activation(const std::string& name);
 
 torch::Tensor apply_activation(Activation act, const torch::Tensor& x);
 
+// In place, for a fresh temporary nobody else holds (a norm's or a conv's output): the same
+// values as apply_activation without allocating a second tensor of the same size. Returns x.
+torch::Tensor& apply_activation_(Activation act, torch::Tensor& x);
+
 }  // namespace diffusiond

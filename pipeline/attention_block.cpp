@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "pipeline/attention_ops.h"
+#include "pipeline/linear.h"
 
 namespace diffusiond {
 namespace nn = torch::nn;
@@ -39,9 +40,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
   if (group_norm) x = group_norm(x.transpose(1, 2)).transpose(1, 2);
 
   const torch::Tensor& context = encoder_hidden_states.defined() ? encoder_hidden_states : x;
-  torch::Tensor q = to_q(x);        // [B,Sq,heads*dim_head]
-  torch::Tensor k = to_k(context);  // [B,Sk,heads*dim_head]
-  torch::Tensor v = to_v(context);
+  torch::Tensor q = apply_linear(to_q, x);        // [B,Sq,heads*dim_head]
+  torch::Tensor k = apply_linear(to_k, context);  // [B,Sk,heads*dim_head]
+  torch::Tensor v = apply_linear(to_v, context);
 
   const int64_t heads = options_.heads, dh = options_.dim_head;
   auto split = [&](const torch::Tensor& t) {  // [B,S,H*D] -> [B,H,S,D]
@@ -53,11 +54,12 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
       split(q), split(k), split(v), std::nullopt, /*causal=*/false,
       /*upcast_fp32=*/options_.upcast_attention || options_.upcast_softmax, scale_);
   out = out.transpose(1, 2).reshape({b, -1, heads * dh}).to(q.scalar_type());  // [B,Sq,H*D]
-  out = out_proj(out);                                                         // [B,Sq,query_dim]
+  out = apply_linear(out_proj, out);                                           // [B,Sq,query_dim]
 
   if (spatial) out = out.transpose(-1, -2).reshape({b, c, h, w});
-  if (options_.residual_connection) out = out + residual;
-  if (options_.rescale_output_factor != 1.0) out = out / options_.rescale_output_factor;
+  // out is fresh (out_proj's output, or its NCHW copy): the residual and rescale run in place.
+  if (options_.residual_connection) out.add_(residual);
+  if (options_.rescale_output_factor != 1.0) out.div_(options_.rescale_output_factor);
   return out;
 }
 

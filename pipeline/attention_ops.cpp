@@ -15,11 +15,12 @@ torch::Tensor dot_product_attention_math(const torch::Tensor& q, const torch::Te
   torch::Tensor query = upcast_fp32 ? q.to(torch::kFloat32) : q;
   torch::Tensor key = upcast_fp32 ? k.to(torch::kFloat32) : k;
   // [B, heads, Lq, Lk]; the scale multiplies the product, as baddbmm(alpha=scale) does.
-  torch::Tensor scores = torch::matmul(query, key.transpose(-1, -2)) * s;
+  // Scaled in place: the scores are the largest temporary ([B,heads,Lq,Lk]), one allocation.
+  torch::Tensor scores = torch::matmul(query, key.transpose(-1, -2)).mul_(s);
   if (causal) {
     const auto lq = scores.size(-2), lk = scores.size(-1);
     auto allowed = torch::ones({lq, lk}, scores.options().dtype(torch::kBool)).tril();
-    scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+    scores.masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity());
   }
   if (mask) {
     if (mask->scalar_type() == torch::kBool) {
@@ -28,8 +29,13 @@ torch::Tensor dot_product_attention_math(const torch::Tensor& q, const torch::Te
       scores = scores + mask->to(scores.scalar_type());
     }
   }
-  torch::Tensor probs =
-      upcast_fp32 ? torch::softmax(scores, -1, torch::kFloat32) : torch::softmax(scores, -1);
+  torch::Tensor probs;
+  if (!upcast_fp32 || scores.scalar_type() == torch::kFloat32) {
+    // Softmax into the scores' own memory (the kernel reads each row before writing it).
+    probs = at::_softmax_out(scores, scores, -1, /*half_to_float=*/false);
+  } else {
+    probs = torch::softmax(scores, -1, torch::kFloat32);
+  }
   return torch::matmul(probs.to(v.scalar_type()), v);
 }
 

@@ -16,7 +16,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& options) : opti
   }
   norm1 = register_module(
       "norm1", nn::GroupNorm(nn::GroupNormOptions(options_.groups, in).eps(options_.eps)));
-  conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1)));
+  conv1 = register_module("conv1", PackedConv2d(nn::Conv2dOptions(in, out, 3).padding(1)));
   if (options_.temb_channels > 0) {
     // scale_shift predicts a scale and a shift per channel.
     const int proj_out = options_.time_embedding_norm == "scale_shift" ? 2 * out : out;
@@ -24,15 +24,17 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& options) : opti
   }
   norm2 = register_module(
       "norm2", nn::GroupNorm(nn::GroupNormOptions(options_.groups, out).eps(options_.eps)));
-  conv2 = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(out, out, 3).padding(1)));
+  conv2 = register_module("conv2", PackedConv2d(nn::Conv2dOptions(out, out, 3).padding(1)));
   if (in != out) {
-    conv_shortcut = register_module("conv_shortcut", nn::Conv2d(nn::Conv2dOptions(in, out, 1)));
+    conv_shortcut = register_module("conv_shortcut", PackedConv2d(nn::Conv2dOptions(in, out, 1)));
   }
 }
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
-  torch::Tensor h = apply_activation(options_.act, norm1(x));
-  h = conv1(h);  // [B,out,H,W]
+  // Every temporary below is fresh (a norm's or a conv's output): activations and sums run in
+  // place, which saves an allocation (and its page faults) of the block's full size each.
+  torch::Tensor h = norm1(x);
+  h = conv1(apply_activation_(options_.act, h));  // [B,out,H,W]
 
   torch::Tensor t;
   if (time_emb_proj && temb.defined()) {
@@ -40,24 +42,28 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
   }
   if (options_.time_embedding_norm == "scale_shift" && t.defined()) {
     auto parts = t.chunk(2, 1);  // scale, shift: [B,out,1,1] each
-    h = norm2(h) * (1 + parts[0]) + parts[1];
+    h = norm2(h).mul_(1 + parts[0]).add_(parts[1]);
   } else {
-    if (t.defined()) h = h + t;
+    if (t.defined()) h.add_(t);
     h = norm2(h);
   }
-  h = apply_activation(options_.act, h);
-  h = conv2(h);  // dropout is the identity at inference
+  h = conv2(apply_activation_(options_.act, h));  // dropout is the identity at inference
 
-  torch::Tensor shortcut = conv_shortcut ? conv_shortcut(x) : x;
-  torch::Tensor out = shortcut + h;
-  if (options_.output_scale_factor != 1.0) out = out / options_.output_scale_factor;
-  return out;
+  // shortcut + h, computed into h (addition commutes: the same bits).
+  if (conv_shortcut) {
+    h.add_(conv_shortcut(x));
+  } else {
+    h.add_(x);
+  }
+  if (options_.output_scale_factor != 1.0) h.div_(options_.output_scale_factor);
+  return h;
 }
 
 Downsample2DImpl::Downsample2DImpl(int channels, int out_channels, int padding)
     : padding_(padding) {
   conv = register_module(
-      "conv", nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 3).stride(2).padding(padding)));
+      "conv",
+      PackedConv2d(nn::Conv2dOptions(channels, out_channels, 3).stride(2).padding(padding)));
 }
 
 torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
@@ -69,8 +75,8 @@ torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
 }
 
 Upsample2DImpl::Upsample2DImpl(int channels, int out_channels) {
-  conv =
-      register_module("conv", nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 3).padding(1)));
+  conv = register_module("conv",
+                         PackedConv2d(nn::Conv2dOptions(channels, out_channels, 3).padding(1)));
 }
 
 torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x,

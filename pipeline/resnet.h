@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "pipeline/activation.h"
+#include "pipeline/packed_conv.h"
 
 namespace diffusiond {
 
@@ -33,7 +34,7 @@ class ResnetBlock2DImpl : public torch::nn::Module {
  private:
   ResnetBlock2DOptions options_;
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
-  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
+  PackedConv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
   torch::nn::Linear time_emb_proj{nullptr};
 };
 TORCH_MODULE(ResnetBlock2D);
@@ -47,7 +48,7 @@ class Downsample2DImpl : public torch::nn::Module {
 
  private:
   int padding_;
-  torch::nn::Conv2d conv{nullptr};
+  PackedConv2d conv{nullptr};
 };
 TORCH_MODULE(Downsample2D);
 
@@ -61,7 +62,7 @@ class Upsample2DImpl : public torch::nn::Module {
                         c10::optional<std::vector<int64_t>> output_size = {});
 
  private:
-  torch::nn::Conv2d conv{nullptr};
+  PackedConv2d conv{nullptr};
 };
 TORCH_MODULE(Upsample2D);
 

@@ -1,5 +1,7 @@
 #include "pipeline/transformer_2d.h"
 
+#include "pipeline/linear.h"
+
 namespace diffusiond {
 namespace nn = torch::nn;
 
@@ -8,8 +10,8 @@ GEGLUImpl::GEGLUImpl(int dim_in, int dim_out) {
 }
 
 torch::Tensor GEGLUImpl::forward(const torch::Tensor& x) {
-  auto parts = proj(x).chunk(2, -1);  // hidden, gate: [.., dim_out] each
-  return parts[0] * torch::gelu(parts[1]);
+  auto parts = apply_linear(proj, x).chunk(2, -1);  // hidden, gate: [.., dim_out] each
+  return torch::gelu(parts[1]).mul_(parts[0]);  // hidden * gelu(gate), into the fresh gelu output
 }
 
 FeedForwardImpl::FeedForwardImpl(int dim, int mult) {
@@ -20,7 +22,7 @@ FeedForwardImpl::FeedForwardImpl(int dim, int mult) {
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  return out(geglu(x));
+  return apply_linear(out, geglu(x));
 }
 
 BasicTransformerBlockImpl::BasicTransformerBlockImpl(int dim, const TransformerOptions& options)
@@ -47,9 +49,10 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(int dim, const TransformerO
 
 torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x,
                                                  const torch::Tensor& context) {
-  torch::Tensor h = attn1(norm1(x), only_cross_attention_ ? context : torch::Tensor()) + x;
-  h = attn2(norm2(h), context) + h;
-  return ff(norm3(h)) + h;
+  // Residual sums into the fresh attention / feed-forward outputs (same bits as a + b).
+  torch::Tensor h = attn1(norm1(x), only_cross_attention_ ? context : torch::Tensor()).add_(x);
+  h = attn2(norm2(h), context).add_(h);
+  return ff(norm3(h)).add_(h);
 }
 
 Transformer2DModelImpl::Transformer2DModelImpl(int in_channels, int num_layers, int norm_num_groups,
@@ -62,7 +65,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(int in_channels, int num_layers, 
     proj_in_linear = register_module("proj_in", nn::Linear(in_channels, inner_dim_));
   } else {
     proj_in_conv =
-        register_module("proj_in", nn::Conv2d(nn::Conv2dOptions(in_channels, inner_dim_, 1)));
+        register_module("proj_in", PackedConv2d(nn::Conv2dOptions(in_channels, inner_dim_, 1)));
   }
   transformer_blocks = register_module("transformer_blocks", nn::ModuleList());
   for (int i = 0; i < num_layers; ++i) {
@@ -74,7 +77,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(int in_channels, int num_layers, 
     proj_out_linear = register_module("proj_out", nn::Linear(inner_dim_, in_channels));
   } else {
     proj_out_conv =
-        register_module("proj_out", nn::Conv2d(nn::Conv2dOptions(inner_dim_, in_channels, 1)));
+        register_module("proj_out", PackedConv2d(nn::Conv2dOptions(inner_dim_, in_channels, 1)));
   }
 }
 
@@ -83,20 +86,21 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x,
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3);
   torch::Tensor t = norm(x);
   if (linear_) {
-    t = proj_in_linear(t.permute({0, 2, 3, 1}).reshape({b, h * w, t.size(1)}));  // [B,HW,inner]
+    t = apply_linear(proj_in_linear,
+                     t.permute({0, 2, 3, 1}).reshape({b, h * w, t.size(1)}));  // [B,HW,inner]
   } else {
     t = proj_in_conv(t);
     t = t.permute({0, 2, 3, 1}).reshape({b, h * w, inner_dim_});  // [B,HW,inner]
   }
   for (auto& block : blocks_) t = block(t, context);
   if (linear_) {
-    t = proj_out_linear(t);  // [B,HW,C]
+    t = apply_linear(proj_out_linear, t);  // [B,HW,C]
     t = t.reshape({b, h, w, t.size(2)}).permute({0, 3, 1, 2}).contiguous();
   } else {
     t = t.reshape({b, h, w, inner_dim_}).permute({0, 3, 1, 2}).contiguous();
     t = proj_out_conv(t);  // [B,C,H,W]
   }
-  return t + x;
+  return t.add_(x);
 }
 
 }  // namespace diffusiond

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "pipeline/attention_block.h"
+#include "pipeline/packed_conv.h"
 
 namespace diffusiond {
 
@@ -72,7 +73,7 @@ class Transformer2DModelImpl : public torch::nn::Module {
   bool linear_;
   int inner_dim_;
   torch::nn::GroupNorm norm{nullptr};
-  torch::nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};
+  PackedConv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};
   torch::nn::Linear proj_in_linear{nullptr}, proj_out_linear{nullptr};
   std::vector<BasicTransformerBlock> blocks_;
   torch::nn::ModuleList transformer_blocks{nullptr};

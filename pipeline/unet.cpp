@@ -1,6 +1,9 @@
 #include "pipeline/unet.h"
 
+#include <ATen/record_function.h>
+
 #include "pipeline/component_weights.h"
+#include "pipeline/cpu_memory.h"
 
 #include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
@@ -15,9 +18,9 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config)
   const std::size_t n = c.num_blocks();
   const int ch0 = c.block_out_channels[0];
 
-  conv_in =
-      register_module("conv_in", nn::Conv2d(nn::Conv2dOptions(c.in_channels, ch0, c.conv_in_kernel)
-                                                .padding((c.conv_in_kernel - 1) / 2)));
+  conv_in = register_module("conv_in",
+                            PackedConv2d(nn::Conv2dOptions(c.in_channels, ch0, c.conv_in_kernel)
+                                             .padding((c.conv_in_kernel - 1) / 2)));
   // time_proj (sinusoidal, ch0 features) has no weights: see forward().
   time_embedding =
       register_module("time_embedding", TimestepEmbedding(ch0, c.time_embedding_dim, act_));
@@ -98,8 +101,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config)
   conv_norm_out = register_module(
       "conv_norm_out", nn::GroupNorm(nn::GroupNormOptions(c.norm_num_groups, ch0).eps(c.norm_eps)));
   conv_out = register_module("conv_out",
-                             nn::Conv2d(nn::Conv2dOptions(ch0, c.out_channels, c.conv_out_kernel)
-                                            .padding((c.conv_out_kernel - 1) / 2)));
+                             PackedConv2d(nn::Conv2dOptions(ch0, c.out_channels, c.conv_out_kernel)
+                                              .padding((c.conv_out_kernel - 1) / 2)));
 }
 
 torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, double timestep,
@@ -163,6 +166,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, torch::Ten
                                                 torch::Tensor encoder_hidden_states,
                                                 const UNetAddedConditions& added,
                                                 const TensorTap& tap) {
+  RECORD_FUNCTION("diffusiond::UNet2DConditionModel", std::vector<c10::IValue>());  // profiles
   const auto& c = config_;
   TORCH_CHECK(sample.dim() == 4 && sample.size(1) == c.in_channels, "UNet: sample must be [B,",
               c.in_channels, ",h,w], got ", sample.sizes());
@@ -240,6 +244,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, torch::Ten
 UNet2DConditionModel load_unet(const std::filesystem::path& config_json,
                                const SafetensorsFile& weights, torch::Device device,
                                torch::ScalarType dtype) {
+  if (device.is_cpu()) retain_freed_cpu_memory();
   UNet2DConditionModel model(
       UNetConfig::from_json(read_json_file(config_json), config_json.string()));
   load_weights(*model, weights, device, dtype);

@@ -14,6 +14,7 @@
 
 #include "pipeline/embeddings.h"
 #include "pipeline/model_folder.h"
+#include "pipeline/packed_conv.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/unet_blocks.h"
 #include "pipeline/unet_config.h"
@@ -63,7 +64,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   UNetConfig config_;
   Activation act_;
   int num_upsamplers_ = 0;
-  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
+  PackedConv2d conv_in{nullptr}, conv_out{nullptr};
   TimestepEmbedding time_embedding{nullptr};
   TimestepEmbedding add_embedding{nullptr};  // text_time: [B, projection input] -> [B, temb]
   std::vector<std::shared_ptr<UNetDownBlock>> down_blocks_;

@@ -1,6 +1,9 @@
 #include "pipeline/vae.h"
 
+#include <ATen/record_function.h>
+
 #include "pipeline/component_weights.h"
+#include "pipeline/cpu_memory.h"
 
 #include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
@@ -12,8 +15,8 @@ namespace nn = torch::nn;
 namespace {
 constexpr double kVaeEps = 1e-6;
 
-nn::Conv2d conv3x3(int in, int out) {
-  return nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1));
+PackedConv2d conv3x3(int in, int out) {
+  return PackedConv2d(nn::Conv2dOptions(in, out, 3).padding(1));
 }
 }  // namespace
 
@@ -100,15 +103,16 @@ AutoencoderKLImpl::AutoencoderKLImpl(const VaeConfig& config) : config_(config) 
   decoder = register_module("decoder", Decoder(config_));
   if (config_.use_quant_conv) {
     quant_conv =
-        register_module("quant_conv", nn::Conv2d(nn::Conv2dOptions(2 * latent, 2 * latent, 1)));
+        register_module("quant_conv", PackedConv2d(nn::Conv2dOptions(2 * latent, 2 * latent, 1)));
   }
   if (config_.use_post_quant_conv) {
     post_quant_conv =
-        register_module("post_quant_conv", nn::Conv2d(nn::Conv2dOptions(latent, latent, 1)));
+        register_module("post_quant_conv", PackedConv2d(nn::Conv2dOptions(latent, latent, 1)));
   }
 }
 
 torch::Tensor AutoencoderKLImpl::decode(const torch::Tensor& z, const VaeTap& tap) {
+  RECORD_FUNCTION("diffusiond::AutoencoderKL.decode", std::vector<c10::IValue>());  // profiles
   TORCH_CHECK(z.dim() == 4 && z.size(1) == config_.latent_channels, "VAE decode: z must be [B,",
               config_.latent_channels, ",h,w], got ", z.sizes());
   torch::Tensor h = post_quant_conv ? post_quant_conv(z) : z;
@@ -131,6 +135,7 @@ torch::Tensor AutoencoderKLImpl::encode_mean(const torch::Tensor& x) {
 
 AutoencoderKL load_vae(const std::filesystem::path& config_json, const SafetensorsFile& weights,
                        torch::Device device, torch::ScalarType dtype) {
+  if (device.is_cpu()) retain_freed_cpu_memory();
   AutoencoderKL model(VaeConfig::from_json(read_json_file(config_json), config_json.string()));
   load_weights(*model, weights, device, dtype);
   model->eval();

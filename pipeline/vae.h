@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "pipeline/model_folder.h"
+#include "pipeline/packed_conv.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/vae_blocks.h"
 #include "pipeline/vae_config.h"
@@ -32,7 +33,7 @@ class EncoderImpl : public torch::nn::Module {
 
  private:
   Activation act_;
-  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
+  PackedConv2d conv_in{nullptr}, conv_out{nullptr};
   std::vector<DownEncoderBlock2D> down_blocks_;
   VaeMidBlock2D mid_block{nullptr};
   torch::nn::GroupNorm conv_norm_out{nullptr};
@@ -48,7 +49,7 @@ class DecoderImpl : public torch::nn::Module {
 
  private:
   Activation act_;
-  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
+  PackedConv2d conv_in{nullptr}, conv_out{nullptr};
   VaeMidBlock2D mid_block{nullptr};
   std::vector<UpDecoderBlock2D> up_blocks_;
   torch::nn::GroupNorm conv_norm_out{nullptr};
@@ -74,7 +75,7 @@ class AutoencoderKLImpl : public torch::nn::Module {
   VaeConfig config_;
   Encoder encoder{nullptr};
   Decoder decoder{nullptr};
-  torch::nn::Conv2d quant_conv{nullptr}, post_quant_conv{nullptr};
+  PackedConv2d quant_conv{nullptr}, post_quant_conv{nullptr};
 };
 TORCH_MODULE(AutoencoderKL);
 

@@ -84,11 +84,12 @@ void load_weights(torch::nn::Module& module, const SafetensorsFile& file, torch:
                          "' is floating point in the file but " +
                          std::string(c10::toString(tensor.scalar_type())) + " in the model");
     }
-    // A view that is not contiguous (a transposed alias of a single file) is copied: kernels
-    // take other paths for strided weights, and the image must not depend on the file's layout.
     if (device.is_cpu() && source.scalar_type() == target && source.is_contiguous()) {
       // In place: the parameter IS the mapped bytes (no copy, no anonymous memory; every
-      // replica of the model shares the pages). READ-ONLY IN USE: code that changes weights
+      // replica of the model shares the pages). A non-contiguous view (a single file's
+      // transposed alias, e.g. SDXL's text_projection) is copied contiguous instead: the
+      // kernels take another path for a strided weight, and the bits would differ from the
+      // diffusers folder's. READ-ONLY IN USE: code that changes weights
       // (a LoRA merge, fusing, quantising) must build a new tensor and set_data() it in, never
       // write into this one (the write would silently copy the page, per replica).
       tensor.set_data(source);

@@ -4,13 +4,18 @@
 //
 //   bench_pipeline --model DIR [--width 256 --height 256 --steps 4 --device cpu --dtype fp32
 //                  --batch 1[,2,...] --runs 1 --scheduler NAME --mixed
-//                  --cuda-graphs on|off|both --channels-last on|off --cudnn-benchmark on|off]
+//                  --cuda-graphs on|off|both --channels-last on|off --cudnn-benchmark on|off
+//                  --threads N --trace FILE]
 // --mixed: the batch is --batch different requests (own prompt, seed and guidance scale) run
 // with generate_batch(), as the daemon batches across requests; else one request of --batch
 // images. The tuning options apply on CUDA only (pipeline/device_tuning.h; graphs on by
 // default, as in the daemon): the first run at a shape includes its graph capture, so compare
 // the later runs. A list of batches and/or --cuda-graphs both run every combination on the one
 // loaded model and end with one "sweep |" line each (the last run's figures).
+// --threads sets LibTorch's intra-op threads, by default one per core as `diffusiond serve` does
+// (Debian's LibTorch 1.13 itself defaults to 1, which leaves oneDNN's convolutions on one core);
+// --trace writes a Chrome trace of every ATen op of the timed runs (LibTorch's legacy
+// profiler), for op-level comparisons against diffusers' torch.profiler tables.
 #include <CLI/CLI.hpp>
 
 #include <sys/resource.h>
@@ -19,8 +24,10 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <thread>
 
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include "pipeline/media/png.h"
@@ -34,6 +41,19 @@ namespace {
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// User + system CPU seconds of the whole process: on a shared machine the wall times move with
+// the load, the CPU time much less (both programs of a side-by-side run spin the same way).
+struct CpuTime {
+  double user_s = 0, sys_s = 0;
+};
+
+CpuTime process_cpu() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + 1e-6 * t.tv_usec; };
+  return {s(usage.ru_utime), s(usage.ru_stime)};
 }
 
 double peak_rss_mib() {
@@ -65,10 +85,11 @@ void row(const std::string& stage, double value, const std::string& note = "s") 
 
 int main(int argc, char** argv) {
   CLI::App app{"diffusiond pipeline benchmark"};
-  std::string model, device = "cpu", dtype = "fp32", scheduler;
+  std::string model, device = "cpu", dtype = "fp32", scheduler, trace;
   std::string prompt = "a photograph of an astronaut riding a horse";
   int width = 256, height = 256, steps = 4, runs = 1;
   std::vector<int> batches = {1};
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.add_option("--model", model, "Model folder or HF repo id")->required();
   app.add_option("--width", width)->capture_default_str();
   app.add_option("--height", height)->capture_default_str();
@@ -85,6 +106,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--scheduler", scheduler, "Sampler (default: the model's)");
   app.add_option("--prompt", prompt)->capture_default_str();
+  app.add_option("--threads", threads,
+                 "LibTorch intra-op threads (default: the cores, as `diffusiond serve`; "
+                 "0: LibTorch's own default)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--trace", trace, "Write a Chrome trace of the timed runs' ops to this file");
   bool mixed = false;
   app.add_flag("--mixed", mixed, "Batch --batch different requests (generate_batch)");
   DeviceTuning tuning;
@@ -108,6 +135,7 @@ int main(int argc, char** argv) {
   if (graphs != "off") graph_modes.push_back(true);
 
   try {
+    if (threads > 0) torch::set_num_threads(threads);
     const torch::Device dev(device);
     std::string batch_list;
     for (int b : batches) batch_list += (batch_list.empty() ? "" : ",") + std::to_string(b);
@@ -127,6 +155,8 @@ int main(int argc, char** argv) {
                 std::string(26, '-').c_str());
     row("load (all components)", load_s);
 
+    std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+    if (!trace.empty()) profile = std::make_unique<torch::autograd::profiler::RecordProfile>(trace);
     const bool sweep = batches.size() > 1 || graph_modes.size() > 1;
     std::vector<std::string> summary;
     for (int batch : batches) {
@@ -146,6 +176,7 @@ int main(int argc, char** argv) {
           params.height = height;
           params.seed = 42;
           params.scheduler = scheduler;
+          const CpuTime cpu_start = process_cpu();
           std::vector<RgbImage> images;
           if (mixed && batch > 1) {
             std::vector<Txt2ImgParams> items;
@@ -163,6 +194,7 @@ int main(int argc, char** argv) {
           } else {
             images = pipe->generate(params);
           }
+          const CpuTime cpu_end = process_cpu();
           const GenerationTimings t = pipe->last_timings();
 
           auto png_start = Clock::now();
@@ -186,6 +218,11 @@ int main(int argc, char** argv) {
           row("VAE decode" + tag, t.vae_decode_s);
           row("PNG encode (level 1)" + tag, png_s, "s (" + std::to_string(png_bytes) + " bytes)");
           row("total (generate + PNG)" + tag, t.total_s + png_s);
+          char sys_note[64];
+          std::snprintf(sys_note, sizeof sys_note, "s (of which sys %.3f)",
+                        cpu_end.sys_s - cpu_start.sys_s);
+          row("generate CPU time (user+sys)" + tag,
+              cpu_end.user_s - cpu_start.user_s + cpu_end.sys_s - cpu_start.sys_s, sys_note);
           row("throughput" + tag, last_ips, "images/s");
         }
         const auto g = pipe->graph_stats();
@@ -198,6 +235,7 @@ int main(int argc, char** argv) {
         summary.emplace_back(line);
       }
     }
+    profile.reset();  // writes the trace
     row("peak RSS", peak_rss_mib(), "MiB");
     std::printf("\n");
     for (const auto& line : summary) std::printf("%s\n", line.c_str());

@@ -1,0 +1,22 @@
+#include "pipeline/cpu_memory.h"
+
+#include <climits>
+#include <mutex>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+namespace diffusiond {
+
+void retain_freed_cpu_memory() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+#if defined(__GLIBC__)
+    mallopt(M_MMAP_MAX, 0);              // every block from the heap, reused after free
+    mallopt(M_TRIM_THRESHOLD, INT_MAX);  // keep up to 2 GiB of free heap top mapped
+#endif
+  });
+}
+
+}  // namespace diffusiond

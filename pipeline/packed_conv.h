@@ -1,0 +1,47 @@
+// A 2-D convolution whose CPU float32 forward keeps its weight in oneDNN's blocked layout.
+// Ref: torch.nn.Conv2d (the layer every diffusers conv is). Same keys (weight, bias), options
+// and results: on LibTorch 1.x, when torch.nn.functional.conv2d itself would take the oneDNN
+// (mkldnn) path, forward() calls the same oneDNN primitive with the weight already reordered
+// into the layout that primitive reads, instead of letting every call reorder the weight again
+// (a 1280-channel 3x3 conv reorders 59 MB per call: at 256² that is most of the SD 1.5 UNet's
+// low-resolution blocks' time). oneDNN picks its primitive from the shapes alone (weights
+// "any" format), so the arithmetic and the bits are those of F.conv2d; only the reorder moves.
+// Otherwise (CUDA, another dtype, LibTorch >= 2, grad recording, channels-last input, the
+// cases where LibTorch uses its native kernel) forward() is torch::nn::Conv2d's.
+//
+// Memory: one packed copy per weight per process, shared by every module whose weight is the
+// same bytes (the cpu*N replicas of one model use the same mapped weights); after packing, the
+// source's whole pages are handed back to the kernel (MADV_PAGEOUT: a mapped file's pages are
+// re-read if the dense weight is ever used again), so the process holds the weight about once.
+// A weight swapped in with set_data (a LoRA merge) or changed in place is packed again.
+// Thread-safety: forward() on one thread at a time per module (as every module here); the
+// process-wide share of packed weights is locked, and packing runs outside the map's lock.
+#pragma once
+
+#include <memory>
+
+#include <torch/torch.h>
+
+namespace diffusiond {
+
+struct PackedConvWeight;  // packed_conv.cpp
+
+class PackedConv2dImpl : public torch::nn::Conv2dImpl {
+ public:
+  explicit PackedConv2dImpl(const torch::nn::Conv2dOptions& options);
+  // x [B,in,H,W] -> [B,out,H',W'], as torch::nn::Conv2d.
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  bool packable_ = false;  // zero padding given as numbers, 2-D
+  std::shared_ptr<const PackedConvWeight> packed_;
+  int64_t packed_version_ = 0;  // weight._version() when packed_ was taken
+};
+TORCH_MODULE(PackedConv2d);
+
+// Whether LibTorch's own conv2d would run `x` through oneDNN (its ConvParams::use_mkldnn for
+// a float32 CPU input): the only case where PackedConv2d uses the packed weight.
+bool conv2d_takes_onednn_path(const torch::Tensor& x, const torch::Tensor& weight,
+                              c10::IntArrayRef stride, c10::IntArrayRef dilation, int64_t groups);
+
+}  // namespace diffusiond
