@@ -1,9 +1,15 @@
 #include "daemon/core_shared.h"
 
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
 #include "daemon/device_worker.h"
 #include "daemon/dispatcher.h"
+#include "daemon/lora_catalog.h"
 #include "daemon/metrics.h"
 #include "daemon/model_hasher.h"
+#include "daemon/png_info.h"
 #include "pipeline/media/image_formats.h"
 
 namespace diffusiond {
@@ -69,6 +75,25 @@ std::optional<ServiceError> devices_not_ready(const Dispatcher& dispatcher, int 
                       "the model is loaded on " + std::to_string(ok) + " of " +
                           std::to_string(total) + " device(s)",
                       "loading", {}, 5);
+}
+
+void add_hashes(PngGenerationInfo& info, ModelHasher* hasher, const std::string& model_file,
+                const LoraCatalog* loras) {
+  if (hasher) {
+    info.model_sha256 = hasher->wait(model_file);
+    info.model_hash =
+        info.model_sha256.substr(0, std::min<std::size_t>(10, info.model_sha256.size()));
+  }
+  add_lora_hashes(info, [loras](const std::string& name) -> std::optional<LoraHashes> {
+    const auto path = loras ? loras->find(name) : std::nullopt;
+    if (!path) return std::nullopt;
+    try {
+      return loras->hash(*path);
+    } catch (const std::exception& e) {
+      spdlog::warn("LoRA {}: cannot hash {}: {}", name, path->string(), e.what());
+      return std::nullopt;
+    }
+  });
 }
 
 void write_device_metrics(PrometheusWriter& w, const std::vector<DeviceView>& views,

@@ -18,8 +18,10 @@ namespace diffusiond {
 
 class DeviceWorker;
 class Dispatcher;
+class LoraCatalog;
 class ModelHasher;
 class PrometheusWriter;
+struct PngGenerationInfo;
 
 // The served models with the devices holding each now (`loaded_on`) and the sha256 once known.
 std::vector<ModelInfo> models_view(std::vector<ModelInfo> models,
@@ -39,6 +41,12 @@ std::vector<std::pair<std::string, std::string>> uploaded_image_text(std::string
 // `total` loads, `finished` ended and `ok` succeeded); nullopt: ready.
 std::optional<ServiceError> devices_not_ready(const Dispatcher& dispatcher, int total, int finished,
                                               int ok);
+
+// On the PNG pool, never a device thread: the model's sha256 (the first image of a model waits
+// for the hasher) and the image's LoRA hashes (once per file, cached) into `info`. A LoRA that
+// cannot be hashed is logged and left without hashes.
+void add_hashes(PngGenerationInfo& info, ModelHasher* hasher, const std::string& model_file,
+                const LoraCatalog* loras);
 
 // Every diffusiond_device_* family and diffusiond_step_seconds, per device.
 void write_device_metrics(PrometheusWriter& w, const std::vector<DeviceView>& views,

@@ -7,6 +7,7 @@
 #include "daemon/atomic_file.h"
 #include "daemon/core_events.h"
 #include "daemon/core_service.h"
+#include "daemon/core_shared.h"
 
 namespace diffusiond {
 
@@ -99,22 +100,7 @@ void CoreService::task_succeeded(int worker, const TaskRef& task, RgbImage image
   auto work = [this, task, device, shared, info, hash_file]() mutable {
     // On the PNG pool: the model's sha256 (computed once per file by the hasher's thread; the
     // first image of a model waits here for it, never a device thread).
-    if (options_.hasher) {
-      info.model_sha256 = options_.hasher->wait(hash_file);
-      info.model_hash =
-          info.model_sha256.substr(0, std::min<std::size_t>(10, info.model_sha256.size()));
-    }
-    // LoRA hashes: read (once per file, cached) here on the PNG pool, never on a device thread.
-    add_lora_hashes(info, [this](const std::string& name) -> std::optional<LoraHashes> {
-      const auto path = options_.loras ? options_.loras->find(name) : std::nullopt;
-      if (!path) return std::nullopt;
-      try {
-        return options_.loras->hash(*path);
-      } catch (const std::exception& e) {
-        spdlog::warn("LoRA {}: cannot hash {}: {}", name, path->string(), e.what());
-        return std::nullopt;
-      }
-    });
+    add_hashes(info, options_.hasher.get(), hash_file, options_.loras.get());
     write_png(task, device, *shared, info);
   };
   if (!png_pool_->post(work)) work();

@@ -2,6 +2,7 @@
 // to the database is queued to the writer thread. See cluster_service.h for the rules.
 #include <spdlog/spdlog.h>
 
+#include "daemon/core_shared.h"
 #include "daemon/pg/cluster_service.h"
 
 namespace diffusiond {
@@ -85,20 +86,7 @@ void ClusterService::task_succeeded(int worker, const TaskRef& task, RgbImage im
   wake_claimer();
   auto shared = std::make_shared<RgbImage>(std::move(image));
   auto work = [this, task, shared, info, hash_file, attempt, batch_size]() mutable {
-    if (options_.hasher) {
-      info.model_sha256 = options_.hasher->wait(hash_file);
-      info.model_hash =
-          info.model_sha256.substr(0, std::min<std::size_t>(10, info.model_sha256.size()));
-    }
-    add_lora_hashes(info, [this](const std::string& name) -> std::optional<LoraHashes> {
-      const auto path = options_.loras ? options_.loras->find(name) : std::nullopt;
-      if (!path) return std::nullopt;
-      try {
-        return options_.loras->hash(*path);
-      } catch (const std::exception&) {
-        return std::nullopt;
-      }
-    });
+    add_hashes(info, options_.hasher.get(), hash_file, options_.loras.get());
     Write finish;
     finish.job_id = task.job_id;
     finish.image = task.image;
