@@ -16,6 +16,8 @@
 #include "daemon/dtype.h"
 #include "daemon/pipeline_params.h"
 #include "daemon/png_info.h"
+#include "daemon/serve_options.h"
+#include "daemon/torch_backend.h"
 #include "pipeline/media/png.h"
 #include "pipeline/model_folder.h"
 #include "pipeline/safetensors.h"
@@ -40,6 +42,7 @@ struct GenerateOptions {
   int n = 1;
   std::string device = "cpu";
   std::string dtype;  // "" = fp16 on CUDA, fp32 on CPU
+  DeviceTuningFlags tuning;
   std::string variant;
   std::string dump_dir;
   std::string output = "out.png";
@@ -84,6 +87,7 @@ void run_generate(const GenerateOptions& o) {
   const std::string dtype = resolve_dtype(o.dtype, device.is_cuda());
   const ModelFolder folder = resolve_model(o.model, o.variant);
   auto pipe = StableDiffusion::load(folder, device, scalar_type(dtype));
+  pipe->set_device_tuning(resolve_device_tuning(o.tuning));
 
   // The same normalisation as the daemon's: defaults from the model, canonical scheduler.
   GenerateRequest asked;
@@ -193,6 +197,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--dtype", options->dtype,
                   "fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
+  add_device_tuning_options(*cmd, options->tuning);
   cmd->add_option("--variant", options->variant, "Weights variant, e.g. fp16 (*.fp16.safetensors)");
   cmd->add_option("--dump", options->dump_dir,
                   "Write intermediates to DIR/intermediates.safetensors");

@@ -136,6 +136,7 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   backend_options.is_test_model = model.is_test_model;
   backend_options.notice = model.notice;
   backend_options.default_steps = options.default_steps;
+  backend_options.tuning = resolve_device_tuning(options.tuning);
   if (!options.inject_faults.empty()) {
     std::vector<std::string> names;
     for (const auto& d : devices) names.push_back(d.name);

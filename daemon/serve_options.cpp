@@ -9,6 +9,25 @@
 
 namespace diffusiond {
 
+void add_device_tuning_options(CLI::App& cmd, DeviceTuningFlags& t) {
+  const auto on_off = CLI::IsMember({"on", "off"});
+  cmd.add_option("--cuda-graphs", t.cuda_graphs,
+                 "on|off: replay each denoising step's UNet from a CUDA graph captured once per "
+                 "shape (batch, size, dtype, prompt length, CFG); CUDA devices only (default on)")
+      ->check(on_off);
+  cmd.add_option("--cuda-graph-cache", t.cuda_graph_cache,
+                 "CUDA graphs kept per CUDA device, the least recently used evicted (default 8)")
+      ->check(CLI::Range(1, 256));
+  cmd.add_option("--channels-last", t.channels_last,
+                 "on|off: UNet and VAE convolutions in channels_last layout on CUDA devices "
+                 "(default off; images differ by rounding)")
+      ->check(on_off);
+  cmd.add_option("--cudnn-benchmark", t.cudnn_benchmark,
+                 "on|off: let cuDNN time its convolution algorithms per shape and keep the "
+                 "fastest (default off; the choice may differ between runs)")
+      ->check(on_off);
+}
+
 void add_serve_options(CLI::App& cmd, ServeOptions& o) {
   cmd.add_option("--config", o.config,
                  "Read options from this file: `key = value` lines, keys are the long options "
@@ -66,6 +85,7 @@ void add_serve_options(CLI::App& cmd, ServeOptions& o) {
                  "idles for them, it batches what is already queued)")
       ->capture_default_str()
       ->check(CLI::Range(0, 60000));
+  add_device_tuning_options(cmd, o.tuning);
   cmd.add_option("--max-queue", o.max_queue, "Queued images beyond which submissions get 429")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000000));

@@ -14,6 +14,16 @@ class App;
 
 namespace diffusiond {
 
+// How CUDA replicas use their device (--cuda-graphs, --cuda-graph-cache, --channels-last,
+// --cudnn-benchmark), as given: "" / -1 = not given, the pipeline's default
+// (pipeline/device_tuning.h, the one owner of the defaults) applies. `serve` and `generate`.
+struct DeviceTuningFlags {
+  std::string cuda_graphs;      // "on" | "off" | ""
+  int cuda_graph_cache = -1;    // graphs per CUDA replica; -1 = default
+  std::string channels_last;    // "on" | "off" | ""
+  std::string cudnn_benchmark;  // "on" | "off" | ""
+};
+
 struct ServeOptions {
   std::string config;
   std::string model;
@@ -51,12 +61,15 @@ struct ServeOptions {
   int default_steps = 0;             // 0: the model family's default (SD 50, SDXL 30, Turbo 1)
   int device_failure_threshold = 3;  // consecutive failures that make a device unhealthy
   int device_probe_interval_s = 60;  // then it is probed; doubles per failed probe (16x at most)
-  std::string inject_faults;         // hidden, a test facility (daemon/fault_injection.h)
+  DeviceTuningFlags tuning;
+  std::string inject_faults;  // hidden, a test facility (daemon/fault_injection.h)
   std::string log_level = "info";
 };
 
 // Registers every option on the subcommand.
 void add_serve_options(CLI::App& command, ServeOptions& options);
+// Registers the four device tuning options (serve and generate share them).
+void add_device_tuning_options(CLI::App& command, DeviceTuningFlags& flags);
 // Applies --config: every key of the file sets the option of that name unless the command line
 // gave it. Throws CLI::ParseError subclasses naming the file and the key.
 void apply_config_file(CLI::App& command, const std::string& path);

@@ -74,6 +74,15 @@ void rethrow_generation_error(std::exception_ptr error) {
   }
 }
 
+DeviceTuning resolve_device_tuning(const DeviceTuningFlags& flags) {
+  DeviceTuning t;
+  if (!flags.cuda_graphs.empty()) t.cuda_graphs = flags.cuda_graphs == "on";
+  if (flags.cuda_graph_cache >= 0) t.cuda_graph_cache = flags.cuda_graph_cache;
+  if (!flags.channels_last.empty()) t.channels_last = flags.channels_last == "on";
+  if (!flags.cudnn_benchmark.empty()) t.cudnn_benchmark = flags.cudnn_benchmark == "on";
+  return t;
+}
+
 int cuda_device_count() {
   return static_cast<int>(torch::cuda::device_count());
 }
@@ -181,7 +190,7 @@ class TorchBackend final : public ModelBackend {
       guard = std::make_unique<c10::StreamGuard>(stream);  // device + stream for this thread
       const auto info = cuda_device_info(spec.index);
       description = (info && !info->name.empty() ? info->name : "CUDA device") + " (" + dtype +
-                    ", stream " + std::to_string(stream.id()) + ")";
+                    ", stream " + std::to_string(stream.id());  // ")" after the tuning
     } else {
       if (options_.threads_per_worker > 0) at::set_num_threads(options_.threads_per_worker);
       description = "CPU (" + std::to_string(at::get_num_threads()) + " threads, " + dtype + ")";
@@ -198,6 +207,15 @@ class TorchBackend final : public ModelBackend {
       ::malloc_trim(0);
     } else {
       sd = StableDiffusion::load(model_, device, scalar_type(dtype));
+      const std::string name = spec.name;
+      sd->set_device_tuning(options_.tuning,
+                            [name](const std::string& m) { spdlog::warn("{}: {}", name, m); });
+      const auto& t = options_.tuning;
+      description +=
+          std::string(", CUDA graphs ") +
+          (sd->graph_stats().enabled ? "<=" + std::to_string(t.cuda_graph_cache) : "off") +
+          (t.channels_last ? ", channels_last" : "") +
+          (t.cudnn_benchmark ? ", cudnn.benchmark" : "") + ")";
     }
     spdlog::info("{}: loaded {} as {}", spec.name, model_.name, description);
     return std::make_unique<TorchGenerator>(spec, std::move(guard), std::move(sd), description,

@@ -14,6 +14,8 @@
 
 #include "daemon/fault_injection.h"
 #include "daemon/image_generator.h"
+#include "daemon/serve_options.h"
+#include "pipeline/device_tuning.h"
 #include "pipeline/model_folder.h"
 
 namespace diffusiond {
@@ -27,7 +29,12 @@ struct TorchBackendOptions {
   // A test facility (--inject-faults): the chosen generations fail inside the pipeline with
   // LibTorch's own errors (c10::Error, c10::OutOfMemoryError), as real ones do. null = none.
   std::shared_ptr<FaultInjector> faults;
+  DeviceTuning tuning;  // CUDA replicas: graphs, channels_last, cudnn.benchmark
 };
+
+// The tuning the flags ask for: the pipeline's defaults (pipeline/device_tuning.h) where a flag
+// was not given.
+DeviceTuning resolve_device_tuning(const DeviceTuningFlags& flags);
 
 // What a replica throws when the pipeline failed: DeviceOutOfMemory for c10::OutOfMemoryError
 // (CUDA's caching allocator; LibTorch >= 1.13), for a c10::Error naming an allocation failure

@@ -10,12 +10,16 @@
 #include <torch/version.h>
 
 #include <chrono>
+#include <iostream>
 #include <stdexcept>
 
+#include "pipeline/cuda_graph_step.h"
+#include "pipeline/device_sync.h"
 #include "pipeline/media/config_util.h"
 #include "pipeline/model_family.h"
 #include "pipeline/prompt_encoder.h"
 #include "pipeline/schedulers/scheduler.h"
+#include "pipeline/step_graphs.h"
 #include "pipeline/unet.h"
 #include "pipeline/vae.h"
 
@@ -85,6 +89,11 @@ class StableDiffusionPipeline final : public StableDiffusion {
   torch::Device device() const override { return device_; }
   GenerationTimings last_timings() const override { return timings_; }
   void set_profiling(bool on) override { profiling_ = on; }
+  void set_device_tuning(const DeviceTuning& tuning,
+                         std::function<void(const std::string&)> warn) override;
+  GraphCacheStats graph_stats() const override {
+    return graphs_ ? graphs_->stats() : GraphCacheStats{};
+  }
 
  private:
   int default_size() const { return unet_->config().sample_size * vae_->config().scale_factor(); }
@@ -97,6 +106,10 @@ class StableDiffusionPipeline final : public StableDiffusion {
     if (profiling_ && device_.is_cuda()) torch::cuda::synchronize(device_.index());
   }
   void validate(const Txt2ImgParams& params) const;
+  // The UNet evaluation of one denoising step: a CUDA graph's replay when graphs are on (the
+  // key includes the text sequence length, so each per-length pass has its own), else eager.
+  torch::Tensor unet_step(const torch::Tensor& sample, const torch::Tensor& timestep,
+                          const torch::Tensor& embeds, const UNetAddedConditions& added);
   // SDXL's add_time_ids [1, 6] in the model dtype: original_size + crops + target_size.
   torch::Tensor add_time_ids(const Txt2ImgParams& params) const;
   // The images of a batch, items in order (each item's images prompt-major), their prompts
@@ -120,7 +133,44 @@ class StableDiffusionPipeline final : public StableDiffusion {
   std::string default_scheduler_;
   GenerationTimings timings_;
   bool profiling_ = false;
+  DeviceTuning tuning_;
+  std::unique_ptr<UNetGraphCache> graphs_;  // null: eager steps
 };
+
+void StableDiffusionPipeline::set_device_tuning(const DeviceTuning& tuning,
+                                                std::function<void(const std::string&)> warn) {
+  if (!device_.is_cuda()) return;
+  if (!warn) warn = [](const std::string& m) { std::cerr << "warning: " << m << std::endl; };
+  tuning_ = tuning;
+  at::globalContext().setBenchmarkCuDNN(tuning.cudnn_benchmark);  // process-wide
+  if (tuning.channels_last) {
+    use_channels_last(*unet_);
+    use_channels_last(*vae_);
+  }
+  graphs_.reset();
+  if (!tuning.cuda_graphs || tuning.cuda_graph_cache <= 0) return;
+  auto capturer = make_cuda_graph_capturer(device_.index() < 0 ? 0 : device_.index());
+  if (!capturer) {
+    warn(
+        "CUDA graphs were not built into this binary (DIFFUSIOND_CUDA_GRAPHS=OFF or a LibTorch "
+        "without CUDA): denoising steps run eagerly");
+    return;
+  }
+  std::vector<torch::Tensor> weights = unet_->parameters();
+  for (const auto& b : unet_->buffers()) weights.push_back(b);
+  graphs_ = std::make_unique<UNetGraphCache>(std::move(capturer), tuning.cuda_graph_cache,
+                                             std::move(weights), std::move(warn));
+}
+
+torch::Tensor StableDiffusionPipeline::unet_step(const torch::Tensor& sample,
+                                                 const torch::Tensor& timestep,
+                                                 const torch::Tensor& embeds,
+                                                 const UNetAddedConditions& added) {
+  if (!graphs_) return unet_->forward(sample, timestep, embeds, added);
+  return graphs_->run({sample, timestep, embeds, added}, [this](const UNetInputs& in) {
+    return unet_->forward(in.sample, in.timestep, in.embeds, in.added);
+  });
+}
 
 void StableDiffusionPipeline::validate(const Txt2ImgParams& params) const {
   const int multiple = vae_->config().scale_factor();
@@ -351,11 +401,12 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
   for (const auto& row : rows) outcome.batch_sizes[static_cast<std::size_t>(row.out)] = int(batch);
 
   const int total = static_cast<int>(timesteps.size());
+  StepFence fence(device_, tuning_.max_steps_ahead);  // CUDA: a bounded lead over the device
   for (int i = 0; i < total && !alive.empty(); ++i) {
     const auto step_start = Clock::now();
     torch::Tensor model_input = guidance ? torch::cat({latents, latents}, 0) : latents;
     model_input = scheduler->scale_model_input(model_input, i);
-    torch::Tensor noise_pred = unet_->forward(model_input, timestep_table[i], prompt_embeds, added);
+    torch::Tensor noise_pred = unet_step(model_input, timestep_table[i], prompt_embeds, added);
     if (guidance) {
       auto halves = noise_pred.chunk(2, 0);
       emit("noise_pred_uncond." + two_digits(i), halves[0]);
@@ -366,6 +417,8 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
     emit("noise_pred." + two_digits(i), noise_pred);
     latents = scheduler->step_batch(noise_pred, i, latents, generators);
     emit("latents." + two_digits(i + 1), latents);
+    fence.launched();
+    fence.wait();
     sync();
     timings_.step_s.push_back(seconds_since(step_start));
     if (!on_step) continue;
@@ -412,10 +465,12 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
   // * 255, round half to even, uint8, HWC.
   torch::Tensor image = (decoded / 2 + 0.5).clamp(0, 1);
   emit("image", image);
-  torch::Tensor bytes = (image.to(torch::kCPU).to(torch::kFloat32).permute({0, 2, 3, 1}) * 255)
-                            .round()
-                            .to(torch::kUInt8)
-                            .contiguous();  // [B,H,W,3]
+  // On the device (the same IEEE operations give the same bytes as on the host), then one
+  // non-blocking copy of the uint8 pixels into pinned memory.
+  torch::Tensor bytes = copy_to_host((image.to(torch::kFloat32).permute({0, 2, 3, 1}) * 255)
+                                         .round()
+                                         .to(torch::kUInt8)
+                                         .contiguous());  // [B,H,W,3]
   for (std::size_t b = 0; b < alive.size(); ++b) {
     RgbImage out;
     out.width = shared.width;

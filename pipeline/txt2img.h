@@ -15,6 +15,7 @@
 
 #include <torch/torch.h>
 
+#include "pipeline/device_tuning.h"
 #include "pipeline/media/image.h"
 #include "pipeline/model_folder.h"
 
@@ -108,6 +109,13 @@ class StableDiffusion {
   // device (CUDA synchronize) so the figures are real; off by default (no extra syncs).
   virtual GenerationTimings last_timings() const { return {}; }
   virtual void set_profiling(bool /*on*/) {}
+
+  // How this replica uses a CUDA device (pipeline/device_tuning.h); a CPU replica ignores it.
+  // Call before the first generation (channels_last converts the weights). `warn` receives the
+  // one-time notices (a graph capture that failed, graphs not built); null = stderr.
+  virtual void set_device_tuning(const DeviceTuning& /*tuning*/,
+                                 std::function<void(const std::string&)> /*warn*/ = {}) {}
+  virtual GraphCacheStats graph_stats() const { return {}; }
 };
 
 }  // namespace diffusiond

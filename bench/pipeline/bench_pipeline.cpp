@@ -3,10 +3,13 @@
 // images/s and peak RSS. Prints a table. Not a test: nothing here asserts on time.
 //
 //   bench_pipeline --model DIR [--width 256 --height 256 --steps 4 --device cpu --dtype fp32
-//                  --batch 1 --runs 1 --scheduler NAME --mixed]
+//                  --batch 1 --runs 1 --scheduler NAME --mixed --cuda-graphs on|off
+//                  --channels-last on|off --cudnn-benchmark on|off]
 // --mixed: the batch is --batch different requests (own prompt, seed and guidance scale) run
 // with generate_batch(), as the daemon batches across requests; else one request of --batch
-// images.
+// images. The three tuning options apply on CUDA only (pipeline/device_tuning.h; graphs on by
+// default, as in the daemon): the first run's first step at a shape includes its graph capture,
+// so compare the later runs.
 #include <CLI/CLI.hpp>
 
 #include <sys/resource.h>
@@ -79,7 +82,22 @@ int main(int argc, char** argv) {
   app.add_option("--prompt", prompt)->capture_default_str();
   bool mixed = false;
   app.add_flag("--mixed", mixed, "Batch --batch different requests (generate_batch)");
+  DeviceTuning tuning;
+  std::string graphs = tuning.cuda_graphs ? "on" : "off", channels_last = "off", cudnn = "off";
+  const auto on_off = CLI::IsMember({"on", "off"});
+  app.add_option("--cuda-graphs", graphs, "CUDA: replay the UNet step from CUDA graphs")
+      ->check(on_off)
+      ->capture_default_str();
+  app.add_option("--channels-last", channels_last, "CUDA: channels_last convolution weights")
+      ->check(on_off)
+      ->capture_default_str();
+  app.add_option("--cudnn-benchmark", cudnn, "CUDA: cudnn.benchmark")
+      ->check(on_off)
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  tuning.cuda_graphs = graphs == "on";
+  tuning.channels_last = channels_last == "on";
+  tuning.cudnn_benchmark = cudnn == "on";
 
   try {
     const torch::Device dev(device);
@@ -89,7 +107,11 @@ int main(int argc, char** argv) {
     auto t0 = Clock::now();
     auto pipe = StableDiffusion::load(resolve_model(model), dev, parse_dtype(dtype));
     pipe->set_profiling(true);
+    pipe->set_device_tuning(tuning);
     const double load_s = seconds_since(t0);
+    if (dev.is_cuda())
+      std::printf("tuning | cuda graphs %s | channels_last %s | cudnn.benchmark %s\n",
+                  pipe->graph_stats().enabled ? "on" : "off", channels_last.c_str(), cudnn.c_str());
     std::printf("\n| %-32s | %10s | %-24s |\n|%s|%s|%s|\n", "stage", "value", "unit",
                 std::string(34, '-').c_str(), std::string(12, '-').c_str(),
                 std::string(26, '-').c_str());
@@ -144,6 +166,13 @@ int main(int argc, char** argv) {
       row("throughput" + tag, static_cast<double>(images.size()) / (t.total_s + png_s), "images/s");
     }
     row("peak RSS", peak_rss_mib(), "MiB");
+    if (const auto g = pipe->graph_stats(); g.enabled)
+      std::printf(
+          "cuda graphs | captures %lld | replays %lld | eager %lld | failures %lld | "
+          "evictions %lld\n",
+          static_cast<long long>(g.captures), static_cast<long long>(g.replays),
+          static_cast<long long>(g.eager_runs), static_cast<long long>(g.failures),
+          static_cast<long long>(g.evictions));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_pipeline: error: %s\n", e.what());
     return 1;

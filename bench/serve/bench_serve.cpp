@@ -75,7 +75,14 @@ int main(int argc, char** argv) {
   app.add_option("--max-batch", max_batch,
                  "diffusiond --max-batch (0: its auto default); the in-process run batches alike");
   app.add_option("--batch-wait-ms", batch_wait_ms, "diffusiond --batch-wait-ms");
+  std::string cuda_graphs = "on";
+  app.add_option("--cuda-graphs", cuda_graphs,
+                 "diffusiond --cuda-graphs; the in-process replicas alike (CUDA only)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  DeviceTuning tuning;
+  tuning.cuda_graphs = cuda_graphs == "on";
 
   const std::vector<torch::Device> replicas = devices_of(devices);
   const int workers = static_cast<int>(replicas.size());
@@ -95,7 +102,7 @@ int main(int argc, char** argv) {
   if (threads > 0) args.insert(args.end(), {"--threads", std::to_string(threads)});
   if (dtype != "auto") args.insert(args.end(), {"--dtype", dtype});
   args.insert(args.end(), {"--max-batch", std::to_string(max_batch), "--batch-wait-ms",
-                           std::to_string(batch_wait_ms)});
+                           std::to_string(batch_wait_ms), "--cuda-graphs", cuda_graphs});
   // The batch the daemon's workers use (its auto default: 4 on CUDA, 1 on the CPU).
   const int batch = max_batch > 0 ? max_batch : (on_cuda ? 4 : 1);
   ClientRun served;
@@ -111,7 +118,8 @@ int main(int argc, char** argv) {
   remove_tree(data_dir);
 
   // 2. The same images in-process: one replica per worker thread, same thread split.
-  const InProcessRun local = run_in_process(model, replicas, scalar_type, per_worker, work, batch);
+  const InProcessRun local =
+      run_in_process(model, replicas, scalar_type, per_worker, work, batch, tuning);
 
   std::map<std::string, int> per_device;
   for (const auto& d : served.devices) ++per_device[d];
@@ -124,10 +132,10 @@ int main(int argc, char** argv) {
   const double local_ips = work.images / local.wall_s;
   std::printf(
       "\nbench_serve: %d images (%dx%d, %d steps, %s), %d clients, --devices %s, max batch %d, "
-      "%s, %d intra-op thread(s) per worker, %u cores\n\n",
+      "%s, %d intra-op thread(s) per worker, %u cores, CUDA graphs %s\n\n",
       work.images, work.size, work.size, work.steps, work.scheduler.c_str(), clients,
       devices.c_str(), batch, scalar_type == torch::kHalf ? "fp16" : "fp32", per_worker,
-      std::thread::hardware_concurrency());
+      std::thread::hardware_concurrency(), cuda_graphs.c_str());
   const double e2e_p50 = percentile(served.end_to_end_ms, 50);
   const double seq = mean(local.sequential_ms);
   std::printf("| measure | daemon (HTTP) | in-process pipeline |\n|---|---|---|\n");

@@ -15,7 +15,7 @@ using Clock = std::chrono::steady_clock;
 
 InProcessRun run_in_process(const std::string& model_dir, const std::vector<torch::Device>& devices,
                             torch::ScalarType dtype, int threads_per_worker, const WorkSpec& work,
-                            int batch) {
+                            int batch, const DeviceTuning& tuning) {
   batch = std::max(1, batch);
   const int workers = static_cast<int>(devices.size());
   if (threads_per_worker > 0) torch::set_num_threads(threads_per_worker);
@@ -23,6 +23,7 @@ InProcessRun run_in_process(const std::string& model_dir, const std::vector<torc
   std::vector<std::unique_ptr<StableDiffusion>> replicas;
   for (const auto& device : devices) {
     replicas.push_back(StableDiffusion::load(folder, device, dtype));
+    replicas.back()->set_device_tuning(tuning);
   }
   // Warm-up (first-call allocations), not measured.
   Txt2ImgParams warm;

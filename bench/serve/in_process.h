@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "pipeline/device_tuning.h"
 #include "serve_clients.h"
 
 namespace diffusiond::bench {
@@ -21,9 +22,10 @@ struct InProcessRun {
 // them again on one replica per entry of `devices`, each in its own thread, with
 // `threads_per_worker` intra-op threads (process-wide, as the daemon sets it). batch > 1: each
 // replica takes up to `batch` images at a time as one generate_batch() (what the daemon does
-// with --max-batch), image_ms then being the batch's time divided by its images.
+// with --max-batch), image_ms then being the batch's time divided by its images. `tuning`:
+// what CUDA replicas use (as the daemon's --cuda-graphs etc.).
 InProcessRun run_in_process(const std::string& model_dir, const std::vector<torch::Device>& devices,
                             torch::ScalarType dtype, int threads_per_worker, const WorkSpec& work,
-                            int batch = 1);
+                            int batch = 1, const DeviceTuning& tuning = {});
 
 }  // namespace diffusiond::bench
