@@ -72,29 +72,34 @@ class CudaGraphCapturer final : public GraphCapturer {
     C10_CUDA_CHECK(cudaStreamCreateWithFlags(&raw, cudaStreamNonBlocking));
     auto graph = std::make_unique<at::cuda::CUDAGraph>();
     torch::Tensor output;
-    bool begun = false, ended = false;
     try {
       const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromExternal(raw, device_);
+      // Current until the capture is over, failed or not: capture_end must run on it.
       const c10::cuda::CUDAStreamGuard stream_guard(stream);
-      // Nothing runs during a capture: the replay, on the current stream, does the work.
-      graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-      begun = true;
-      output = body();
-      ended = true;
-      graph->capture_end();
-    } catch (const std::exception& error) {
-      std::string message = error.what();
-      if (begun && !ended) {
-        try {
-          graph->capture_end();
-        } catch (const std::exception&) {
+      bool begun = false, ended = false;
+      try {
+        // Nothing runs during a capture: the replay, on the current stream, does the work.
+        graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+        begun = true;
+        output = body();
+        ended = true;
+        graph->capture_end();
+      } catch (const std::exception&) {
+        if (begun && !ended) {
+          try {
+            graph->capture_end();  // ends the capture and the pool's routing; throws (invalid)
+          } catch (const std::exception&) {
+          }
         }
+        throw;
       }
-      abandon_capture(raw);
+    } catch (const std::exception& error) {
+      const std::string message = error.what();
+      abandon_capture(raw);  // should capture_end not have ended it
       output = torch::Tensor();
       graph.reset();
       (void)cudaStreamDestroy(raw);
-      throw std::runtime_error(message.substr(0, message.find('\n')));
+      throw std::runtime_error(message.substr(0, message.find('\n')));  // no C++ backtrace
     }
     return std::make_unique<CudaStepGraph>(std::move(graph), raw, std::move(output));
   }

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # GPU check for a bare GPU machine (CUDA and PyTorch, no network), in one run of a few
 # minutes: unpacks the carried Debian -dev packages, configures against the machine's PyTorch
-# LibTorch (CUDA), builds (ninja -k 0: every compile error at once), runs the GPU-tagged tests,
-# the golden tests on this LibTorch, bench_pipeline (the SD 1.5 architecture with random weights
-# at 512x512, fp16, 20 steps, batch 1/2/4/8; then the tiny model) and bench_serve on the GPU
-# (16/4/1 clients, batching off and on, each against the in-process pipeline at the same
-# batch: issue 11's measurements), and prints a short table last.
+# LibTorch (CUDA), builds (ninja -k 0: every compile error at once; if the CUDA graph file
+# pipeline/cuda_graph_step.cpp does not compile, it says so and builds again with
+# -DDIFFUSIOND_CUDA_GRAPHS=OFF), runs the GPU-tagged tests, then issue 11's measurements on the
+# SD 1.5 architecture with random weights, 512x512, fp16, 20 steps: the step time at batch
+# 1/2/4/8 eager vs CUDA graphs (one process, bench_pipeline --batch 1,2,4,8 --cuda-graphs both),
+# channels_last on/off and cudnn.benchmark on/off (batch 1 and 4), bench_serve with 1, 4 and 16
+# clients, batching off and on, each against the in-process pipeline at the same batch (daemon
+# / in-process), diffusers' UNet eager on the card if this Python has diffusers (else a note);
+# then the tiny model and the golden CPU tests if budget is left. Prints a short table last.
 # Logs: one tarball and summary.txt in OUT_DIR (the device tool brings back at most 8 files).
 #
 #   scripts/device-check.sh [OUT_DIR]      (default: $OUT, else /tmp/device-check)
@@ -17,16 +21,19 @@
 # Env: DEPS (default .devdeps/deps.tar.xz), BUILD_DIR (default build-gpu), JOBS (default: every
 #      core), BUDGET_S (default 500: no step runs past it, later ones are skipped), SKIP_SD15=1,
 #      TARGETS (what to build; steps whose programs were not built are skipped),
-#      CHECKS (default "tests sd15 serve tiny golden": which groups run, in that order; e.g. a
-#      second call on the still-warm machine with CHECKS="sd15 serve" reuses the build and the
-#      random SD 1.5 folder in /tmp and only measures).
+#      CHECKS (default "tests sd15 tuning serve diffusers tiny golden": which groups run, in
+#      that order; e.g. a second call on the still-warm machine with CHECKS="sd15 serve" reuses
+#      the build and the random SD 1.5 folder in /tmp and only measures),
+#      CUDA_GRAPHS=OFF (build without the graph code from the start),
+#      DIFFUSERS_PYTHONPATH (carried diffusers sources for the diffusers row, as
+#      ../shared/reference/setup.sh lays them out).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-${OUT:-/tmp/device-check}}
 deps=${DEPS:-$root/.devdeps/deps.tar.xz}
 build=${BUILD_DIR:-$root/build-gpu}
 jobs=${JOBS:-$(nproc)}
-budget=${BUDGET_S:-500}
+budget=${BUDGET_S:-530}
 tiny=$root/tests/fixtures/tiny-sd1
 logs=$(mktemp -d /tmp/device-check-logs.XXXX)
 t0=$(date +%s)
@@ -37,7 +44,7 @@ row() {
   echo "${rows[-1]}"
 }
 elapsed() { echo $(($(date +%s) - t0)); }
-checks=" ${CHECKS:-tests sd15 serve tiny golden} "
+checks=" ${CHECKS:-tests sd15 tuning serve diffusers tiny golden} "
 want() { [[ "$checks" == *" $1 "* ]]; }
 run_step() {  # name logfile timeout_s command...: records ok/FAILED/skipped and the seconds
   local name=$1 log=$2 limit=$3 start rc left
@@ -90,16 +97,31 @@ row "torch" "$(python3 -c 'import torch; print(torch.__version__, "cuda", torch.
 row "compiler" "$(c++ --version | head -1)"
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-run_step "configure" configure.log 180 cmake -S "$root" -B "$build" -G Ninja \
-  -DCMAKE_BUILD_TYPE=Release "${pkg_config[@]}" -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DCMAKE_PREFIX_PATH="/tmp/deps/usr;$libdir/cmake;$torch_prefix" ||
-  { tail -40 "$logs/configure.log"; finish 1; }
-read -r -a targets <<<"${TARGETS:-diffusiond test_daemon_gpu test_daemon test_text_encoder \
-  test_unet test_pipeline bench_pipeline bench_serve}"
+configure() {  # extra cmake -D options
+  run_step "configure${1:+ ($*)}" configure.log 180 cmake -S "$root" -B "$build" -G Ninja \
+    -DCMAKE_BUILD_TYPE=Release "${pkg_config[@]}" -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DCMAKE_PREFIX_PATH="/tmp/deps/usr;$libdir/cmake;$torch_prefix" "$@"
+}
+graphs_flag=()
+[ "${CUDA_GRAPHS:-ON}" = OFF ] && graphs_flag=(-DDIFFUSIOND_CUDA_GRAPHS=OFF)
+configure "${graphs_flag[@]}" || { tail -40 "$logs/configure.log"; finish 1; }
+row "    cuda graphs (cmake)" "$(grep -o 'CUDA graphs for the denoising step: .*' "$logs/configure.log" | tail -1)"
+read -r -a targets <<<"${TARGETS:-diffusiond test_daemon_gpu test_daemon test_step_graphs \
+  test_text_encoder test_unet test_pipeline bench_pipeline bench_serve}"
 if ! run_step "build (${#targets[@]} targets)" build.log 420 \
     cmake --build "$build" -j "$jobs" --target "${targets[@]}" -- -k 0; then
   echo "---- build errors ----"
   grep -E -m 60 -A3 'error:|Error |undefined reference' "$logs/build.log"
+  # The CUDA graph code has never been compiled before this machine: if it is what failed,
+  # record it and build everything else with the graphs off (the eager path).
+  if grep -q 'FAILED: .*cuda_graph_step' "$logs/build.log" && [ ${#graphs_flag[@]} -eq 0 ]; then
+    cp "$logs/build.log" "$logs/build-graphs-failed.log"
+    row "CUDA GRAPHS" "FAILED TO COMPILE (build-graphs-failed.log): rebuilding with them OFF"
+    configure -DDIFFUSIOND_CUDA_GRAPHS=OFF || finish 1
+    run_step "build, CUDA graphs OFF" build.log 300 \
+      cmake --build "$build" -j "$jobs" --target "${targets[@]}" -- -k 0 ||
+      grep -E -m 40 -A3 'error:|Error |undefined reference' "$logs/build.log"
+  fi
 fi
 
 bin=$build/daemon/diffusiond
@@ -115,28 +137,52 @@ sd15=/tmp/sd15-random
 serve_rows() {  # logfile: bench_serve's headline lines
   while IFS= read -r line; do row "    serve" "$line"; done < <(grep -E '^\| (throughput|submit|end-to-end|time per)|^throughput daemon' "$logs/$1")
 }
-# Issue 11's GPU measurements, SD 1.5 architecture, 512x512, fp16, 20 steps: the step time at
-# batch 1/2/4/8 (--mixed: different requests in one generate_batch, per-row guidance), then
-# bench_serve with 16, 4 and 1 clients, batching off (--max-batch 1) and on (4), each against
+# Issue 11's GPU measurements, SD 1.5 architecture, 512x512, fp16, 20 steps. One process per
+# weight layout: the step time at batch 1/2/4/8 (--mixed: different requests in one
+# generate_batch, per-row guidance), eager then CUDA graphs on the same loaded model; then
+# channels_last and cudnn.benchmark (each its own process: both are set at load); then
+# bench_serve with 1, 4 and 16 clients, batching off (--max-batch 1) and on (4), each against
 # the in-process pipeline at the same batch (daemon / in-process).
-if want sd15 && [ "${SKIP_SD15:-0}" != 1 ] && [ -x "$bin" ] && [ -x "$bench" ] &&
-   { [ -d "$sd15" ] || run_step "make-random-model sd15" make-sd15.log 240 "$bin" make-random-model --arch sd15 --out "$sd15"; }; then
-  for batch in 1 2 4 8; do
-    mixed=(); [ "$batch" -gt 1 ] && mixed=(--mixed)
-    run_step "bench_pipeline sd15 cuda:0 fp16 512px 20st b$batch" "bench-sd15-b$batch.log" 180 "$bench" \
-      --model "$sd15" --device cuda:0 --dtype fp16 --width 512 --height 512 --steps 20 \
-      --batch "$batch" "${mixed[@]}" --runs 3 && bench_rows "bench-sd15-b$batch.log"
+sweep_rows() {  # logfile: bench_pipeline's "sweep |" lines
+  while IFS= read -r line; do row "    " "${line#sweep | }"; done < <(grep -E '^sweep \|' "$logs/$1")
+}
+sd15_args=(--model "$sd15" --device cuda:0 --dtype fp16 --width 512 --height 512 --steps 20 --mixed)
+have_sd15() {
+  [ "${SKIP_SD15:-0}" != 1 ] && [ -x "$bin" ] && [ -x "$bench" ] &&
+    { [ -d "$sd15" ] || run_step "make-random-model sd15" make-sd15.log 240 "$bin" make-random-model --arch sd15 --out "$sd15"; }
+}
+if want sd15 && have_sd15; then
+  run_step "bench_pipeline sd15 b1,2,4,8 eager+graphs" bench-sd15-sweep.log 200 "$bench" \
+    "${sd15_args[@]}" --batch 1,2,4,8 --cuda-graphs both --runs 2
+  sweep_rows bench-sd15-sweep.log
+fi
+if want tuning && have_sd15; then
+  for tune in "--channels-last on" "--cudnn-benchmark on"; do
+    read -r -a tune_args <<<"$tune"
+    run_step "bench_pipeline sd15 b1,4 ${tune_args[0]#--} on" "bench-sd15-${tune_args[0]#--}.log" 120 \
+      "$bench" "${sd15_args[@]}" --batch 1,4 --cuda-graphs both --runs 2 "${tune_args[@]}"
+    sweep_rows "bench-sd15-${tune_args[0]#--}.log"
   done
-  if want serve && [ -x "$bench_serve" ]; then
-    for clients in 16 4 1; do
-      images=$((clients == 1 ? 8 : 16))
-      for max_batch in 1 4; do
-        run_step "bench_serve sd15 512px ${clients}c batch<=$max_batch" "bench-serve-sd15-c$clients-b$max_batch.log" 200 \
-          "$bench_serve" --model "$sd15" --devices cuda --images "$images" --clients "$clients" \
-          --size 512 --steps 20 --max-batch "$max_batch" &&
-          serve_rows "bench-serve-sd15-c$clients-b$max_batch.log"
-      done
-    done
+fi
+if want serve && have_sd15 && [ -x "$bench_serve" ]; then
+  # c1: nothing to batch, one run; images sized so each run stays well under a minute.
+  for spec in "1 1 6" "4 1 12" "4 4 12" "16 1 16" "16 4 16"; do
+    read -r clients max_batch images <<<"$spec"
+    run_step "bench_serve sd15 512px ${clients}c batch<=$max_batch" "bench-serve-sd15-c$clients-b$max_batch.log" 120 \
+      "$bench_serve" --model "$sd15" --devices cuda --images "$images" --clients "$clients" \
+      --size 512 --steps 20 --max-batch "$max_batch" &&
+      serve_rows "bench-serve-sd15-c$clients-b$max_batch.log"
+  done
+fi
+# diffusers' own UNet, eager (its default SDPA attention), on the same weights and card.
+if want diffusers && [ -d "$sd15" ]; then
+  if PYTHONPATH=${DIFFUSERS_PYTHONPATH:-} python3 -c 'import diffusers' 2>/dev/null; then
+    run_step "diffusers UNet eager sd15 512px fp16" diffusers.log 150 env \
+      PYTHONPATH="${DIFFUSERS_PYTHONPATH:-}" HF_HUB_OFFLINE=1 python3 "$root/scripts/diffusers_gpu_step.py" \
+      --model "$sd15" --size 512 --batches 1,4 &&
+      while IFS= read -r line; do row "    " "$line"; done < <(grep -E '^diffusers \|' "$logs/diffusers.log")
+  else
+    row "diffusers UNet eager" "skipped: this Python has no diffusers (set DIFFUSERS_PYTHONPATH to carried sources)"
   fi
 fi
 if want tiny && [ -x "$bench" ]; then

@@ -146,3 +146,29 @@ TEST_CASE("connection and per-client limit options, on the command line and in t
   write_text(conf, "limit-loopback = false\n");
   CHECK_FALSE(parse({"--config", conf.string()}).limit_loopback);
 }
+
+TEST_CASE("the CUDA tuning options: unset by default, on/off only, from the file too", "[serve]") {
+  const auto none = parse({});
+  CHECK(none.tuning.cuda_graphs.empty());  // not given: the pipeline's default applies
+  CHECK(none.tuning.cuda_graph_cache == -1);
+  CHECK(none.tuning.channels_last.empty());
+  CHECK(none.tuning.cudnn_benchmark.empty());
+  const auto given = parse({"--cuda-graphs", "off", "--cuda-graph-cache", "3", "--channels-last",
+                            "on", "--cudnn-benchmark", "on"});
+  CHECK(given.tuning.cuda_graphs == "off");
+  CHECK(given.tuning.cuda_graph_cache == 3);
+  CHECK(given.tuning.channels_last == "on");
+  CHECK(given.tuning.cudnn_benchmark == "on");
+  CHECK_THROWS_AS(parse({"--cuda-graphs", "maybe"}), CLI::ValidationError);
+  CHECK_THROWS_AS(parse({"--cuda-graph-cache", "0"}), CLI::ValidationError);
+
+  test::TempDir dir;
+  const auto conf = dir.path() / "diffusiond.conf";
+  write_text(conf, "cuda-graphs = off\ncuda-graph-cache = 2\nchannels-last = on\n");
+  const auto o = parse({"--config", conf.string(), "--cuda-graph-cache", "5"});
+  CHECK(o.tuning.cuda_graphs == "off");
+  CHECK(o.tuning.cuda_graph_cache == 5);
+  CHECK(o.tuning.channels_last == "on");
+  write_text(conf, "cudnn-benchmark = sometimes\n");
+  CHECK_THROWS_WITH(parse({"--config", conf.string()}), Catch::Contains("cudnn-benchmark"));
+}
