@@ -166,8 +166,12 @@ torch::Tensor StableDiffusionPipeline::unet_step(const torch::Tensor& sample,
                                                  const torch::Tensor& timestep,
                                                  const torch::Tensor& embeds,
                                                  const UNetAddedConditions& added) {
-  if (!graphs_) return unet_->forward(sample, timestep, embeds, added);
-  return graphs_->run({sample, timestep, embeds, added}, [this](const UNetInputs& in) {
+  // channels_last weights make the UNet's output, and so the latents after step 1, channels_last:
+  // the first step's input too, so that every step has the same layout (one graph per shape).
+  const torch::Tensor x =
+      tuning_.channels_last ? sample.contiguous(torch::MemoryFormat::ChannelsLast) : sample;
+  if (!graphs_) return unet_->forward(x, timestep, embeds, added);
+  return graphs_->run({x, timestep, embeds, added}, [this](const UNetInputs& in) {
     return unet_->forward(in.sample, in.timestep, in.embeds, in.added);
   });
 }

@@ -4,7 +4,6 @@
 // kSkipExitCode, which ctest reports as skipped (SKIP_RETURN_CODE, tests/daemon/CMakeLists.txt).
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/torch.h>
-#include <torch/version.h>
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -597,7 +596,6 @@ TEST_CASE("cuda:0: the step fence keeps the host at most N steps ahead of the de
   CHECK(torch::equal(host, a.to(torch::kCPU)));
 }
 
-#if TORCH_VERSION_MAJOR >= 2
 namespace {
 template <class C>
 auto set_math_sdp(C& c, bool on, int)
@@ -614,7 +612,8 @@ bool set_math_sdp(C&, bool, long) {
 
 // With the math kernel switched off, scaled_dot_product_attention must pick a fused kernel
 // (flash / memory-efficient / cuDNN) or throw "No available kernel": the UNet's attention at
-// the SD 1.5 head sizes (40, 80, 160) and the tiny model's run on one.
+// the SD 1.5 head sizes (40, 80, 160) and the tiny model's run on one. (LibTorch 1.13 never
+// calls the fused op: there the check is empty, and no CUDA build of 1.13 is in use.)
 TEST_CASE("cuda:0 fp16: the UNet's attention runs on a fused SDPA kernel", "[gpu]") {
   require_cuda();
   struct NoMath {
@@ -632,7 +631,6 @@ TEST_CASE("cuda:0 fp16: the UNet's attention runs on a fused SDPA kernel", "[gpu
   auto pipe = tiny_cuda(graphs(false));
   CHECK_NOTHROW(pipe->generate(graph_params(64, 64, 1, 7.5)));
 }
-#endif
 
 #if DIFFUSIOND_TORCH_CUDA
 TEST_CASE("with CUDA graphs the denoising loop never synchronises the host with the device",
