@@ -465,12 +465,12 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
   torch::Tensor decoded =
       vae_->decode((latents / vae_->config().scaling_factor).to(vae_dtype_));  // [B,3,H,W]
   emit("decoded", decoded);
-  // VaeImageProcessor.postprocess: denormalise in the VAE's dtype, to float32 on the host,
-  // * 255, round half to even, uint8, HWC.
+  // VaeImageProcessor.postprocess: denormalise in the VAE's dtype, to float32 (diffusers: on
+  // the host), * 255, round half to even, uint8, HWC.
   torch::Tensor image = (decoded / 2 + 0.5).clamp(0, 1);
   emit("image", image);
-  // On the device (the same IEEE operations give the same bytes as on the host), then one
-  // non-blocking copy of the uint8 pixels into pinned memory.
+  // Here on the device (one IEEE multiply and rounding each: the same bytes as on the host), then
+  // one non-blocking copy of the uint8 pixels into pinned memory.
   torch::Tensor bytes = copy_to_host((image.to(torch::kFloat32).permute({0, 2, 3, 1}) * 255)
                                          .round()
                                          .to(torch::kUInt8)
