@@ -131,7 +131,11 @@ export DIFFUSIOND_BIN=$bin
 if want tests && [ -x "$build/tests/daemon/test_daemon_gpu" ]; then
   run_step "GPU tests (test_daemon_gpu)" gpu-tests.log 300 \
     "$build/tests/daemon/test_daemon_gpu" --durations yes
-  grep -E "vs diffusers|mean \|gpu|FAILED|failed|passed" "$logs/gpu-tests.log" | head -12
+  grep -E "vs diffusers|mean \|gpu|FAILED|failed|passed|graph" "$logs/gpu-tests.log" | head -16
+fi
+if want tests && [ -x "$build/tests/pipeline/test_step_graphs" ]; then
+  run_step "graph cache tests (CPU, this LibTorch)" step-graphs.log 60 \
+    env OMP_NUM_THREADS=4 "$build/tests/pipeline/test_step_graphs"
 fi
 sd15=/tmp/sd15-random
 serve_rows() {  # logfile: bench_serve's headline lines
