@@ -612,9 +612,9 @@ bool set_math_sdp(C&, bool, long) {
 
 // With the math kernel switched off, scaled_dot_product_attention must pick a fused kernel
 // (flash / memory-efficient / cuDNN) or throw "No available kernel": the UNet's attention at
-// the SD 1.5 head sizes (40, 80, 160) and the tiny model's run on one. (LibTorch 1.13 never
+// the SD 1.5 head sizes (40, 80, 160), self and cross. (LibTorch 1.13 never
 // calls the fused op: there the check is empty, and no CUDA build of 1.13 is in use.)
-TEST_CASE("cuda:0 fp16: the UNet's attention runs on a fused SDPA kernel", "[gpu]") {
+TEST_CASE("cuda:0 fp16: SD 1.5's attention shapes run on a fused SDPA kernel", "[gpu]") {
   require_cuda();
   struct NoMath {
     bool before = set_math_sdp(at::globalContext(), false, 0);
@@ -628,8 +628,8 @@ TEST_CASE("cuda:0 fp16: the UNet's attention runs on a fused SDPA kernel", "[gpu
     CHECK_NOTHROW(dot_product_attention(q, q, q));  // self-attention
     CHECK_NOTHROW(dot_product_attention(q, k, k));  // cross-attention (77 tokens)
   }
-  auto pipe = tiny_cuda(graphs(false));
-  CHECK_NOTHROW(pipe->generate(graph_params(64, 64, 1, 7.5)));
+  // (Not the tiny model: its first block has 32 channels in 8 heads, head size 4, which no fused
+  // kernel takes; with the math kernel on, as always in the daemon, it runs on that one.)
 }
 
 #if DIFFUSIOND_TORCH_CUDA
