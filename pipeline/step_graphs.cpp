@@ -102,10 +102,11 @@ UNetGraphCache::Entry* UNetGraphCache::find(const std::vector<std::int64_t>& key
 
 UNetGraphCache::Entry* UNetGraphCache::capture(const std::vector<std::int64_t>& key,
                                                const UNetInputs& inputs, const UNetEval& eager) {
-  if (lru_.size() >= capacity_) {  // make room first: the evicted graph's pool memory is reused
+  if (lru_.size() >= capacity_) {  // make room first: the evicted graph's memory goes back
     index_.erase(lru_.back()->key);
     lru_.pop_back();
     ++stats_.evictions;
+    stats_.size = static_cast<std::int64_t>(lru_.size());
   }
   auto entry = std::make_unique<Entry>();
   entry->key = key;
@@ -116,7 +117,8 @@ UNetGraphCache::Entry* UNetGraphCache::capture(const std::vector<std::int64_t>& 
   entry->in.added.time_ids = static_like(inputs.added.time_ids);
   Entry* e = entry.get();
   try {
-    e->graph = capturer_->capture([e, &eager] { return eager(e->in); });
+    // By value: a capturer may keep the body (the CPU stand-in of the tests replays it).
+    e->graph = capturer_->capture([e, eager] { return eager(e->in); });
   } catch (const std::exception& error) {
     ++stats_.failures;
     failed_.insert(key);
