@@ -6,9 +6,10 @@
 # -DDIFFUSIOND_CUDA_GRAPHS=OFF), runs the GPU-tagged tests, then issue 11's measurements on the
 # SD 1.5 architecture with random weights, 512x512, fp16, 20 steps: the step time at batch
 # 1/2/4/8 eager vs CUDA graphs (one process, bench_pipeline --batch 1,2,4,8 --cuda-graphs both),
-# channels_last on/off and cudnn.benchmark on/off (batch 1 and 4), bench_serve with 1, 4 and 16
-# clients, batching off and on, each against the in-process pipeline at the same batch (daemon
-# / in-process), diffusers' UNet eager on the card if this Python has diffusers (else a note);
+# bench_serve with 1, 4 and 16 clients, batching off and on, each against the in-process
+# pipeline at the same batch (daemon / in-process), channels_last on/off and cudnn.benchmark
+# on/off (batch 1 and 4), diffusers' UNet eager on the card if this Python has diffusers (else a
+# note);
 # then the tiny model and the golden CPU tests if budget is left. Prints a short table last.
 # Logs: one tarball and summary.txt in OUT_DIR (the device tool brings back at most 8 files).
 #
@@ -21,7 +22,7 @@
 # Env: DEPS (default .devdeps/deps.tar.xz), BUILD_DIR (default build-gpu), JOBS (default: every
 #      core), BUDGET_S (default 500: no step runs past it, later ones are skipped), SKIP_SD15=1,
 #      TARGETS (what to build; steps whose programs were not built are skipped),
-#      CHECKS (default "tests sd15 tuning serve diffusers tiny golden": which groups run, in
+#      CHECKS (default "tests sd15 serve tuning diffusers tiny golden": which groups run, in
 #      that order; e.g. a second call on the still-warm machine with CHECKS="sd15 serve" reuses
 #      the build and the random SD 1.5 folder in /tmp and only measures),
 #      CUDA_GRAPHS=OFF (build without the graph code from the start),
@@ -44,7 +45,7 @@ row() {
   echo "${rows[-1]}"
 }
 elapsed() { echo $(($(date +%s) - t0)); }
-checks=" ${CHECKS:-tests sd15 tuning serve diffusers tiny golden} "
+checks=" ${CHECKS:-tests sd15 serve tuning diffusers tiny golden} "
 want() { [[ "$checks" == *" $1 "* ]]; }
 run_step() {  # name logfile timeout_s command...: records ok/FAILED/skipped and the seconds
   local name=$1 log=$2 limit=$3 start rc left
@@ -144,9 +145,9 @@ serve_rows() {  # logfile: bench_serve's headline lines
 # Issue 11's GPU measurements, SD 1.5 architecture, 512x512, fp16, 20 steps. One process per
 # weight layout: the step time at batch 1/2/4/8 (--mixed: different requests in one
 # generate_batch, per-row guidance), eager then CUDA graphs on the same loaded model; then
-# channels_last and cudnn.benchmark (each its own process: both are set at load); then
 # bench_serve with 1, 4 and 16 clients, batching off (--max-batch 1) and on (4), each against
-# the in-process pipeline at the same batch (daemon / in-process).
+# the in-process pipeline at the same batch (daemon / in-process); then channels_last and
+# cudnn.benchmark (each its own process: both are set at load).
 sweep_rows() {  # logfile: bench_pipeline's "sweep |" lines
   while IFS= read -r line; do row "    " "${line#sweep | }"; done < <(grep -E '^sweep \|' "$logs/$1")
 }
@@ -160,14 +161,6 @@ if want sd15 && have_sd15; then
     "${sd15_args[@]}" --batch 1,2,4,8 --cuda-graphs both --runs 2
   sweep_rows bench-sd15-sweep.log
 fi
-if want tuning && have_sd15; then
-  for tune in "--channels-last on" "--cudnn-benchmark on"; do
-    read -r -a tune_args <<<"$tune"
-    run_step "bench_pipeline sd15 b1,4 ${tune_args[0]#--} on" "bench-sd15-${tune_args[0]#--}.log" 120 \
-      "$bench" "${sd15_args[@]}" --batch 1,4 --cuda-graphs both --runs 2 "${tune_args[@]}"
-    sweep_rows "bench-sd15-${tune_args[0]#--}.log"
-  done
-fi
 if want serve && have_sd15 && [ -x "$bench_serve" ]; then
   # c1: nothing to batch, one run; images sized so each run stays well under a minute.
   for spec in "1 1 6" "4 1 12" "4 4 12" "16 1 16" "16 4 16"; do
@@ -176,6 +169,14 @@ if want serve && have_sd15 && [ -x "$bench_serve" ]; then
       "$bench_serve" --model "$sd15" --devices cuda --images "$images" --clients "$clients" \
       --size 512 --steps 20 --max-batch "$max_batch" &&
       serve_rows "bench-serve-sd15-c$clients-b$max_batch.log"
+  done
+fi
+if want tuning && have_sd15; then
+  for tune in "--channels-last on" "--cudnn-benchmark on"; do
+    read -r -a tune_args <<<"$tune"
+    run_step "bench_pipeline sd15 b1,4 ${tune_args[0]#--} on" "bench-sd15-${tune_args[0]#--}.log" 120 \
+      "$bench" "${sd15_args[@]}" --batch 1,4 --cuda-graphs both --runs 2 "${tune_args[@]}"
+    sweep_rows "bench-sd15-${tune_args[0]#--}.log"
   done
 fi
 # diffusers' own UNet, eager (its default SDPA attention), on the same weights and card.
