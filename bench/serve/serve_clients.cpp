@@ -1,9 +1,11 @@
 #include "serve_clients.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <thread>
 
 #include "tests/support/http_client.h"
@@ -92,6 +94,19 @@ ClientRun run_clients(const std::vector<std::uint16_t>& ports, int clients, cons
   for (auto& t : threads) t.join();
   run.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
   return run;
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double rank = p / 100.0 * (v.size() - 1);
+  const std::size_t lo = static_cast<std::size_t>(rank);
+  const std::size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (rank - lo);
+}
+
+double mean(const std::vector<double>& v) {
+  return v.empty() ? 0 : std::accumulate(v.begin(), v.end(), 0.0) / v.size();
 }
 
 }  // namespace diffusiond::bench

@@ -32,4 +32,8 @@ ClientRun run_clients(std::uint16_t port, int clients, const WorkSpec& work);
 // Client c talks to ports[c % ports.size()] (a fleet: every daemon answers for every job).
 ClientRun run_clients(const std::vector<std::uint16_t>& ports, int clients, const WorkSpec& work);
 
+// The p-th percentile (0-100, linear between ranks) and the mean of `v`; 0 when empty.
+double percentile(std::vector<double> v, double p);
+double mean(const std::vector<double>& v);
+
 }  // namespace diffusiond::bench
