@@ -3,7 +3,6 @@
 #include <c10/core/Stream.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
-#include <malloc.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -17,6 +16,7 @@
 #include "daemon/cuda_driver.h"
 #include "daemon/dtype.h"
 #include "daemon/pipeline_params.h"
+#include "pipeline/cpu_memory.h"
 #include "pipeline/latent_preview.h"
 #include "pipeline/media/config_util.h"
 #include "pipeline/schedulers/scheduler.h"
@@ -292,7 +292,7 @@ class TorchBackend final : public ModelBackend {
         // transient. One at a time + trim: cpu*N peaks near one model's bytes, not N.
         std::lock_guard lock(cpu_load_mu_);
         sd = load_pipeline(source, device, scalar_type(dtype));
-        ::malloc_trim(0);
+        trim_freed_cpu_memory();
       } else {
         sd = load_pipeline(source, device, scalar_type(dtype));
         const std::string name = spec.name;

@@ -7,11 +7,56 @@
 
 namespace diffusiond {
 
+namespace {
+
+// The same math for float32 CPU tensors, one batch element at a time, on the strided views the
+// callers pass (q, k, v are [B,L,heads,d] transposed): each product is a bmm over the heads of
+// one batch element with the heads' stride as leading dimension, so nothing is copied
+// contiguous first (torch::matmul on 4-D views does), the scores are [heads,Lq,Lk] for one
+// element at a time, and the result is written in [B,Lq,heads,dv] order, whose
+// transpose(1,2).reshape at the caller is free. The same BLAS calls per matrix: the same bits.
+torch::Tensor attention_cpu_by_batch(const torch::Tensor& q, const torch::Tensor& k,
+                                     const torch::Tensor& v,
+                                     const std::optional<torch::Tensor>& mask, bool causal,
+                                     double s) {
+  const auto b = q.size(0), heads = q.size(1), lq = q.size(2), lk = k.size(2);
+  // out [B,Lq,heads,dv]; returned as its [B,heads,Lq,dv] view.
+  torch::Tensor out = torch::empty({b, lq, heads, v.size(3)}, v.options());
+  torch::Tensor scores = torch::empty({heads, lq, lk}, q.options());
+  torch::Tensor blocked;  // causal: [Lq,Lk], true where j > i
+  if (causal) blocked = torch::ones({lq, lk}, q.options().dtype(torch::kBool)).triu(1);
+  std::optional<torch::Tensor> full_mask;
+  if (mask) full_mask = mask->expand({b, heads, lq, lk});
+  for (int64_t i = 0; i < b; ++i) {
+    at::bmm_out(scores, q[i], k[i].transpose(-1, -2)).mul_(s);
+    if (causal) scores.masked_fill_(blocked, -std::numeric_limits<float>::infinity());
+    if (full_mask) {
+      const torch::Tensor m = (*full_mask)[i];
+      if (m.scalar_type() == torch::kBool) {
+        scores.masked_fill_(m.logical_not(), -std::numeric_limits<float>::infinity());
+      } else {
+        scores.add_(m.to(scores.scalar_type()));
+      }
+    }
+    at::_softmax_out(scores, scores, -1, /*half_to_float=*/false);
+    torch::Tensor out_i = out[i].transpose(0, 1);  // [heads,Lq,dv] view
+    at::bmm_out(out_i, scores, v[i]);
+  }
+  return out.transpose(1, 2);
+}
+
+}  // namespace
+
 torch::Tensor dot_product_attention_math(const torch::Tensor& q, const torch::Tensor& k,
                                          const torch::Tensor& v,
                                          const std::optional<torch::Tensor>& mask, bool causal,
                                          bool upcast_fp32, std::optional<double> scale) {
   const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  const auto f32 = torch::kFloat32;
+  if (q.dim() == 4 && q.device().is_cpu() && q.scalar_type() == f32 && k.scalar_type() == f32 &&
+      v.scalar_type() == f32 && k.dim() == 4 && v.dim() == 4) {
+    return attention_cpu_by_batch(q, k, v, mask, causal, s);
+  }
   torch::Tensor query = upcast_fp32 ? q.to(torch::kFloat32) : q;
   torch::Tensor key = upcast_fp32 ? k.to(torch::kFloat32) : k;
   // [B, heads, Lq, Lk]; the scale multiplies the product, as baddbmm(alpha=scale) does.

@@ -19,4 +19,10 @@ void retain_freed_cpu_memory() {
   });
 }
 
+void trim_freed_cpu_memory() {
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
+#endif
+}
+
 }  // namespace diffusiond

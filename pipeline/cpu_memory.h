@@ -16,4 +16,10 @@ namespace diffusiond {
 // grow). The loaders call this when they load a model on the CPU.
 void retain_freed_cpu_memory();
 
+// Returns the C heap's free memory of every arena to the kernel now (glibc's malloc_trim; a
+// no-op elsewhere): after a CPU model's load, the freshly initialised weights its modules were
+// built with, freed when the file's replaced them, would otherwise stay resident (every thread
+// has its own arena, and retain_freed_cpu_memory keeps freed blocks).
+void trim_freed_cpu_memory();
+
 }  // namespace diffusiond

@@ -11,6 +11,8 @@
 
 #include <torch/version.h>
 
+#include "pipeline/media/safetensors_map.h"
+
 // LibTorch 1.x with oneDNN: the version whose conv2d dispatch conv2d_takes_onednn_path mirrors.
 #if TORCH_VERSION_MAJOR < 2 && AT_MKLDNN_ENABLED()
 #define DIFFUSIOND_PACKED_CONV 1
@@ -28,9 +30,12 @@ struct PackedConvWeight {
 namespace {
 
 #if DIFFUSIOND_PACKED_CONV
-// Hands the whole pages of t's bytes back to the kernel. For a mapped file's private, never
-// written pages (weights in place) this drops them from the resident set; the contents stay.
+// Takes t's bytes out of the resident set once they are packed. Weights used in place from a
+// file mapping (never written, pipeline/weights.cpp) are dropped (MADV_DONTNEED through their
+// map: immediate and certain on every file system; a read faults them in again from the
+// file); other memory is only offered to the kernel (MADV_PAGEOUT, which may keep it).
 void page_out(const torch::Tensor& t) {
+  if (SafetensorsMap::release_resident_pages(t.data_ptr(), t.nbytes())) return;
 #ifdef MADV_PAGEOUT
   const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
   auto begin = reinterpret_cast<std::uintptr_t>(t.data_ptr());
@@ -38,8 +43,6 @@ void page_out(const torch::Tensor& t) {
   begin = (begin + page - 1) / page * page;
   end = end / page * page;
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_PAGEOUT);
-#else
-  (void)t;
 #endif
 }
 
@@ -117,6 +120,26 @@ PackedConv2dImpl::PackedConv2dImpl(const torch::nn::Conv2dOptions& options)
   packable_ = c10::get_if<torch::ExpandingArray<2>>(&this->options.padding()) != nullptr &&
               c10::get_if<torch::enumtype::kZeros>(&this->options.padding_mode()) != nullptr;
 #endif
+}
+
+void PackedConv2dImpl::prepack() {
+#if DIFFUSIOND_PACKED_CONV
+  const auto& o = options;
+  if (!packable_ || !weight.device().is_cpu() || weight.scalar_type() != torch::kFloat32 ||
+      weight.dim() != 4 || !weight.is_contiguous() ||
+      weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
+    return;
+  }
+  const c10::IntArrayRef padding = *c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  packed_ = shared_pack(weight, padding, o.stride(), o.dilation(), o.groups());
+  packed_version_ = weight._version();
+#endif
+}
+
+void prepack_convolutions(torch::nn::Module& root) {
+  for (const auto& module : root.modules(/*include_self=*/true)) {
+    if (auto* conv = dynamic_cast<PackedConv2dImpl*>(module.get())) conv->prepack();
+  }
 }
 
 torch::Tensor PackedConv2dImpl::forward(const torch::Tensor& x) {

@@ -11,8 +11,9 @@
 //
 // Memory: one packed copy per weight per process, shared by every module whose weight is the
 // same bytes (the cpu*N replicas of one model use the same mapped weights); after packing, the
-// source's whole pages are handed back to the kernel (MADV_PAGEOUT: a mapped file's pages are
-// re-read if the dense weight is ever used again), so the process holds the weight about once.
+// source's whole pages leave the resident set (a mapped file's are re-read from the file if the
+// dense weight is ever used again), so the process holds the weight about once. Packing happens
+// at load (prepack_convolutions) or, for a weight changed since, at the first forward().
 // A weight swapped in with set_data (a LoRA merge) or changed in place is packed again.
 // Thread-safety: forward() on one thread at a time per module (as every module here); the
 // process-wide share of packed weights is locked, and packing runs outside the map's lock.
@@ -31,6 +32,9 @@ class PackedConv2dImpl : public torch::nn::Conv2dImpl {
   explicit PackedConv2dImpl(const torch::nn::Conv2dOptions& options);
   // x [B,in,H,W] -> [B,out,H',W'], as torch::nn::Conv2d.
   torch::Tensor forward(const torch::Tensor& x);
+  // Packs a CPU float32 weight now instead of at the first forward() that needs it (a no-op
+  // elsewhere). The loaders call it through prepack_convolutions, on the loading thread.
+  void prepack();
 
  private:
   bool packable_ = false;  // zero padding given as numbers, 2-D
@@ -38,6 +42,11 @@ class PackedConv2dImpl : public torch::nn::Conv2dImpl {
   int64_t packed_version_ = 0;  // weight._version() when packed_ was taken
 };
 TORCH_MODULE(PackedConv2d);
+
+// prepack() of every PackedConv2d under root: a CPU model's packing (and its transient
+// memory) happens at load, on the loading thread, rather than in its first generation; the
+// packed copies are shared with every replica already packed over the same bytes.
+void prepack_convolutions(torch::nn::Module& root);
 
 // Whether LibTorch's own conv2d would run `x` through oneDNN (its ConvParams::use_mkldnn for
 // a float32 CPU input): the only case where PackedConv2d uses the packed weight.

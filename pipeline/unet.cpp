@@ -4,6 +4,7 @@
 
 #include "pipeline/component_weights.h"
 #include "pipeline/cpu_memory.h"
+#include "pipeline/packed_conv.h"
 
 #include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
@@ -249,6 +250,10 @@ UNet2DConditionModel load_unet(const std::filesystem::path& config_json,
       UNetConfig::from_json(read_json_file(config_json), config_json.string()));
   load_weights(*model, weights, device, dtype);
   model->eval();
+  if (device.is_cpu()) {
+    trim_freed_cpu_memory();  // the initial weights first: the packed copies reuse no arena
+    prepack_convolutions(*model);
+  }
   return model;
 }
 

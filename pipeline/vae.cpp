@@ -4,6 +4,7 @@
 
 #include "pipeline/component_weights.h"
 #include "pipeline/cpu_memory.h"
+#include "pipeline/packed_conv.h"
 
 #include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
@@ -133,12 +134,21 @@ torch::Tensor AutoencoderKLImpl::encode_mean(const torch::Tensor& x) {
   return encode(x).first;
 }
 
+void AutoencoderKLImpl::prepack_decode() {
+  prepack_convolutions(*decoder);
+  if (post_quant_conv) post_quant_conv->prepack();
+}
+
 AutoencoderKL load_vae(const std::filesystem::path& config_json, const SafetensorsFile& weights,
                        torch::Device device, torch::ScalarType dtype) {
   if (device.is_cpu()) retain_freed_cpu_memory();
   AutoencoderKL model(VaeConfig::from_json(read_json_file(config_json), config_json.string()));
   load_weights(*model, weights, device, dtype);
   model->eval();
+  if (device.is_cpu()) {
+    trim_freed_cpu_memory();  // the initial weights first: the packed copies reuse no arena
+    model->prepack_decode();
+  }
   return model;
 }
 

@@ -70,6 +70,9 @@ class AutoencoderKLImpl : public torch::nn::Module {
   std::pair<torch::Tensor, torch::Tensor> encode(const torch::Tensor& x);
   // The posterior mean (mode) of encode().
   torch::Tensor encode_mean(const torch::Tensor& x);
+  // Packs decode()'s CPU convolutions now (packed_conv.h); load_vae calls it. The encoder's
+  // stay lazy: text-to-image never runs them.
+  void prepack_decode();
 
  private:
   VaeConfig config_;

@@ -9,6 +9,9 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -194,6 +197,36 @@ SafetensorsHeader parse_safetensors_header(const std::filesystem::path& path,
   return out;
 }
 
+namespace {
+
+// The live mappings, [begin, end) (release_resident_pages drops pages only inside them).
+std::mutex& live_maps_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& live_maps() {
+  static std::vector<std::pair<std::uintptr_t, std::uintptr_t>> maps;
+  return maps;
+}
+
+}  // namespace
+
+bool SafetensorsMap::release_resident_pages(const void* p, std::size_t n) {
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto first = reinterpret_cast<std::uintptr_t>(p);
+  const auto last = first + n;
+  {
+    std::lock_guard lock(live_maps_mutex());
+    bool inside = false;
+    for (const auto& [begin, end] : live_maps()) inside = inside || (first >= begin && last <= end);
+    if (!inside) return false;
+    const std::uintptr_t from = (first + page - 1) / page * page, to = last / page * page;
+    // Under the lock: the mapping cannot be unmapped (and the range reused) meanwhile.
+    if (to > from) ::madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
+  }
+  return true;
+}
+
 std::shared_ptr<const SafetensorsMap> SafetensorsMap::open(const std::filesystem::path& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
@@ -213,6 +246,9 @@ std::shared_ptr<const SafetensorsMap> SafetensorsMap::open(const std::filesystem
     }
     file->map_ = map;
     file->map_size_ = file_size;
+    const auto begin = reinterpret_cast<std::uintptr_t>(map);
+    std::lock_guard lock(live_maps_mutex());
+    live_maps().emplace_back(begin, begin + file_size);
   }
   ::close(fd);
   auto* bytes = static_cast<std::uint8_t*>(file->map_);
@@ -224,7 +260,12 @@ std::shared_ptr<const SafetensorsMap> SafetensorsMap::open(const std::filesystem
 }
 
 SafetensorsMap::~SafetensorsMap() {
-  if (map_ != nullptr) ::munmap(map_, map_size_);
+  if (map_ == nullptr) return;
+  std::lock_guard lock(live_maps_mutex());
+  auto& maps = live_maps();
+  std::erase(maps, std::make_pair(reinterpret_cast<std::uintptr_t>(map_),
+                                  reinterpret_cast<std::uintptr_t>(map_) + map_size_));
+  ::munmap(map_, map_size_);
 }
 
 const StTensorInfo* SafetensorsMap::find(std::string_view name) const {

@@ -68,6 +68,13 @@ class SafetensorsMap {
   // lives. Writable because the mapping is private: writes never reach the file.
   std::uint8_t* data(const StTensorInfo& info) const { return data_ + info.begin; }
 
+  // Drops the whole pages of [p, p+n) from the process's resident set when the range lies in
+  // the mapping of a SafetensorsMap alive now, and says whether it did. The pages' contents
+  // stay the file's: a later read faults them in again from the file. Only for bytes nobody
+  // wrote (weights used in place are read-only in use, pipeline/weights.cpp): a page a write
+  // had copied would be lost. Any thread.
+  static bool release_resident_pages(const void* p, std::size_t n);
+
  private:
   SafetensorsMap() = default;
   std::filesystem::path path_;
