@@ -1,11 +1,14 @@
 // Strict state-dict loading (pipeline/weights.h) against files written by write_safetensors.
 #include <catch2/catch.hpp>
 
+#include <cctype>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include <torch/torch.h>
 
+#include "pipeline/media/safetensors_map.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/weights.h"
 #include "tests/support/process_temp_dir.h"
@@ -132,4 +135,48 @@ TEST_CASE("load_weights skips ignored keys whether present or absent", "[weights
   // Without the predicate the same file is an error naming the key.
   auto message = load_error(tensors, "ignored2.safetensors");
   CHECK(message.find("missing key(s): inner.position_ids") != std::string::npos);
+}
+
+namespace {
+
+// The resident KiB of `file`'s mappings in this process (/proc/self/smaps).
+std::int64_t mapped_rss_kib(const fs::path& file) {
+  std::ifstream in("/proc/self/smaps");
+  const std::string name = fs::canonical(file).string();
+  std::string line;
+  bool ours = false;
+  std::int64_t kib = 0;
+  while (std::getline(in, line)) {
+    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) &&
+        line.find('-') != std::string::npos && line.find(' ') > line.find('-')) {
+      ours = line.size() >= name.size() &&
+             line.compare(line.size() - name.size(), name.size(), name) == 0;
+    } else if (ours && line.rfind("Rss:", 0) == 0) {
+      kib += std::stoll(line.substr(4));
+    }
+  }
+  return kib;
+}
+
+}  // namespace
+
+TEST_CASE("release_resident_pages drops a mapped weight's pages, whose values read back",
+          "[weights]") {
+  auto path = temp_file("pages.safetensors");
+  const torch::Tensor values = torch::arange(1 << 20, torch::kFloat32);  // 4 MiB
+  write_safetensors(path, {{"w", values}});
+  auto file = SafetensorsFile::open(path);
+  const torch::Tensor w = file->tensor("w");
+  REQUIRE(torch::equal(w, values));  // every page read: resident
+  const std::int64_t before = mapped_rss_kib(path);
+  CHECK(before >= 4096 - 8);
+  CHECK(SafetensorsMap::release_resident_pages(w.data_ptr(), w.nbytes()));
+  const std::int64_t after = mapped_rss_kib(path);
+  INFO("mapped RSS " << before << " KiB before, " << after << " KiB after");
+  CHECK(before - after >= 4096 - 8);  // all the tensor's whole pages
+  CHECK(torch::equal(w, values));     // faulted in again from the file
+  // Memory that is not a live mapping's is left alone.
+  const torch::Tensor heap = values.clone();
+  CHECK_FALSE(SafetensorsMap::release_resident_pages(heap.data_ptr(), heap.nbytes()));
+  CHECK(torch::equal(heap, values));
 }
