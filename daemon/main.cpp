@@ -6,8 +6,10 @@
 
 #include "daemon/commands.h"
 #include "daemon/pg/cmd_status.h"
+#include "pipeline/cpu_thread_env.h"
 
 int main(int argc, char** argv) {
+  diffusiond::restart_with_cpu_thread_env(argv);  // before any thread of ours
   CLI::App app{"diffusiond " DIFFUSIOND_VERSION
                ": Stable Diffusion text-to-image daemon for every GPU of a workstation"};
   app.set_version_flag("--version", std::string("diffusiond ") + DIFFUSIOND_VERSION);

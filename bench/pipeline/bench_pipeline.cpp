@@ -30,6 +30,7 @@
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
+#include "pipeline/cpu_thread_env.h"
 #include "pipeline/media/png.h"
 #include "pipeline/model_folder.h"
 #include "pipeline/txt2img.h"
@@ -84,6 +85,7 @@ void row(const std::string& stage, double value, const std::string& note = "s") 
 }  // namespace
 
 int main(int argc, char** argv) {
+  diffusiond::restart_with_cpu_thread_env(argv);  // as the daemon runs
   CLI::App app{"diffusiond pipeline benchmark"};
   std::string model, device = "cpu", dtype = "fp32", scheduler, trace;
   std::string prompt = "a photograph of an astronaut riding a horse";

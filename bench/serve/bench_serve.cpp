@@ -18,6 +18,7 @@
 
 #include "daemon/device_spec.h"
 #include "in_process.h"
+#include "pipeline/cpu_thread_env.h"
 #include "pipeline/media/posix_fs.h"
 #include "serve_clients.h"
 #include "tests/support/daemon_process.h"
@@ -42,6 +43,7 @@ std::vector<torch::Device> devices_of(const std::string& spec) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  diffusiond::restart_with_cpu_thread_env(argv);  // the in-process side as the daemon runs
   CLI::App app{"bench_serve: diffusiond serving throughput vs the in-process pipeline"};
   int clients = 8, threads = 0;
   WorkSpec work;

@@ -1,7 +1,7 @@
-// Memory (issue 11, part 5): the CPU replicas of `serve --devices cpu*2` share one model's
-// weight pages. On a random SD 1.5-layout model of ~290 MB (make-random-model --arch small-sd1,
-// fp32: the weights are used in place from the safetensors memory map), after both replicas
-// generated: each weights file is mapped once, the second replica adds far less than the
+// Memory and CPU threads (issue 11, part 5). The CPU replicas of `serve --devices cpu*2` share one
+// model's weight pages. On a random SD 1.5-layout model of ~290 MB (make-random-model --arch
+// small-sd1, fp32: the weights are used in place from the safetensors memory map), after both
+// replicas generated: each weights file is mapped once, the second replica adds far less than the
 // model's bytes to the peak RSS (VmHWM), and the peak stays well under twice the model.
 #include <catch2/catch.hpp>
 
@@ -86,4 +86,41 @@ TEST_CASE("two CPU replicas share the weight pages of one model", "[blackbox][me
       "memory: model %.0f MiB; peak RSS tiny-model cpu*2 %.0f MiB, cpu %.0f MiB, cpu*2 %.0f MiB "
       "(the model's share: %.2fx its bytes)\n",
       model_mib, base.hwm_mib, one.hwm_mib, two.hwm_mib, (two.hwm_mib - base.hwm_mib) / model_mib);
+}
+
+namespace {
+
+// NAME=VALUE of /proc/<pid>/environ; "" when absent.
+std::string environ_of(pid_t pid, const std::string& name) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/environ", std::ios::binary);
+  std::string entry;
+  while (std::getline(in, entry, '\0'))
+    if (entry.rfind(name + "=", 0) == 0) return entry.substr(name.size() + 1);
+  return "";
+}
+
+}  // namespace
+
+// pipeline/cpu_thread_env.h: the daemon re-executes itself once so that OpenMP and OpenBLAS
+// read idle-thread settings that give the cores back; what the user set stays.
+TEST_CASE("the daemon's thread pools sleep when idle unless the user said otherwise",
+          "[blackbox][memory]") {
+  TempDir dir("threadenv");
+  ::unsetenv("OMP_WAIT_POLICY");
+  ::unsetenv("OPENBLAS_THREAD_TIMEOUT");
+  {
+    DaemonProcess d(dir.path / "default", {"--devices", "cpu"});
+    CHECK(environ_of(d.pid(), "OMP_WAIT_POLICY") == "PASSIVE");
+    CHECK(environ_of(d.pid(), "OPENBLAS_THREAD_TIMEOUT") == "4");
+    const std::string id = submit(d.port(), R"({"prompt":"a fox","steps":1,"width":64,)"
+                                            R"("height":64,"seed":3})");
+    CHECK(wait_finished(d.port(), id)["status"] == "done");
+  }
+  ::setenv("OMP_WAIT_POLICY", "ACTIVE", 1);
+  {
+    DaemonProcess d(dir.path / "user", {"--devices", "cpu"});
+    CHECK(environ_of(d.pid(), "OMP_WAIT_POLICY") == "ACTIVE");
+    CHECK(environ_of(d.pid(), "OPENBLAS_THREAD_TIMEOUT") == "4");
+  }
+  ::unsetenv("OMP_WAIT_POLICY");
 }
