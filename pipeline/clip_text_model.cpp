@@ -3,6 +3,7 @@
 #include "pipeline/attention_ops.h"
 #include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
+#include "pipeline/skip_init.h"
 #include "pipeline/weights.h"
 
 namespace diffusiond {
@@ -192,7 +193,11 @@ torch::Tensor ClipTextModelImpl::run(const torch::Tensor& input_ids,
 ClipTextModel load_clip_text_model(const std::filesystem::path& config_json,
                                    const SafetensorsFile& weights, torch::Device device,
                                    torch::ScalarType dtype, bool with_projection) {
-  ClipTextModel model(ClipTextConfig::from_file(config_json), with_projection);
+  const ClipTextConfig config = ClipTextConfig::from_file(config_json);
+  ClipTextModel model = [&] {
+    SkipRandomInit file_replaces_every_parameter;
+    return ClipTextModel(config, with_projection);
+  }();
   model->eval();
   load_weights(*model, weights, device, dtype,
                [](const std::string& key) { return key == "text_model.embeddings.position_ids"; });

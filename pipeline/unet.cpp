@@ -5,6 +5,7 @@
 #include "pipeline/component_weights.h"
 #include "pipeline/cpu_memory.h"
 #include "pipeline/packed_conv.h"
+#include "pipeline/skip_init.h"
 
 #include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
@@ -246,8 +247,12 @@ UNet2DConditionModel load_unet(const std::filesystem::path& config_json,
                                const SafetensorsFile& weights, torch::Device device,
                                torch::ScalarType dtype) {
   if (device.is_cpu()) retain_freed_cpu_memory();
-  UNet2DConditionModel model(
-      UNetConfig::from_json(read_json_file(config_json), config_json.string()));
+  const UNetConfig config =
+      UNetConfig::from_json(read_json_file(config_json), config_json.string());
+  UNet2DConditionModel model = [&] {
+    SkipRandomInit file_replaces_every_parameter;
+    return UNet2DConditionModel(config);
+  }();
   load_weights(*model, weights, device, dtype);
   model->eval();
   if (device.is_cpu()) {

@@ -5,6 +5,7 @@
 #include "pipeline/component_weights.h"
 #include "pipeline/cpu_memory.h"
 #include "pipeline/packed_conv.h"
+#include "pipeline/skip_init.h"
 
 #include "pipeline/media/config_util.h"
 #include "pipeline/safetensors.h"
@@ -142,7 +143,11 @@ void AutoencoderKLImpl::prepack_decode() {
 AutoencoderKL load_vae(const std::filesystem::path& config_json, const SafetensorsFile& weights,
                        torch::Device device, torch::ScalarType dtype) {
   if (device.is_cpu()) retain_freed_cpu_memory();
-  AutoencoderKL model(VaeConfig::from_json(read_json_file(config_json), config_json.string()));
+  const VaeConfig config = VaeConfig::from_json(read_json_file(config_json), config_json.string());
+  AutoencoderKL model = [&] {
+    SkipRandomInit file_replaces_every_parameter;
+    return AutoencoderKL(config);
+  }();
   load_weights(*model, weights, device, dtype);
   model->eval();
   if (device.is_cpu()) {

@@ -5,11 +5,15 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/torch.h>
 
 #include "pipeline/media/safetensors_map.h"
 #include "pipeline/safetensors.h"
+#include "pipeline/skip_init.h"
 #include "pipeline/weights.h"
 #include "tests/support/process_temp_dir.h"
 
@@ -179,4 +183,48 @@ TEST_CASE("release_resident_pages drops a mapped weight's pages, whose values re
   const torch::Tensor heap = values.clone();
   CHECK_FALSE(SafetensorsMap::release_resident_pages(heap.data_ptr(), heap.nbytes()));
   CHECK(torch::equal(heap, values));
+}
+
+TEST_CASE("SkipRandomInit leaves new parameters untouched, on its thread and only while alive",
+          "[weights]") {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor sevens = torch::full({64}, 7.0f);
+  torch::Tensor t = sevens.clone();
+  {
+    SkipRandomInit skip;
+    t.uniform_(-1, 1);
+    CHECK(torch::equal(t, sevens));
+    t.normal_(0, 1);
+    CHECK(torch::equal(t, sevens));
+    torch::nn::Linear linear(16, 16);  // constructed without drawing: the bytes are whatever
+    {                                  // the allocator gave, and nesting keeps skipping
+      SkipRandomInit inner;
+    }
+    t.uniform_(-1, 1);
+    CHECK(torch::equal(t, sevens));
+    std::thread other([&] {  // another thread draws as always
+      torch::Tensor u = sevens.clone();
+      u.uniform_(-1, 1);
+      CHECK(u.abs().max().item<float>() <= 1.0f);
+    });
+    other.join();
+  }
+  t.uniform_(-1, 1);  // after the guard: drawn again
+  CHECK(t.abs().max().item<float>() <= 1.0f);
+  CHECK_FALSE(torch::equal(t, sevens));
+  // The same draws as without the kernel: a seeded generator gives diffusers' numbers.
+  auto a = at::detail::createCPUGenerator(5), b = at::detail::createCPUGenerator(5);
+  torch::Tensor x = torch::empty({1000}), y = torch::empty({1000});
+  x.normal_(0, 1, a);
+  {
+    c10::impl::ExcludeDispatchKeyGuard plain(c10::DispatchKey::AutocastCPU);
+    y.normal_(0, 1, b);
+  }
+  CHECK(torch::equal(x, y));
+  // CPU autocast switched on by someone else still draws (the kernel forwards).
+  c10::impl::tls_set_dispatch_key_excluded(c10::DispatchKey::AutocastCPU, false);
+  torch::Tensor z = sevens.clone();
+  z.normal_(0, 1);
+  c10::impl::tls_set_dispatch_key_excluded(c10::DispatchKey::AutocastCPU, true);
+  CHECK_FALSE(torch::equal(z, sevens));
 }
