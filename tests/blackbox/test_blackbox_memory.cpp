@@ -60,6 +60,12 @@ Peak serve_and_measure(const fs::path& model, const fs::path& data, const std::s
 }  // namespace
 
 TEST_CASE("two CPU replicas share the weight pages of one model", "[blackbox][memory]") {
+#if defined(__SANITIZE_ADDRESS__)
+  // An AddressSanitizer build (scripts/sanitize.sh) holds freed memory in its quarantine and
+  // adds shadow memory and redzones to every allocation: its RSS says nothing about ours.
+  WARN("skipped: peak RSS is not measurable in an AddressSanitizer build");
+  return;
+#endif
   TempDir dir("memory");
   const fs::path model = dir.path / "small-sd1";
   const std::string make = daemon_binary().string() + " make-random-model --arch small-sd1 --out " +
