@@ -285,11 +285,11 @@ class TorchBackend final : public ModelBackend {
     std::unique_ptr<StableDiffusion> sd;
     try {
       if (device.is_cpu()) {
-        // One CPU replica loads at a time: each module is first built with freshly initialised
-        // weights that the file's (in place, shared by the replicas) then replace. Those freed
-        // initial weights stay in this thread's malloc arena unless trimmed, and each worker
-        // thread has its own arena: without the trim every replica would keep a model-sized
-        // transient. One at a time + trim: cpu*N peaks near one model's bytes, not N.
+        // One CPU replica loads at a time: each module is first built with its own (undrawn,
+        // pipeline/skip_init.h) tensors that the file's (in place, shared by the replicas) then
+        // replace, and the packing of its convolutions leaves freed blocks behind. What is freed
+        // stays in this thread's malloc arena unless trimmed, and each worker thread has its own
+        // arena. One at a time + trim: cpu*N peaks near one model's bytes, not N.
         std::lock_guard lock(cpu_load_mu_);
         sd = load_pipeline(source, device, scalar_type(dtype));
         trim_freed_cpu_memory();

@@ -9,6 +9,25 @@ namespace diffusiond {
 
 namespace {
 
+// [Lq,Lk], true where key j comes after query i (causal attention blocks it).
+torch::Tensor causal_blocked(int64_t lq, int64_t lk, const torch::TensorOptions& options) {
+  return torch::ones({lq, lk}, options.dtype(torch::kBool)).triu(1);
+}
+
+// In place on fresh scores: -inf where `blocked` (if defined) and where a bool mask is false; a
+// float mask is added. Both broadcast to the scores.
+void mask_scores_(torch::Tensor& scores, const torch::Tensor& blocked,
+                  const std::optional<torch::Tensor>& mask) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  if (blocked.defined()) scores.masked_fill_(blocked, ninf);
+  if (!mask) return;
+  if (mask->scalar_type() == torch::kBool) {
+    scores.masked_fill_(mask->logical_not(), ninf);
+  } else {
+    scores.add_(mask->to(scores.scalar_type()));
+  }
+}
+
 // The same math for float32 CPU tensors, one batch element at a time, on the strided views the
 // callers pass (q, k, v are [B,L,heads,d] transposed): each product is a bmm over the heads of
 // one batch element with the heads' stride as leading dimension, so nothing is copied
@@ -23,21 +42,13 @@ torch::Tensor attention_cpu_by_batch(const torch::Tensor& q, const torch::Tensor
   // out [B,Lq,heads,dv]; returned as its [B,heads,Lq,dv] view.
   torch::Tensor out = torch::empty({b, lq, heads, v.size(3)}, v.options());
   torch::Tensor scores = torch::empty({heads, lq, lk}, q.options());
-  torch::Tensor blocked;  // causal: [Lq,Lk], true where j > i
-  if (causal) blocked = torch::ones({lq, lk}, q.options().dtype(torch::kBool)).triu(1);
+  const torch::Tensor blocked = causal ? causal_blocked(lq, lk, q.options()) : torch::Tensor();
   std::optional<torch::Tensor> full_mask;
   if (mask) full_mask = mask->expand({b, heads, lq, lk});
   for (int64_t i = 0; i < b; ++i) {
     at::bmm_out(scores, q[i], k[i].transpose(-1, -2)).mul_(s);
-    if (causal) scores.masked_fill_(blocked, -std::numeric_limits<float>::infinity());
-    if (full_mask) {
-      const torch::Tensor m = (*full_mask)[i];
-      if (m.scalar_type() == torch::kBool) {
-        scores.masked_fill_(m.logical_not(), -std::numeric_limits<float>::infinity());
-      } else {
-        scores.add_(m.to(scores.scalar_type()));
-      }
-    }
+    mask_scores_(scores, blocked,
+                 full_mask ? std::optional<torch::Tensor>((*full_mask)[i]) : std::nullopt);
     at::_softmax_out(scores, scores, -1, /*half_to_float=*/false);
     torch::Tensor out_i = out[i].transpose(0, 1);  // [heads,Lq,dv] view
     at::bmm_out(out_i, scores, v[i]);
@@ -62,18 +73,10 @@ torch::Tensor dot_product_attention_math(const torch::Tensor& q, const torch::Te
   // [B, heads, Lq, Lk]; the scale multiplies the product, as baddbmm(alpha=scale) does.
   // Scaled in place: the scores are the largest temporary ([B,heads,Lq,Lk]), one allocation.
   torch::Tensor scores = torch::matmul(query, key.transpose(-1, -2)).mul_(s);
-  if (causal) {
-    const auto lq = scores.size(-2), lk = scores.size(-1);
-    auto allowed = torch::ones({lq, lk}, scores.options().dtype(torch::kBool)).tril();
-    scores.masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity());
-  }
-  if (mask) {
-    if (mask->scalar_type() == torch::kBool) {
-      scores = scores.masked_fill(mask->logical_not(), -std::numeric_limits<float>::infinity());
-    } else {
-      scores = scores + mask->to(scores.scalar_type());
-    }
-  }
+  mask_scores_(
+      scores,
+      causal ? causal_blocked(scores.size(-2), scores.size(-1), scores.options()) : torch::Tensor(),
+      mask);
   torch::Tensor probs;
   if (!upcast_fp32 || scores.scalar_type() == torch::kFloat32) {
     // Softmax into the scores' own memory (the kernel reads each row before writing it).

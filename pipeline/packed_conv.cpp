@@ -122,18 +122,27 @@ PackedConv2dImpl::PackedConv2dImpl(const torch::nn::Conv2dOptions& options)
 #endif
 }
 
-void PackedConv2dImpl::prepack() {
+bool PackedConv2dImpl::weight_packable() const {
+  return packable_ && weight.device().is_cpu() && weight.scalar_type() == torch::kFloat32 &&
+         weight.dim() == 4 && weight.is_contiguous() &&
+         weight.suggest_memory_format() != at::MemoryFormat::ChannelsLast;
+}
+
+void PackedConv2dImpl::ensure_packed() {
 #if DIFFUSIOND_PACKED_CONV
-  const auto& o = options;
-  if (!packable_ || !weight.device().is_cpu() || weight.scalar_type() != torch::kFloat32 ||
-      weight.dim() != 4 || !weight.is_contiguous() ||
-      weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
+  if (packed_ && packed_->source.data_ptr() == weight.data_ptr() &&
+      packed_->source.sizes() == weight.sizes() && packed_version_ == weight._version()) {
     return;
   }
+  const auto& o = options;
   const c10::IntArrayRef padding = *c10::get_if<torch::ExpandingArray<2>>(&o.padding());
   packed_ = shared_pack(weight, padding, o.stride(), o.dilation(), o.groups());
   packed_version_ = weight._version();
 #endif
+}
+
+void PackedConv2dImpl::prepack() {
+  if (weight_packable()) ensure_packed();
 }
 
 void prepack_convolutions(torch::nn::Module& root) {
@@ -148,16 +157,11 @@ torch::Tensor PackedConv2dImpl::forward(const torch::Tensor& x) {
       at::GradMode::is_enabled() &&
       (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
   const auto& o = options;
-  if (packable_ && !recording && weight.is_contiguous() &&
+  if (weight_packable() && !recording &&
       x.suggest_memory_format() != at::MemoryFormat::ChannelsLast &&
-      weight.suggest_memory_format() != at::MemoryFormat::ChannelsLast &&
       conv2d_takes_onednn_path(x, weight, o.stride(), o.dilation(), o.groups())) {
     const c10::IntArrayRef padding = *c10::get_if<torch::ExpandingArray<2>>(&o.padding());
-    if (!packed_ || packed_->source.data_ptr() != weight.data_ptr() ||
-        packed_->source.sizes() != weight.sizes() || packed_version_ != weight._version()) {
-      packed_ = shared_pack(weight, padding, o.stride(), o.dilation(), o.groups());
-      packed_version_ = weight._version();
-    }
+    ensure_packed();
     // As LibTorch's _convolution does for its oneDNN backend: contiguous input and bias.
     const c10::optional<at::Tensor> b =
         bias.defined() ? c10::optional<at::Tensor>(bias.contiguous()) : c10::nullopt;

@@ -37,6 +37,12 @@ class PackedConv2dImpl : public torch::nn::Conv2dImpl {
   void prepack();
 
  private:
+  // Whether the weight can be held packed: zero padding given as numbers, and a contiguous
+  // float32 CPU weight (not channels-last).
+  bool weight_packable() const;
+  // Packs the weight unless packed_ already holds these bytes at this version.
+  void ensure_packed();
+
   bool packable_ = false;  // zero padding given as numbers, 2-D
   std::shared_ptr<const PackedConvWeight> packed_;
   int64_t packed_version_ = 0;  // weight._version() when packed_ was taken
