@@ -1,6 +1,8 @@
 #include "pipeline/attention_block.h"
 
+#include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "pipeline/attention_ops.h"
 #include "pipeline/linear.h"
@@ -27,6 +29,59 @@ AttentionImpl::AttentionImpl(const AttentionOptions& options) : options_(options
   to_out = register_module("to_out", nn::ModuleList(out_proj));
 }
 
+namespace {
+int64_t version_of(const torch::Tensor& t) {
+  return t.is_inference() ? 0 : t._version();
+}
+}  // namespace
+
+std::vector<torch::Tensor> AttentionImpl::kv_parameters() const {
+  std::vector<torch::Tensor> out{to_k->weight, to_v->weight};
+  for (const auto& b : {to_k->bias, to_v->bias})
+    if (b.defined()) out.push_back(b);
+  return out;
+}
+
+std::pair<torch::Tensor, torch::Tensor> AttentionImpl::context_keys_values(
+    const torch::Tensor& context) {
+  const std::vector<torch::Tensor> params = kv_parameters();
+  auto unchanged = [&](const ContextKeysValues& e) {
+    if (e.context.unsafeGetTensorImpl() != context.unsafeGetTensorImpl() ||
+        e.context.data_ptr() != context.data_ptr() || e.context.sizes() != context.sizes() ||
+        e.context.strides() != context.strides() || e.context_version != version_of(context) ||
+        e.used.size() != params.size())
+      return false;
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      if (!e.used[i].is_alias_of(params[i].storage()) || e.versions[i] != version_of(params[i]))
+        return false;
+    }
+    return true;
+  };
+  for (std::size_t i = 0; i < kv_cache_.size(); ++i) {
+    if (!unchanged(kv_cache_[i])) continue;
+    std::rotate(kv_cache_.begin(), kv_cache_.begin() + static_cast<std::ptrdiff_t>(i),
+                kv_cache_.begin() + static_cast<std::ptrdiff_t>(i) + 1);
+    return {kv_cache_.front().k, kv_cache_.front().v};
+  }
+  torch::Tensor k = apply_linear(to_k, context);
+  torch::Tensor v = apply_linear(to_v, context);
+  const bool keep = context.device().is_cpu() && !at::GradMode::is_enabled();
+  if (keep) {
+    ContextKeysValues e;
+    e.context = context;
+    e.context_version = version_of(context);
+    for (const auto& p : params) {
+      e.used.push_back(p.storage());
+      e.versions.push_back(version_of(p));
+    }
+    e.k = k;
+    e.v = v;
+    kv_cache_.insert(kv_cache_.begin(), std::move(e));
+    if (kv_cache_.size() > 2) kv_cache_.pop_back();
+  }
+  return {k, v};
+}
+
 torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
                                      const torch::Tensor& encoder_hidden_states) {
   const torch::Tensor& residual = hidden_states;
@@ -39,10 +94,14 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
   }
   if (group_norm) x = group_norm(x.transpose(1, 2)).transpose(1, 2);
 
-  const torch::Tensor& context = encoder_hidden_states.defined() ? encoder_hidden_states : x;
-  torch::Tensor q = apply_linear(to_q, x);        // [B,Sq,heads*dim_head]
-  torch::Tensor k = apply_linear(to_k, context);  // [B,Sk,heads*dim_head]
-  torch::Tensor v = apply_linear(to_v, context);
+  torch::Tensor q = apply_linear(to_q, x);  // [B,Sq,heads*dim_head]
+  torch::Tensor k, v;                       // [B,Sk,heads*dim_head]
+  if (encoder_hidden_states.defined()) {
+    std::tie(k, v) = context_keys_values(encoder_hidden_states);
+  } else {
+    k = apply_linear(to_k, x);
+    v = apply_linear(to_v, x);
+  }
 
   const int64_t heads = options_.heads, dh = options_.dim_head;
   auto split = [&](const torch::Tensor& t) {  // [B,S,H*D] -> [B,H,S,D]

@@ -25,4 +25,20 @@ void trim_freed_cpu_memory() {
 #endif
 }
 
+namespace {
+std::mutex& peak_phase_mutex() {
+  static std::mutex mu;  // one for the process
+  return mu;
+}
+}  // namespace
+
+CpuPeakPhase::CpuPeakPhase(bool cpu) {
+  if (cpu) lock_ = std::unique_lock(peak_phase_mutex());
+}
+
+CpuPeakPhase::~CpuPeakPhase() {
+  if (!lock_.owns_lock()) return;
+  trim_freed_cpu_memory();  // still locked: the next phase starts from a trimmed heap
+}
+
 }  // namespace diffusiond

@@ -1,6 +1,9 @@
 // How the process's C heap treats the large temporaries of CPU inference.
-// Thread-safety: retain_freed_cpu_memory() may be called from any thread, any number of times.
+// Thread-safety: every function may be called from any thread, any number of times;
+// CpuPeakPhase is one object per phase, on the thread that runs it.
 #pragma once
+
+#include <mutex>
 
 namespace diffusiond {
 
@@ -21,5 +24,27 @@ void retain_freed_cpu_memory();
 // built with, freed when the file's replaced them, would otherwise stay resident (every thread
 // has its own arena, and retain_freed_cpu_memory keeps freed blocks).
 void trim_freed_cpu_memory();
+
+// One CPU phase with a large transient at a time in the process, and its freed heap handed back
+// when it ends. The VAE decode is the peak of a CPU generation: its full-resolution activations
+// and oneDNN's reordered copies of them (about 330 MiB at 256², one image, SD 1.5; the UNet's
+// step needs a fifth of that). With `serve --devices cpu*N` the N replicas share one model's
+// weights, but N decodes at once would each add their peak, and, since retain_freed_cpu_memory
+// keeps freed blocks in the thread's own malloc arena, N decodes one after another would still
+// leave N peaks resident. So a phase holds a process-wide lock while it runs (another worker's
+// decode waits for it; UNet steps do not) and trims the heap when it ends: the next phase
+// starts from the weights, whichever thread runs it. The cost is one first touch of the
+// decode's memory per image (bench/RESULTS.md). Owner: the pipeline that runs the phase, on its
+// worker thread; `cpu` false (a CUDA device) makes it a no-op.
+class CpuPeakPhase {
+ public:
+  explicit CpuPeakPhase(bool cpu);
+  ~CpuPeakPhase();
+  CpuPeakPhase(const CpuPeakPhase&) = delete;
+  CpuPeakPhase& operator=(const CpuPeakPhase&) = delete;
+
+ private:
+  std::unique_lock<std::mutex> lock_;  // empty when not on the CPU
+};
 
 }  // namespace diffusiond

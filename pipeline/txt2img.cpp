@@ -13,6 +13,7 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "pipeline/cpu_memory.h"
 #include "pipeline/device_sync.h"
 #include "pipeline/schedulers/scheduler.h"
 #include "pipeline/txt2img_pipeline.h"
@@ -269,19 +270,23 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
 
   emit("latents", latents);
   const auto decode_start = Clock::now();
-  torch::Tensor decoded =
-      vae_->decode((latents / vae_->config().scaling_factor).to(vae_dtype_));  // [B,3,H,W]
-  emit("decoded", decoded);
-  // VaeImageProcessor.postprocess: denormalise in the VAE's dtype, to float32 (diffusers: on
-  // the host), * 255, round half to even, uint8, HWC.
-  torch::Tensor image = (decoded / 2 + 0.5).clamp(0, 1);
-  emit("image", image);
-  // Here on the device (one IEEE multiply and rounding each: the same bytes as on the host), then
-  // one non-blocking copy of the uint8 pixels into pinned memory.
-  torch::Tensor bytes = copy_to_host((image.to(torch::kFloat32).permute({0, 2, 3, 1}) * 255)
-                                         .round()
-                                         .to(torch::kUInt8)
-                                         .contiguous());  // [B,H,W,3]
+  torch::Tensor bytes;  // [B,H,W,3] uint8 on the host
+  {
+    const CpuPeakPhase peak(device_.is_cpu());  // one CPU replica's decode at a time
+    torch::Tensor decoded =
+        vae_->decode((latents / vae_->config().scaling_factor).to(vae_dtype_));  // [B,3,H,W]
+    emit("decoded", decoded);
+    // VaeImageProcessor.postprocess: denormalise in the VAE's dtype, to float32 (diffusers: on
+    // the host), * 255, round half to even, uint8, HWC.
+    torch::Tensor image = (decoded / 2 + 0.5).clamp(0, 1);
+    emit("image", image);
+    // Here on the device (one IEEE multiply and rounding each: the same bytes as on the host),
+    // then one non-blocking copy of the uint8 pixels into pinned memory.
+    bytes = copy_to_host((image.to(torch::kFloat32).permute({0, 2, 3, 1}) * 255)
+                             .round()
+                             .to(torch::kUInt8)
+                             .contiguous());
+  }
   for (std::size_t b = 0; b < alive.size(); ++b) {
     RgbImage out;
     out.width = shared.width;

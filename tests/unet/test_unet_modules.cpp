@@ -2,6 +2,10 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <string>
+#include <utility>
+
+#include <ATen/record_function.h>
 
 #include "pipeline/attention_block.h"
 #include "pipeline/embeddings.h"
@@ -101,4 +105,100 @@ TEST_CASE("Attention splits heads like diffusers", "[unet][attention]") {
   auto o2 = torch::matmul(torch::matmul(probs, v), p["to_out.0.weight"].t()) + p["to_out.0.bias"];
   auto expected = o2.transpose(1, 2).reshape({1, 8, 3, 5}) + x;
   CHECK(relative_l2(out, expected) <= 1e-6);
+}
+
+namespace {
+
+// Counts the aten::linear calls made on this thread while alive.
+class LinearCalls {
+ public:
+  LinearCalls() {
+    handle_ = at::addThreadLocalCallback(
+        at::RecordFunctionCallback([](const at::RecordFunction& fn)
+                                       -> std::unique_ptr<at::ObserverContext> {
+          if (std::string(fn.name()) == "aten::linear") ++count();
+          return nullptr;
+        }).scopes({at::RecordScope::FUNCTION}));
+  }
+  ~LinearCalls() { at::removeCallback(handle_); }
+  static int& count() {
+    static thread_local int n = 0;
+    return n;
+  }
+  int take() { return std::exchange(count(), 0); }
+
+ private:
+  at::CallbackHandle handle_;
+};
+
+}  // namespace
+
+TEST_CASE("Cross-attention reuses a context's keys and values only while nothing changed",
+          "[unet][attention]") {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(5);
+  AttentionOptions o;
+  o.query_dim = 16;
+  o.cross_attention_dim = 12;
+  o.heads = 2;
+  o.dim_head = 8;
+  Attention attn(o);
+  auto x = torch::randn({2, 9, 16});
+  auto context = torch::randn({2, 5, 12});
+  auto fresh = [&] { return reference_attention(*attn, x, context); };
+  LinearCalls calls;
+  calls.take();
+
+  auto first = attn(x, context);
+  CHECK(calls.take() == 4);  // to_q, to_k, to_v, to_out.0
+  CHECK(relative_l2(first, fresh()) <= 1e-6);
+  calls.take();
+  auto again = attn(x, context);  // the same context: keys and values kept
+  CHECK(calls.take() == 2);       // to_q, to_out.0
+  CHECK(torch::equal(again, first));
+
+  auto copy = context.clone();  // equal values, another tensor: computed again
+  auto from_copy = attn(x, copy);
+  CHECK(calls.take() == 4);
+  CHECK(torch::equal(from_copy, first));
+
+  context.mul_(-0.5);  // changed in place: computed again
+  auto changed = attn(x, context);
+  CHECK(calls.take() == 4);
+  CHECK(relative_l2(changed, fresh()) <= 1e-6);
+  CHECK_FALSE(torch::allclose(changed, first));
+
+  auto p = attn->named_parameters();
+  p["to_k.weight"].set_data(torch::randn_like(p["to_k.weight"]));  // a LoRA merge's swap
+  auto swapped = attn(x, context);
+  CHECK(calls.take() == 4);
+  CHECK(relative_l2(swapped, fresh()) <= 1e-6);
+  CHECK_FALSE(torch::allclose(swapped, changed));
+
+  p["to_v.weight"].mul_(3);  // an in-place weight change
+  auto scaled = attn(x, context);
+  CHECK(calls.take() == 4);
+  CHECK(relative_l2(scaled, fresh()) <= 1e-6);
+
+  // Two contexts in turn (two prompt lengths in one UNet batch) both stay cached.
+  auto other = torch::randn({2, 7, 12});
+  attn(x, other);
+  CHECK(calls.take() == 4);
+  CHECK(torch::equal(attn(x, context), scaled));
+  CHECK(relative_l2(attn(x, other), reference_attention(*attn, x, other)) <= 1e-6);
+  calls.take();
+  attn(x, context);
+  attn(x, other);
+  CHECK(calls.take() == 4);  // 2 per call: both hit
+
+  // Self-attention never caches (its keys come from the input).
+  AttentionOptions self_o;
+  self_o.query_dim = 16;
+  self_o.heads = 2;
+  self_o.dim_head = 8;
+  Attention self_attn(self_o);
+  calls.take();
+  self_attn(x);
+  self_attn(x);
+  CHECK(calls.take() == 8);
 }
