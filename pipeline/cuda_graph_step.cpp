@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+#include <torch/version.h>
 
 #include <stdexcept>
 #include <string>
@@ -79,7 +80,11 @@ class CudaGraphCapturer final : public GraphCapturer {
       bool begun = false, ended = false;
       try {
         // Nothing runs during a capture: the replay, on the current stream, does the work.
+#if TORCH_VERSION_MAJOR >= 2
         graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+#else
+        graph->capture_begin({0, 0});  // LibTorch 1.x: its own (global) capture mode
+#endif
         begun = true;
         output = body();
         ended = true;
