@@ -44,6 +44,8 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& hidden_states,
                         const torch::Tensor& encoder_hidden_states = {});
   const AttentionOptions& options() const { return options_; }
+  // Forgets every kept context's keys and values (the tensors they hold are released).
+  void drop_cached_keys_values() { kv_cache_.clear(); }
 
  private:
   // The keys and values of `context` ([B,S_kv,heads*dim_head] each), cached as described above.

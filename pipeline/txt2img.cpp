@@ -266,6 +266,7 @@ void StableDiffusionPipeline::run_rows(const std::vector<BatchRow>& rows,
     if (alive.empty()) break;
     send_previews(i + 1);
   }
+  unet_->drop_cached_keys_values();  // the prompt's keys and values end with the loop
   if (alive.empty()) return;
 
   emit("latents", latents);

@@ -2,6 +2,7 @@
 
 #include <ATen/record_function.h>
 
+#include "pipeline/attention_block.h"
 #include "pipeline/component_weights.h"
 #include "pipeline/cpu_memory.h"
 #include "pipeline/packed_conv.h"
@@ -105,6 +106,13 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config)
   conv_out = register_module("conv_out",
                              PackedConv2d(nn::Conv2dOptions(ch0, c.out_channels, c.conv_out_kernel)
                                               .padding((c.conv_out_kernel - 1) / 2)));
+}
+
+void UNet2DConditionModelImpl::drop_cached_keys_values() {
+  for (const auto& module : modules(/*include_self=*/false)) {
+    if (auto* attention = dynamic_cast<AttentionImpl*>(module.get()))
+      attention->drop_cached_keys_values();
+  }
 }
 
 torch::Tensor UNet2DConditionModelImpl::forward(torch::Tensor sample, double timestep,

@@ -56,6 +56,11 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   torch::Tensor forward(torch::Tensor sample, double timestep, torch::Tensor encoder_hidden_states,
                         const UNetAddedConditions& added);
 
+  // Lets go of the keys and values the cross-attention layers keep for the prompt embeddings of
+  // the last steps (attention_block.h; CPU only): the pipeline calls it when a generation's
+  // denoising loop is over, so they do not outlive it (SDXL: ~110 MB per image of the batch).
+  void drop_cached_keys_values();
+
  private:
   // get_aug_embed for text_time: add_embedding(cat(text_embeds, add_time_proj(time_ids))).
   torch::Tensor added_embedding(const UNetAddedConditions& added, int64_t batch,

@@ -189,7 +189,10 @@ TEST_CASE("Cross-attention reuses a context's keys and values only while nothing
   calls.take();
   attn(x, context);
   attn(x, other);
-  CHECK(calls.take() == 4);  // 2 per call: both hit
+  CHECK(calls.take() == 4);         // 2 per call: both hit
+  attn->drop_cached_keys_values();  // as the pipeline does after its denoising loop
+  attn(x, context);
+  CHECK(calls.take() == 4);
 
   // Self-attention never caches (its keys come from the input).
   AttentionOptions self_o;
