@@ -27,8 +27,8 @@ void trim_freed_cpu_memory();
 
 // One CPU phase with a large transient at a time in the process, and its freed heap handed back
 // when it ends. The VAE decode is the peak of a CPU generation: its full-resolution activations
-// and oneDNN's reordered copies of them (about 330 MiB at 256², one image, SD 1.5; the UNet's
-// step needs a fifth of that). With `serve --devices cpu*N` the N replicas share one model's
+// and oneDNN's reordered copies of them (about 0.45 GiB at 256², one image, SD 1.5; the UNet's
+// step needs under a fifth of that). With `serve --devices cpu*N` the N replicas share one model's
 // weights, but N decodes at once would each add their peak, and, since retain_freed_cpu_memory
 // keeps freed blocks in the thread's own malloc arena, N decodes one after another would still
 // leave N peaks resident. So a phase holds a process-wide lock while it runs (another worker's
