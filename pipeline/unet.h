@@ -58,7 +58,8 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
   // Lets go of the keys and values the cross-attention layers keep for the prompt embeddings of
   // the last steps (attention_block.h; CPU only): the pipeline calls it when a generation's
-  // denoising loop is over, so they do not outlive it (SDXL: ~110 MB per image of the batch).
+  // denoising loop is over, before the decode (SDXL: ~110 MB per image of the batch). A loop
+  // that throws leaves them to the next generation, whose first step replaces them.
   void drop_cached_keys_values();
 
  private:
