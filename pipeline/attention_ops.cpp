@@ -1,5 +1,7 @@
 #include "pipeline/attention_ops.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -28,35 +30,62 @@ void mask_scores_(torch::Tensor& scores, const torch::Tensor& blocked,
   }
 }
 
+std::atomic<int64_t> scores_band_bytes{16 << 20};
+
 // The same math for float32 CPU tensors, one batch element at a time, on the strided views the
 // callers pass (q, k, v are [B,L,heads,d] transposed): each product is a bmm over the heads of
 // one batch element with the heads' stride as leading dimension, so nothing is copied
 // contiguous first (torch::matmul on 4-D views does), the scores are [heads,Lq,Lk] for one
 // element at a time, and the result is written in [B,Lq,heads,dv] order, whose
 // transpose(1,2).reshape at the caller is free. The same BLAS calls per matrix: the same bits.
+// Scores larger than attention_scores_band_bytes() are computed in bands of query rows of
+// equal height: a row's scores, softmax and output read that row of q alone, and BLAS computes
+// each element of a product the same way whatever the number of rows (tested), so a 512² SD
+// 1.5 self-attention (8 heads x 4096 x 4096 scores: 512 MiB) holds one band's 16 MiB.
 torch::Tensor attention_cpu_by_batch(const torch::Tensor& q, const torch::Tensor& k,
                                      const torch::Tensor& v,
                                      const std::optional<torch::Tensor>& mask, bool causal,
                                      double s) {
   const auto b = q.size(0), heads = q.size(1), lq = q.size(2), lk = k.size(2);
+  const int64_t row_bytes = heads * lk * static_cast<int64_t>(q.element_size());
+  const int64_t budget = scores_band_bytes.load();
+  const int64_t total = row_bytes * lq;
+  const int64_t bands =
+      total <= budget ? 1 : std::clamp<int64_t>(total / budget + (total % budget != 0), 1, lq);
+  const int64_t band = (lq + bands - 1) / bands;
   // out [B,Lq,heads,dv]; returned as its [B,heads,Lq,dv] view.
   torch::Tensor out = torch::empty({b, lq, heads, v.size(3)}, v.options());
-  torch::Tensor scores = torch::empty({heads, lq, lk}, q.options());
+  torch::Tensor scores_buffer = torch::empty({heads, band, lk}, q.options());
   const torch::Tensor blocked = causal ? causal_blocked(lq, lk, q.options()) : torch::Tensor();
   std::optional<torch::Tensor> full_mask;
   if (mask) full_mask = mask->expand({b, heads, lq, lk});
   for (int64_t i = 0; i < b; ++i) {
-    at::bmm_out(scores, q[i], k[i].transpose(-1, -2)).mul_(s);
-    mask_scores_(scores, blocked,
-                 full_mask ? std::optional<torch::Tensor>((*full_mask)[i]) : std::nullopt);
-    at::_softmax_out(scores, scores, -1, /*half_to_float=*/false);
-    torch::Tensor out_i = out[i].transpose(0, 1);  // [heads,Lq,dv] view
-    at::bmm_out(out_i, scores, v[i]);
+    const torch::Tensor out_i = out[i].transpose(0, 1);  // [heads,Lq,dv] view
+    for (int64_t r0 = 0; r0 < lq; r0 += band) {
+      const int64_t rows = std::min(band, lq - r0);
+      torch::Tensor scores =
+          rows == band ? scores_buffer : torch::empty({heads, rows, lk}, q.options());
+      at::bmm_out(scores, q[i].narrow(1, r0, rows), k[i].transpose(-1, -2)).mul_(s);
+      mask_scores_(scores, blocked.defined() ? blocked.narrow(0, r0, rows) : blocked,
+                   full_mask ? std::optional<torch::Tensor>((*full_mask)[i].narrow(1, r0, rows))
+                             : std::nullopt);
+      at::_softmax_out(scores, scores, -1, /*half_to_float=*/false);
+      torch::Tensor out_rows = out_i.narrow(1, r0, rows);
+      at::bmm_out(out_rows, scores, v[i]);
+    }
   }
   return out.transpose(1, 2);
 }
 
 }  // namespace
+
+int64_t attention_scores_band_bytes() {
+  return scores_band_bytes.load();
+}
+
+void set_attention_scores_band_bytes(int64_t bytes) {
+  scores_band_bytes = std::max<int64_t>(1, bytes);
+}
 
 torch::Tensor dot_product_attention_math(const torch::Tensor& q, const torch::Tensor& k,
                                          const torch::Tensor& v,

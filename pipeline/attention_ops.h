@@ -32,4 +32,10 @@ torch::Tensor dot_product_attention_math(const torch::Tensor& q, const torch::Te
                                          const std::optional<torch::Tensor>& mask, bool causal,
                                          bool upcast_fp32, std::optional<double> scale);
 
+// The float32 CPU path's scores, at most about this many bytes at a time (bands of query rows;
+// the same bits). Process-wide; the default here is its one owner; tests lower it to reach the
+// bands with small tensors. Thread-safety: set before attention runs, not while it does.
+int64_t attention_scores_band_bytes();
+void set_attention_scores_band_bytes(int64_t bytes);
+
 }  // namespace diffusiond

@@ -33,7 +33,9 @@ std::mutex& peak_phase_mutex() {
 }  // namespace
 
 CpuPeakPhase::CpuPeakPhase(bool cpu) {
-  if (cpu) lock_ = std::unique_lock(peak_phase_mutex());
+  if (!cpu) return;
+  lock_ = std::unique_lock(peak_phase_mutex());
+  trim_freed_cpu_memory();  // the phase starts from the live bytes, not the heap's high-water
 }
 
 CpuPeakPhase::~CpuPeakPhase() {

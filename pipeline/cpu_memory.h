@@ -25,17 +25,20 @@ void retain_freed_cpu_memory();
 // has its own arena, and retain_freed_cpu_memory keeps freed blocks).
 void trim_freed_cpu_memory();
 
-// One CPU phase with a large transient at a time in the process, and its freed heap handed back
-// when it ends. The VAE decode is the peak of a CPU generation: its full-resolution activations
-// and oneDNN's reordered copies of them (about 0.45 GiB at 256², one image, SD 1.5; the UNet's
-// step needs under a fifth of that). With `serve --devices cpu*N` the N replicas share one model's
-// weights, but N decodes at once would each add their peak, and, since retain_freed_cpu_memory
-// keeps freed blocks in the thread's own malloc arena, N decodes one after another would still
-// leave N peaks resident. So a phase holds a process-wide lock while it runs (another worker's
-// decode waits for it; UNet steps do not) and trims the heap when it ends: the next phase
-// starts from the weights, whichever thread runs it. The cost is one first touch of the
-// decode's memory per image (bench/RESULTS.md). Owner: the pipeline that runs the phase, on its
-// worker thread; `cpu` false (a CUDA device) makes it a no-op.
+// One CPU phase with a large transient at a time in the process, started from a trimmed heap and
+// its freed heap handed back when it ends. The VAE decode is the peak of a CPU generation: its
+// full-resolution activations (about 0.3 GiB at 256², one image, SD 1.5, with the row slabs of
+// packed_conv.h; the UNet's step needs under half of that). With `serve --devices cpu*N` the N
+// replicas share one model's weights, but N decodes at once would each add their peak, and,
+// since retain_freed_cpu_memory keeps freed blocks in the thread's own malloc arena, N decodes
+// one after another would still leave N peaks resident. So a phase holds a process-wide lock
+// while it runs (another worker's decode waits for it; UNet steps do not) and trims the heap
+// when it starts and when it ends: it adds its transient to the live bytes rather than to the
+// heap's high-water mark (the UNet loop's freed blocks, too fragmented for the decode's large
+// ones), and the next phase starts from the weights, whichever thread runs it. The cost is the
+// first touch of the decode's memory per image and of the next UNet loop's (bench/RESULTS.md).
+// Owner: the pipeline that runs the phase, on its worker thread; `cpu` false (a CUDA device)
+// makes it a no-op.
 class CpuPeakPhase {
  public:
   explicit CpuPeakPhase(bool cpu);

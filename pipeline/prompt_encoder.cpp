@@ -4,6 +4,7 @@
 
 #include "pipeline/component_weights.h"
 #include "pipeline/media/config_util.h"
+#include "pipeline/media/safetensors_map.h"
 #include "pipeline/text/prompt_chunks.h"
 
 namespace diffusiond {
@@ -74,6 +75,20 @@ PromptEncoder::PromptEncoder(const ModelFolder& model, bool xl, torch::Device de
 void PromptEncoder::clear_cache() {
   entries_.clear();
   index_.clear();
+}
+
+std::size_t PromptEncoder::release_resident_weights() {
+  if (!device_.is_cpu()) return 0;
+  std::size_t released = 0;
+  for (const ClipTextModel& model : {text_encoder_, text_encoder_2_}) {
+    if (!model) continue;
+    for (const auto& p : model->parameters()) {
+      // Mapped weights are read-only in use (pipeline/weights.cpp): the file's bytes are theirs.
+      if (!p.is_contiguous()) continue;
+      if (SafetensorsMap::release_resident_pages(p.data_ptr(), p.nbytes())) released += p.nbytes();
+    }
+  }
+  return released;
 }
 
 std::vector<LoraTarget> PromptEncoder::lora_targets() const {

@@ -33,6 +33,10 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& options) : opti
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
   // Every temporary below is fresh (a norm's or a conv's output): activations and sums run in
   // place, which saves an allocation (and its page faults) of the block's full size each.
+  // The shortcut first: at full resolution a 1x1 conv_shortcut's oneDNN reorders (of x and of
+  // its output, whole: packed_conv.h) are the VAE decode's largest transients, and here they do
+  // not coexist with norm1's output.
+  const torch::Tensor shortcut = conv_shortcut ? conv_shortcut(x) : x;
   torch::Tensor h = norm1(x);
   h = conv1(apply_activation_(options_.act, h));  // [B,out,H,W]
 
@@ -49,12 +53,7 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
   }
   h = conv2(apply_activation_(options_.act, h));  // dropout is the identity at inference
 
-  // shortcut + h, computed into h (addition commutes: the same bits).
-  if (conv_shortcut) {
-    h.add_(conv_shortcut(x));
-  } else {
-    h.add_(x);
-  }
+  h.add_(shortcut);  // shortcut + h, computed into h (addition commutes: the same bits)
   if (options_.output_scale_factor != 1.0) h.div_(options_.output_scale_factor);
   return h;
 }
@@ -85,6 +84,9 @@ torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x,
   const auto dtype = x.scalar_type();
   torch::Tensor h = dtype == torch::kBFloat16 ? x.to(torch::kFloat32) : x;
   if (h.size(0) >= 64) h = h.contiguous();
+  if (!output_size && dtype != torch::kBFloat16) {
+    return conv->forward_upsampled2x(h);  // the same bits; large inputs never upsampled whole
+  }
   auto options = F::InterpolateFuncOptions().mode(torch::kNearest);
   if (output_size) {
     options.size(*output_size);

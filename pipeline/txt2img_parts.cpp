@@ -191,6 +191,9 @@ std::vector<BatchRow> StableDiffusionPipeline::batch_rows(const std::vector<Txt2
       rows.push_back(std::move(row));
     }
   }
+  // Every prompt is encoded: on the CPU the text encoders' mapped pages leave the resident set
+  // until the next generation needs them (prompt_encoder.h).
+  prompts_.release_resident_weights();
   return rows;
 }
 

@@ -21,7 +21,7 @@
 #       libwebpdemux2
 # and carry .devdeps in the device run.
 # Env: DEPS (default .devdeps/deps.tar.xz), BUILD_DIR (default build-gpu), JOBS (default: every
-#      core), BUDGET_S (default 500: no step runs past it, later ones are skipped), SKIP_SD15=1,
+#      core), BUDGET_S (default 530: no step runs past it, later ones are skipped), SKIP_SD15=1,
 #      TARGETS (what to build; steps whose programs were not built are skipped),
 #      CHECKS (default "tests sd15 serve tuning diffusers tiny golden": which groups run, in
 #      that order; e.g. a second call on the still-warm machine with CHECKS="sd15 serve" reuses

@@ -5,7 +5,7 @@
 //   bench_pipeline --model DIR [--width 256 --height 256 --steps 4 --device cpu --dtype fp32
 //                  --batch 1[,2,...] --runs 1 --scheduler NAME --mixed
 //                  --cuda-graphs on|off|both --channels-last on|off --cudnn-benchmark on|off
-//                  --threads N --trace FILE]
+//                  --threads N --trace FILE --cpu-slabs on|off --save PREFIX]
 // --mixed: the batch is --batch different requests (own prompt, seed and guidance scale) run
 // with generate_batch(), as the daemon batches across requests; else one request of --batch
 // images. The tuning options apply on CUDA only (pipeline/device_tuning.h; graphs on by
@@ -24,15 +24,18 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <thread>
 
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
+#include "pipeline/attention_ops.h"
 #include "pipeline/cpu_thread_env.h"
 #include "pipeline/media/png.h"
 #include "pipeline/model_folder.h"
+#include "pipeline/packed_conv.h"
 #include "pipeline/txt2img.h"
 
 using namespace diffusiond;
@@ -129,9 +132,21 @@ int main(int argc, char** argv) {
   app.add_option("--cudnn-benchmark", cudnn, "CUDA: cudnn.benchmark")
       ->check(on_off)
       ->capture_default_str();
+  std::string slabs = "on", save;
+  app.add_option("--save", save, "Write the last run's images as PREFIX-N.png (to compare runs)");
+  app.add_option("--cpu-slabs", slabs,
+                 "CPU: large convolutions in row slabs and attention scores in bands of query "
+                 "rows (the same bits; off: whole tensors, as before, to compare peak RSS; conv, "
+                 "attention: only that one)")
+      ->check(CLI::IsMember({"on", "off", "conv", "attention"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   tuning.channels_last = channels_last == "on";
   tuning.cudnn_benchmark = cudnn == "on";
+  constexpr int64_t never = std::numeric_limits<int64_t>::max();
+  if (slabs == "off" || slabs == "attention")
+    set_conv_row_slab_policy({never, conv_row_slab_policy().band_bytes});
+  if (slabs == "off" || slabs == "conv") set_attention_scores_band_bytes(never);
   std::vector<bool> graph_modes;
   if (graphs != "on") graph_modes.push_back(false);
   if (graphs != "off") graph_modes.push_back(true);
@@ -204,6 +219,10 @@ int main(int argc, char** argv) {
           for (const auto& image : images)
             png_bytes += encode_png(image, {{"parameters", prompt}}).size();
           const double png_s = seconds_since(png_start);
+          for (std::size_t k = 0; !save.empty() && r + 1 == runs && k < images.size(); ++k) {
+            std::ofstream(save + "-" + std::to_string(k) + ".png", std::ios::binary)
+                << encode_png(images[k]);
+          }
 
           const std::string tag = config + (runs == 1 ? "" : " [run " + std::to_string(r) + "]");
           row("tokenize + text encode" + tag, t.text_encode_s);

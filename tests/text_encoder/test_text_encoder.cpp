@@ -11,6 +11,8 @@
 #include "pipeline/attention_ops.h"
 #include "pipeline/clip_text_model.h"
 #include "pipeline/media/config_util.h"
+#include "pipeline/model_folder.h"
+#include "pipeline/prompt_encoder.h"
 #include "pipeline/safetensors.h"
 #include "pipeline/weights.h"
 #include "tests/support/process_temp_dir.h"
@@ -157,4 +159,26 @@ TEST_CASE("attention fallback equals explicit softmax attention", "[text_encoder
   auto k2 = torch::randn({2, 3, 7, 4}), v2 = torch::randn({2, 3, 7, 6});
   auto full = torch::softmax(torch::matmul(q, k2.transpose(-1, -2)) / 2.0, -1).matmul(v2);
   CHECK(torch::allclose(dot_product_attention(q, k2, v2), full, 1e-5, 1e-6));
+}
+
+TEST_CASE("A CPU prompt encoder lets its mapped weights go between generations",
+          "[text_encoder][memory]") {
+  torch::NoGradGuard no_grad;
+  const ModelFolder folder = resolve_model(kModel.string());
+  PromptEncoder encoder(folder, /*xl=*/false, torch::kCPU, torch::kFloat32);
+  const torch::Tensor first = encoder.encode("a photograph of an astronaut").embeds.clone();
+  // Every parameter of tiny-sd1's fp32 text encoder is used in place from its file: all of
+  // them are released (their whole pages; the count is of the tensors' bytes).
+  std::size_t parameter_bytes = 0;
+  auto file = SafetensorsFile::open(kModel / "text_encoder" / "model.safetensors");
+  for (const auto& info : file->tensors()) parameter_bytes += info.end - info.begin;
+  CHECK(encoder.release_resident_weights() == parameter_bytes);
+  // The next encode reads them again from the file: the same bits (the cache cleared, so it
+  // runs the model).
+  encoder.clear_cache();
+  CHECK(torch::equal(encoder.encode("a photograph of an astronaut").embeds, first));
+  // Weights not mapped from the file (converted to another dtype at load) are left alone.
+  PromptEncoder converted(folder, /*xl=*/false, torch::kCPU, torch::kBFloat16);
+  converted.encode("a photograph of an astronaut");
+  CHECK(converted.release_resident_weights() == 0);
 }

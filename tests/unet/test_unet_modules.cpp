@@ -2,12 +2,15 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <functional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <ATen/record_function.h>
 
 #include "pipeline/attention_block.h"
+#include "pipeline/attention_ops.h"
 #include "pipeline/embeddings.h"
 #include "test_util.h"
 
@@ -107,32 +110,6 @@ TEST_CASE("Attention splits heads like diffusers", "[unet][attention]") {
   CHECK(relative_l2(out, expected) <= 1e-6);
 }
 
-namespace {
-
-// Counts the aten::linear calls made on this thread while alive.
-class LinearCalls {
- public:
-  LinearCalls() {
-    handle_ = at::addThreadLocalCallback(
-        at::RecordFunctionCallback([](const at::RecordFunction& fn)
-                                       -> std::unique_ptr<at::ObserverContext> {
-          if (std::string(fn.name()) == "aten::linear") ++count();
-          return nullptr;
-        }).scopes({at::RecordScope::FUNCTION}));
-  }
-  ~LinearCalls() { at::removeCallback(handle_); }
-  static int& count() {
-    static thread_local int n = 0;
-    return n;
-  }
-  int take() { return std::exchange(count(), 0); }
-
- private:
-  at::CallbackHandle handle_;
-};
-
-}  // namespace
-
 TEST_CASE("Cross-attention reuses a context's keys and values only while nothing changed",
           "[unet][attention]") {
   torch::NoGradGuard no_grad;
@@ -146,7 +123,7 @@ TEST_CASE("Cross-attention reuses a context's keys and values only while nothing
   auto x = torch::randn({2, 9, 16});
   auto context = torch::randn({2, 5, 12});
   auto fresh = [&] { return reference_attention(*attn, x, context); };
-  LinearCalls calls;
+  test::OpCalls calls("aten::linear");
   calls.take();
 
   auto first = attn(x, context);
@@ -204,4 +181,56 @@ TEST_CASE("Cross-attention reuses a context's keys and values only while nothing
   self_attn(x);
   self_attn(x);
   CHECK(calls.take() == 8);
+}
+
+TEST_CASE("CPU attention in bands of query rows gives the same bits", "[unet][attention]") {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(9);
+  const int64_t saved = attention_scores_band_bytes();
+  // Runs `attend` with the scores budget at `bytes`, restoring it after.
+  auto with_budget = [saved](int64_t bytes, const std::function<torch::Tensor()>& attend) {
+    set_attention_scores_band_bytes(bytes);
+    auto r = attend();
+    set_attention_scores_band_bytes(saved);
+    return r;
+  };
+  const int64_t unbounded = int64_t{1} << 40;
+  // [B, heads, L, d] as the UNet passes them: strided views of [B, L, heads, d].
+  auto view = [](int64_t b, int64_t l, int64_t heads, int64_t d) {
+    return torch::randn({b, l, heads, d}).transpose(1, 2);
+  };
+  // 509 queries: bands of 128 rows and a last one of 125; 300 keys (cross-attention shape).
+  auto q = view(2, 509, 2, 40), k = view(2, 300, 2, 40), v = view(2, 300, 2, 40);
+  auto self_q = view(1, 509, 2, 40);
+  auto mask = torch::rand({2, 1, 509, 300}) > 0.2;
+  struct Case {
+    const char* name;
+    std::function<torch::Tensor()> attend;
+    int bmm_calls;  // two per band per batch element
+  };
+  const std::vector<Case> cases{
+      // 509 x [2, 300] scores in a budget of 128 rows: 4 bands (3 of 128, one of 125), 2 elements.
+      {"cross", [&] { return dot_product_attention_math(q, k, v, {}, false, false, {}); }, 16},
+      {"bool mask", [&] { return dot_product_attention_math(q, k, v, mask, false, false, {}); },
+       16},
+      // 509 x [2, 509] scores in the same budget: 7 bands of 73 rows (the last 71), 1 element.
+      {"causal",
+       [&] { return dot_product_attention_math(self_q, self_q, self_q, {}, true, false, {}); },
+       14}};
+  for (const auto& c : cases) {
+    INFO(c.name);
+    const auto expected = with_budget(unbounded, c.attend);
+    test::OpCalls calls("aten::bmm");
+    const auto banded = with_budget(128 * 2 * 300 * 4, c.attend);
+    CHECK(calls.take() == c.bmm_calls);
+    REQUIRE(banded.sizes() == expected.sizes());
+    CHECK(torch::equal(banded, expected));
+  }
+  // The default budget on SD 1.5 512²-like rows (2 heads x 2048 x 2048 scores: 2 bands).
+  auto big = view(1, 2048, 2, 40);
+  auto attend_big = [&] { return dot_product_attention_math(big, big, big, {}, false, false, {}); };
+  test::OpCalls calls("aten::bmm");
+  const auto banded = attend_big();
+  CHECK(calls.take() == 2 * 2);
+  CHECK(torch::equal(banded, with_budget(unbounded, attend_big)));
 }

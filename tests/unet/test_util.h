@@ -3,6 +3,9 @@
 
 #include <filesystem>
 #include <string>
+#include <utility>
+
+#include <ATen/record_function.h>
 
 #include <torch/torch.h>
 
@@ -18,5 +21,37 @@ inline double relative_l2(const torch::Tensor& actual, const torch::Tensor& expe
   auto e = expected.to(torch::kFloat64).cpu();
   return (a - e).norm().item<double>() / e.norm().item<double>();
 }
+
+// Counts the calls of one ATen operator (e.g. "aten::linear") made on this thread while alive;
+// one counter per thread at a time.
+class OpCalls {
+ public:
+  explicit OpCalls(std::string op) {
+    target() = std::move(op);
+    count() = 0;
+    handle_ = at::addThreadLocalCallback(
+        at::RecordFunctionCallback([](const at::RecordFunction& fn)
+                                       -> std::unique_ptr<at::ObserverContext> {
+          if (fn.name() == target()) ++count();
+          return nullptr;
+        }).scopes({at::RecordScope::FUNCTION}));
+  }
+  ~OpCalls() { at::removeCallback(handle_); }
+  OpCalls(const OpCalls&) = delete;
+  OpCalls& operator=(const OpCalls&) = delete;
+  // The calls since the last take().
+  int take() { return std::exchange(count(), 0); }
+
+ private:
+  static std::string& target() {
+    static thread_local std::string name;
+    return name;
+  }
+  static int& count() {
+    static thread_local int n = 0;
+    return n;
+  }
+  at::CallbackHandle handle_;
+};
 
 }  // namespace diffusiond::test
