@@ -31,12 +31,14 @@
 #include "daemon/fault_injection.h"
 #include "daemon/job_store.h"
 #include "daemon/model_hasher.h"
+#if DIFFUSIOND_HAVE_POSTGRES
 #include "daemon/pg/cluster_service.h"
-#include "daemon/pg/pg_connection.h"
+#endif
 #include "daemon/sd_notify.h"
 #include "daemon/serve_logging.h"
 #include "daemon/serve_model.h"
 #include "daemon/serve_options.h"
+#include "daemon/store_url.h"
 #include "daemon/supervisor.h"
 #include "daemon/torch_backend.h"
 #include "http/server.h"
@@ -136,6 +138,13 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
                    : std::string());
 
   const std::string store_url = resolve_store_url(options.store, options.store_file);
+#if !DIFFUSIOND_HAVE_POSTGRES
+  if (!store_url.empty())
+    throw std::invalid_argument("--store " + redact_url(store_url) +
+                                ": this diffusiond was built without the PostgreSQL store (libpq "
+                                "was not found at build time: install libpq-dev and rebuild, or "
+                                "configure with -DDIFFUSIOND_POSTGRES=ON)");
+#endif
   const RetentionPolicy retention{options.keep_days, options.max_images,
                                   std::int64_t{options.max_images_mb} << 20};
   std::unique_ptr<JobStore> store;  // SQLite; none with a PostgreSQL store
@@ -210,11 +219,14 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   };
   // One of the two cores: CoreService on the SQLite store, ClusterService on PostgreSQL.
   std::unique_ptr<CoreService> local;
+#if DIFFUSIOND_HAVE_POSTGRES
   std::unique_ptr<ClusterService> fleet;
+#endif
   if (store) {
     local = std::make_unique<CoreService>(*store, *backend, devices, core, encoder);
     local->start();
   } else {
+#if DIFFUSIOND_HAVE_POSTGRES
     ClusterOptions cluster;
     cluster.url = store_url;
     cluster.cache_dir = std::filesystem::path(data_dir) / "pg-image-cache";
@@ -222,16 +234,22 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
     cluster.retention = retention;
     fleet = std::make_unique<ClusterService>(*backend, devices, core, cluster, encoder);
     fleet->start();
+#endif
   }
-  ImageService& service = local ? static_cast<ImageService&>(*local) : *fleet;
-  auto loading_finished = [&] {
-    return local ? local->loading_finished() : fleet->loading_finished();
+  // f(the core that runs): both have these members.
+  auto on_core = [&](auto&& f) -> decltype(auto) {
+#if DIFFUSIOND_HAVE_POSTGRES
+    if (fleet) return f(*fleet);
+#endif
+    return f(*local);
   };
+  ImageService& service = on_core([](auto& c) -> ImageService& { return c; });
+  auto loading_finished = [&] { return on_core([](auto& c) { return c.loading_finished(); }); };
   auto wait_loaded = [&](std::chrono::milliseconds t) {
-    return local ? local->wait_loaded(t) : fleet->wait_loaded(t);
+    return on_core([t](auto& c) { return c.wait_loaded(t); });
   };
-  auto drain = [&](std::chrono::milliseconds t) { local ? local->drain(t) : fleet->drain(t); };
-  auto status_line = [&] { return local ? local->status_line() : fleet->status_line(); };
+  auto drain = [&](std::chrono::milliseconds t) { on_core([t](auto& c) { c.drain(t); }); };
+  auto status_line = [&] { return on_core([](auto& c) { return c.status_line(); }); };
 
   HttpOptions http_options;
   http_options.host = listen.host;
@@ -257,7 +275,9 @@ void run_serve(CLI::App& cmd, ServeOptions& options) {
   spdlog::info("diffusiond: listening on {}/{}", url,
                api_keys.empty() ? "" : " (API key required)");
   std::cout << "diffusiond: listening on " << url << std::endl;
+#if DIFFUSIOND_HAVE_POSTGRES
   if (fleet) fleet->set_public_url(http_options.public_url.empty() ? url : http_options.public_url);
+#endif
   const bool loopback =
       listen.host == "localhost" || listen.host == "::1" || listen.host.rfind("127.", 0) == 0;
   if (!loopback && api_keys.empty())

@@ -5,7 +5,9 @@
 #include <iostream>
 
 #include "daemon/commands.h"
-#include "daemon/pg/cmd_status.h"
+#if DIFFUSIOND_HAVE_POSTGRES
+#include "daemon/pg/cmd_status.h"  // `status`: a fleet's queue (the PostgreSQL store)
+#endif
 #include "pipeline/cpu_thread_env.h"
 
 int main(int argc, char** argv) {
@@ -18,7 +20,9 @@ int main(int argc, char** argv) {
   diffusiond::add_generate_command(app);
   diffusiond::add_tokenize_command(app);
   diffusiond::add_make_random_model_command(app);
+#if DIFFUSIOND_HAVE_POSTGRES
   diffusiond::add_status_command(app);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -14,11 +14,10 @@
 # Logs: one tarball and summary.txt in OUT_DIR (the device tool brings back at most 8 files).
 #
 #   scripts/device-check.sh [OUT_DIR]      (default: $OUT, else /tmp/device-check)
-# Pack the dependencies here first (the runtime .so packages too: the GPU machine has none):
+# Pack the dependencies here first (the runtime .so packages too: the GPU machine has none; its
+# build leaves the PostgreSQL store out, -DDIFFUSIOND_POSTGRES=OFF, so libpq is not needed):
 #   echo /.devdeps/ >> .git/info/exclude; mkdir -p .devdeps
-#   scripts/pack-device-deps.sh .devdeps/deps.tar.xz zlib1g-dev libspdlog1.10 libfmt9 \
-#       libutf8proc2 libsqlite3-0 pkgconf-bin libpkgconf3 libjpeg62-turbo libwebp7 libwebpmux3 \
-#       libwebpdemux2
+#   scripts/pack-device-deps.sh .devdeps/deps.tar.xz
 # and carry .devdeps in the device run.
 # Env: DEPS (default .devdeps/deps.tar.xz), BUILD_DIR (default build-gpu), JOBS (default: every
 #      core), BUDGET_S (default 530: no step runs past it, later ones are skipped), SKIP_SD15=1,
@@ -102,6 +101,7 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 configure() {  # extra cmake -D options
   run_step "configure${1:+ ($*)}" configure.log 180 cmake -S "$root" -B "$build" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release "${pkg_config[@]}" -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DDIFFUSIOND_POSTGRES=OFF \
     -DCMAKE_PREFIX_PATH="/tmp/deps/usr;$libdir/cmake;$torch_prefix" "$@"
 }
 graphs_flag=()

@@ -8,8 +8,13 @@
 set -euo pipefail
 out=${1:?usage: scripts/pack-device-deps.sh OUT.tar.xz [package ...]}
 shift
+# Every -dev package the top-level CMakeLists.txt requires but PostgreSQL's libpq (device-check.sh
+# configures with -DDIFFUSIOND_POSTGRES=OFF), and the runtime libraries they link.
 packages=(libboost1.81-dev nlohmann-json3-dev libstb-dev catch2 libutf8proc-dev libsqlite3-dev
-          libcli11-dev libspdlog-dev libfmt-dev libjpeg62-turbo-dev libwebp-dev "$@")
+          libcli11-dev libspdlog-dev libfmt-dev libjpeg62-turbo-dev libwebp-dev zlib1g-dev
+          libssl-dev
+          libutf8proc2 libsqlite3-0 libspdlog1.10 libfmt9 libjpeg62-turbo libwebp7 libwebpmux3
+          libwebpdemux2 libssl3 pkgconf-bin libpkgconf3 "$@")
 files=$(mktemp)
 trap 'rm -f "$files"' EXIT
 for package in "${packages[@]}"; do
@@ -21,5 +26,7 @@ for package in "${packages[@]}"; do
     echo "${path#/}"
   done
 done | sort -u >"$files"
-tar -C / -cJf "$out" -T "$files"
+# --dereference: a link to an absolute path (libz.so -> /lib/x86_64-linux-gnu/libz.so.1.2.13)
+# would point outside the unpacked tree there; the file itself goes in instead.
+tar -C / --dereference -cJf "$out" -T "$files"
 echo "$out: $(wc -l <"$files") files of ${#packages[@]} packages, $(du -h "$out" | cut -f1)"

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "daemon/store_url.h"  // redact_url, is_postgres_url, resolve_store_url
+
 struct pg_conn;
 struct pg_result;
 
@@ -99,19 +101,4 @@ class PgConnection {
   pg_conn* conn_ = nullptr;
 };
 
-// The URL with its password replaced by "***" (for logs and messages).
-std::string redact_url(const std::string& url);
-// "postgresql://..." or "postgres://..." (libpq's URI forms).
-bool is_postgres_url(const std::string& text);
-
-}  // namespace diffusiond
-
-namespace diffusiond {
-// The store a daemon uses, from --store and --store-file (one owner of the rule): "" when
-// neither is given (the SQLite store in the data dir), else the PostgreSQL URL. --store-file
-// names a file holding the URL on its first non-blank line (a systemd credential:
-// LoadCredential=store:/etc/diffusiond/store.url and `--store-file %d/store`), so that a
-// password never shows on a command line. Throws std::invalid_argument naming the option or the
-// file: both given, an unreadable or empty file, or something that is not a postgresql:// URL.
-std::string resolve_store_url(const std::string& store, const std::string& store_file);
 }  // namespace diffusiond

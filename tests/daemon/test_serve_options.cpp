@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "daemon/serve_options.h"
+#include "daemon/store_url.h"
 #include "temp_dir.h"
 
 using namespace diffusiond;
@@ -171,4 +172,38 @@ TEST_CASE("the CUDA tuning options: unset by default, on/off only, from the file
   CHECK(o.tuning.channels_last == "on");
   write_text(conf, "cudnn-benchmark = sometimes\n");
   CHECK_THROWS_WITH(parse({"--config", conf.string()}), Catch::Contains("cudnn-benchmark"));
+}
+
+TEST_CASE("the job store from --store and --store-file", "[serve][store]") {
+  // Neither, or "sqlite": the SQLite store in the data dir.
+  CHECK(resolve_store_url("", "").empty());
+  CHECK(resolve_store_url("sqlite", "").empty());
+  CHECK(resolve_store_url("postgresql://d@db/q", "") == "postgresql://d@db/q");
+  CHECK(resolve_store_url("postgres://d@db/q", "") == "postgres://d@db/q");
+  CHECK_THROWS_WITH(resolve_store_url("postgresql://a@b/c", "f"), Catch::Contains("not both"));
+  // Not a PostgreSQL URL: refused, the password never shown.
+  CHECK_THROWS_WITH(resolve_store_url("mysql://u:hunter2@h/db", ""),
+                    Catch::Contains("postgresql://") && !Catch::Contains("hunter2"));
+
+  // --store-file: the first non-blank line, trimmed (a systemd credential).
+  test::TempDir dir;
+  const auto file = dir.path() / "store";
+  write_text(file, "\n   \n  postgresql://u:pw@db.example/q?sslmode=verify-full \r\nignored\n");
+  CHECK(resolve_store_url("", file.string()) ==
+        "postgresql://u:pw@db.example/q?sslmode=verify-full");
+  write_text(file, " \n\t\n");
+  CHECK_THROWS_WITH(resolve_store_url("", file.string()), Catch::Contains("is empty"));
+  CHECK_THROWS_WITH(resolve_store_url("", (dir.path() / "absent").string()),
+                    Catch::Contains("absent") && Catch::Contains("cannot be read"));
+}
+
+TEST_CASE("store URLs are shown without their passwords", "[serve][store]") {
+  CHECK(redact_url("postgresql://u:secret@db/q") == "postgresql://u:***@db/q");
+  CHECK(redact_url("postgresql://db/q?user=u&password=secret&sslmode=require") ==
+        "postgresql://db/q?user=u&password=***&sslmode=require");
+  CHECK(redact_url("postgresql://u@db/q") == "postgresql://u@db/q");  // nothing to hide
+  CHECK(is_postgres_url("postgresql://x"));
+  CHECK(is_postgres_url("postgres://x"));
+  CHECK_FALSE(is_postgres_url("sqlite"));
+  CHECK_FALSE(is_postgres_url(" postgresql://x"));
 }
