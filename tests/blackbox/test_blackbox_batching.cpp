@@ -6,6 +6,7 @@
 // middle of its batch stops while its partners finish unchanged.
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <cstdlib>
 #include <mutex>
 #include <thread>
@@ -80,7 +81,6 @@ TEST_CASE("batched daemon: 12 concurrent mixed requests equal their generate twi
     r.height = k % 5 == 4 ? 96 : 64;  // another size: never in a 64x64 batch
     requests.push_back(r);
   }
-  const int victim = 0;  // cancelled in the middle of its batch
 
   std::vector<std::string> ids(requests.size());
   std::vector<std::thread> clients;
@@ -88,22 +88,38 @@ TEST_CASE("batched daemon: 12 concurrent mixed requests equal their generate twi
     clients.emplace_back([&, k] { ids[k] = submit(d.port(), body_of(requests[k]).dump()); });
   for (auto& t : clients) t.join();
 
-  // The victim: once it made a step, it is in a running batch; cancel it there.
+  // The victim: an image of the first running batch of two or more that /devices shows (which
+  // images share a batch depends on the order the concurrent submissions arrived in; a request
+  // chosen beforehand may be a batch's leftover and run alone), cancelled once it made a step.
+  int victim = -1;
   {
+    std::string victim_id;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (victim_id.empty() && std::chrono::steady_clock::now() < deadline) {
+      const json devices = get_json(d.port(), "/devices");
+      for (const auto& device : devices["devices"])
+        if (victim_id.empty() && device["current_batch"].size() >= 2)
+          victim_id = device["current_batch"][0]["job_id"].get<std::string>();
+      if (victim_id.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    REQUIRE_FALSE(victim_id.empty());
+    for (std::size_t k = 0; k < ids.size(); ++k)
+      if (ids[k] == victim_id) victim = static_cast<int>(k);
+    REQUIRE(victim >= 0);
     RawConnection c(d.port(), 120);
-    c.send(events_request(ids[victim]));
+    c.send(events_request(victim_id));
     c.read_until("event: progress");
     const json devices = get_json(d.port(), "/devices");
     bool seen = false;
     for (const auto& device : devices["devices"])
       for (const auto& image : device["current_batch"])
-        if (image["job_id"] == ids[victim]) {
+        if (image["job_id"] == victim_id) {
           seen = true;
           CHECK(device["batch_size"] == device["current_batch"].size());
           CHECK(device["batch_size"].get<int>() >= 2);
         }
     CHECK(seen);
-    HttpReply r = http_request(d.port(), "DELETE", "/jobs/" + ids[victim]);
+    HttpReply r = http_request(d.port(), "DELETE", "/jobs/" + victim_id);
     INFO(r.body);
     REQUIRE(r.status == 200);
   }
