@@ -187,6 +187,10 @@ std::atomic<int64_t> slab_band_bytes{4 << 20};
 
 }  // namespace
 
+bool conv_packing_built() {
+  return DIFFUSIOND_PACKED_CONV != 0;
+}
+
 bool conv_row_slabs_exact_here() {
   // oneDNN's direct kernels (jit:avx2, jit:avx512_core) for the spatial convolutions; below
   // AVX2, or with oneDNN's ISA capped by its environment variables, it may pick its im2col +

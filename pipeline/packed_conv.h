@@ -88,6 +88,11 @@ bool conv_row_slabs_exact_here();
 // Thread-safety: set before the convolutions run (a test's start), not while they do.
 void set_conv_row_slab_policy(ConvRowSlabPolicy policy);
 
+// Whether this build packs convolution weights at all: LibTorch 1.x with oneDNN, whose conv2d
+// dispatch conv2d_takes_onednn_path mirrors; elsewhere (LibTorch 2.x) every PackedConv2d runs
+// LibTorch's own conv2d on its dense weight.
+bool conv_packing_built();
+
 // prepack() of every PackedConv2d under root: a CPU model's packing (and its transient
 // memory) happens at load, on the loading thread, rather than in its first generation; the
 // packed copies are shared with every replica already packed over the same bytes.

@@ -51,9 +51,10 @@ TEST_CASE("LoRA folder: names, traversal and hashes", "[lora]") {
   const auto list = catalog.list();
   REQUIRE(list.size() == 2);
   const auto g = golden()["lora_files"];
-  CHECK(list[0].sha256 == g["style_kohya.safetensors"]["sha256"]);
-  CHECK(list[0].size_bytes == g["style_kohya.safetensors"]["bytes"]);
-  CHECK(list[1].sha256 == g["style_peft.safetensors"]["sha256"]);
+  CHECK(list[0].sha256 == g["style_kohya.safetensors"]["sha256"].get<std::string>());
+  CHECK(list[0].size_bytes ==
+        g["style_kohya.safetensors"]["bytes"].get<decltype(list[0].size_bytes)>());
+  CHECK(list[1].sha256 == g["style_peft.safetensors"]["sha256"].get<std::string>());
   CHECK(list[0].short_hash.size() == 12);
   CHECK(list[0].short_hash != list[0].sha256.substr(0, 12));  // not of the header
 

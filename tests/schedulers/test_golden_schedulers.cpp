@@ -14,6 +14,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 #include <nlohmann/json.hpp>
 
 #include "pipeline/media/config_util.h"
@@ -158,6 +159,13 @@ TEST_CASE("alphas_cumprod of the base config matches diffusers", "[schedulers][g
   const torch::Tensor train = ((1 - expected) / expected).pow(0.5).flip(0);
   for (int64_t i = 0; i < 1000; ++i) {
     INFO("sigma " << i);
+#if TORCH_VERSION_MAJOR >= 2
+    // LibTorch 2.x's CPU cumprod rounds otherwise than 1.13's (alphas_cumprod[999]: 0.00466009509
+    // against 0.00466009602), as diffusers' does on the same torch; the golden ran on torch 1.13,
+    // so here the two agree to float32 rounding (a few ulp), not bit for bit.
+    REQUIRE(sigmas[static_cast<std::size_t>(i)] == Approx(train[i].item<double>()).epsilon(1e-6));
+#else
     REQUIRE(sigmas[static_cast<std::size_t>(i)] == train[i].item<double>());
+#endif
   }
 }

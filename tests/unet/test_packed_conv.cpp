@@ -51,8 +51,8 @@ torch::Tensor reference(PackedConv2d& conv, const torch::Tensor& x) {
 TEST_CASE("PackedConv2d in row slabs gives conv2d's bits, with and without upsampling",
           "[unet][conv]") {
   torch::NoGradGuard no_grad;
-  if (!at::hasMKLDNN()) {
-    WARN("skipped: this LibTorch has no oneDNN to pack for");
+  if (!conv_packing_built()) {
+    WARN("skipped: this build packs no convolution weights (LibTorch 1.x with oneDNN only)");
     return;
   }
   torch::manual_seed(11);
@@ -108,8 +108,8 @@ TEST_CASE("PackedConv2d in row slabs gives conv2d's bits, with and without upsam
 TEST_CASE("A PackedConv2d on LibTorch's own kernel lets its unused packed copy go",
           "[unet][conv]") {
   torch::NoGradGuard no_grad;
-  if (!at::hasMKLDNN()) {
-    WARN("skipped: this LibTorch has no oneDNN to pack for");
+  if (!conv_packing_built()) {
+    WARN("skipped: this build packs no convolution weights (LibTorch 1.x with oneDNN only)");
     return;
   }
   torch::manual_seed(12);
