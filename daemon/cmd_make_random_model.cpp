@@ -39,7 +39,7 @@ fs::path default_tokenizer_dir() {
 
 void add_make_random_model_command(CLI::App& app) {
   struct Options {
-    std::string arch, out, tokenizer;
+    std::string arch, out, tokenizer, dtype = "fp32", weights_from;
     std::uint64_t seed = 0;
   };
   auto o = std::make_shared<Options>();
@@ -52,10 +52,23 @@ void add_make_random_model_command(CLI::App& app) {
   cmd->add_option("--tokenizer", o->tokenizer,
                   "Tokenizer folder to copy (default: the bundled tiny model's)");
   cmd->add_option("--seed", o->seed, "Seed of the random weights")->capture_default_str();
+  cmd->add_option("--dtype", o->dtype,
+                  "How the weights are stored: fp32, or fp16 (half the bytes, as the "
+                  "checkpoints' fp16 variants; loading casts to the --dtype asked for)")
+      ->check(CLI::IsMember({"fp32", "fp16"}))
+      ->capture_default_str();
+  cmd->add_option("--weights-from", o->weights_from,
+                  "Link the weight files of this folder (same networks, e.g. an sdxl folder for "
+                  "--arch sdxl-turbo) instead of writing new ones");
   cmd->callback([o] {
     const fs::path tokenizer =
         o->tokenizer.empty() ? default_tokenizer_dir() : fs::path(o->tokenizer);
-    write_random_model(o->arch, o->out, tokenizer, o->seed, [](const std::string& stage) {
+    RandomModelOptions options;
+    options.seed = o->seed;
+    options.dtype =
+        o->dtype == "fp16" ? RandomWeightsDtype::kFloat16 : RandomWeightsDtype::kFloat32;
+    options.weights_from = o->weights_from;
+    write_random_model(o->arch, o->out, tokenizer, options, [](const std::string& stage) {
       std::cerr << "writing " << stage << "...\n";
     });
     std::cout << o->out << "\n";

@@ -158,9 +158,13 @@ void init_random(torch::nn::Module& module, std::uint64_t seed) {
   }
 }
 
-void save_module(const torch::nn::Module& module, const fs::path& path) {
+void save_module(const torch::nn::Module& module, const fs::path& path, torch::ScalarType dtype) {
   fs::create_directories(path.parent_path());
-  write_safetensors(path, state_dict(module), {{"format", "pt"}});
+  auto tensors = state_dict(module);
+  for (auto& [name, tensor] : tensors) {
+    if (tensor.is_floating_point()) tensor = tensor.to(dtype);
+  }
+  write_safetensors(path, tensors, {{"format", "pt"}});
 }
 
 void copy_tokenizer(const fs::path& from, const fs::path& to, const std::string& pad_token) {
@@ -185,7 +189,8 @@ void copy_tokenizer(const fs::path& from, const fs::path& to, const std::string&
 }  // namespace
 
 const std::vector<std::string>& random_model_archs() {
-  static const std::vector<std::string> archs = {"sd15", "sd21", "tiny-sd2", "small-sd1", "sdxl"};
+  static const std::vector<std::string> archs = {"sd15",      "sd21", "tiny-sd2",
+                                                 "small-sd1", "sdxl", "sdxl-turbo"};
   return archs;
 }
 
@@ -223,7 +228,7 @@ RandomModelConfigs random_model_configs(const std::string& arch) {
     c.vae = vae_config({64, 128, 256, 256}, 512, 32);
     c.scheduler = scheduler_config("PNDMScheduler", "epsilon");
     c.pad_token = "<|endoftext|>";
-  } else if (arch == "sdxl") {  // stabilityai/stable-diffusion-xl-base-1.0
+  } else if (arch == "sdxl" || arch == "sdxl-turbo") {  // stabilityai/stable-diffusion-xl-base-1.0
     c.model_index = sdxl_model_index();
     c.text_encoder = text_encoder_config(768, 3072, 12, 12, "quick_gelu", 768);
     c.text_encoder_2 = text_encoder_config(1280, 5120, 20, 32, "gelu", 1280);
@@ -243,6 +248,13 @@ RandomModelConfigs random_model_configs(const std::string& arch) {
     c.scheduler["use_karras_sigmas"] = false;
     c.pad_token = "<|endoftext|>";
     c.pad_token_2 = "!";
+    if (arch == "sdxl-turbo") {  // stabilityai/sdxl-turbo: the same networks, distilled for
+      // 1-4 steps at 512x512 (its model card) with EulerAncestral on trailing timesteps
+      c.model_index["scheduler"] = {"diffusers", "EulerAncestralDiscreteScheduler"};
+      c.unet["sample_size"] = 64;  // 512 / 8: the size the model family defaults to
+      c.scheduler = scheduler_config("EulerAncestralDiscreteScheduler", "epsilon");
+      c.scheduler["timestep_spacing"] = "trailing";
+    }
   } else {
     std::string known;
     for (const auto& a : random_model_archs()) known += (known.empty() ? "" : ", ") + a;
@@ -251,12 +263,50 @@ RandomModelConfigs random_model_configs(const std::string& arch) {
   return c;
 }
 
+namespace {
+
+// One network of the folder: its config, then its weights, random (built from the config,
+// initialised, saved in `options.dtype`) or linked from `options.weights_from`, whose config of
+// the same network must describe the same weights (sample_size aside: it shapes no weight).
+void write_component(const fs::path& out, const std::string& name, const json& config,
+                     const std::string& file, const RandomModelOptions& options,
+                     std::uint64_t seed_offset,
+                     const std::function<std::shared_ptr<torch::nn::Module>()>& build) {
+  write_json(out / name / "config.json", config);
+  const fs::path target = out / name / file;
+  if (!options.weights_from.empty()) {
+    const fs::path source = fs::absolute(options.weights_from / name / file);
+    const fs::path source_config = options.weights_from / name / "config.json";
+    if (!fs::is_regular_file(source) || !fs::is_regular_file(source_config)) {
+      throw std::invalid_argument("weights folder " + options.weights_from.string() + " has no " +
+                                  name + "/" + file + " with its config.json");
+    }
+    json theirs = read_json_file(source_config), ours = config;
+    theirs.erase("sample_size");
+    ours.erase("sample_size");
+    if (theirs != ours) {
+      throw std::invalid_argument(source_config.string() +
+                                  " describes other weights than this architecture's " + name);
+    }
+    fs::remove(target);
+    fs::create_symlink(source, target);
+    return;
+  }
+  const torch::ScalarType dtype =
+      options.dtype == RandomWeightsDtype::kFloat16 ? torch::kFloat16 : torch::kFloat32;
+  const auto model = build();
+  init_random(*model, options.seed + seed_offset);
+  save_module(*model, target, dtype);
+}
+
+}  // namespace
+
 void write_random_model(const std::string& arch, const fs::path& out, const fs::path& tokenizer_dir,
-                        std::uint64_t seed,
+                        const RandomModelOptions& options,
                         const std::function<void(const std::string&)>& progress) {
   const RandomModelConfigs c = random_model_configs(arch);
   auto say = [&](const std::string& line) {
-    if (progress) progress(line);
+    if (progress) progress(line + (options.weights_from.empty() ? "" : " (linked)"));
   };
   fs::create_directories(out);
   write_json(out / "model_index.json", c.model_index);
@@ -264,35 +314,28 @@ void write_random_model(const std::string& arch, const fs::path& out, const fs::
   copy_tokenizer(tokenizer_dir, out / "tokenizer", c.pad_token);
 
   say("text_encoder");
-  write_json(out / "text_encoder" / "config.json", c.text_encoder);
-  {
-    ClipTextModel model(ClipTextConfig::from_json(c.text_encoder, "text_encoder/config.json"));
-    init_random(*model, seed);
-    save_module(*model, out / "text_encoder" / "model.safetensors");
-  }
+  write_component(out, "text_encoder", c.text_encoder, "model.safetensors", options, 0, [&] {
+    return std::make_shared<ClipTextModelImpl>(
+        ClipTextConfig::from_json(c.text_encoder, "text_encoder/config.json"));
+  });
   if (!c.text_encoder_2.is_null()) {
     say("text_encoder_2");
     copy_tokenizer(tokenizer_dir, out / "tokenizer_2", c.pad_token_2);
-    write_json(out / "text_encoder_2" / "config.json", c.text_encoder_2);
-    ClipTextModel model(ClipTextConfig::from_json(c.text_encoder_2, "text_encoder_2/config.json"),
-                        /*with_projection=*/true);
-    init_random(*model, seed + 3);
-    save_module(*model, out / "text_encoder_2" / "model.safetensors");
+    write_component(out, "text_encoder_2", c.text_encoder_2, "model.safetensors", options, 3, [&] {
+      return std::make_shared<ClipTextModelImpl>(
+          ClipTextConfig::from_json(c.text_encoder_2, "text_encoder_2/config.json"),
+          /*with_projection=*/true);
+    });
   }
   say("unet");
-  write_json(out / "unet" / "config.json", c.unet);
-  {
-    UNet2DConditionModel model(UNetConfig::from_json(c.unet, "unet/config.json"));
-    init_random(*model, seed + 1);
-    save_module(*model, out / "unet" / "diffusion_pytorch_model.safetensors");
-  }
+  write_component(out, "unet", c.unet, "diffusion_pytorch_model.safetensors", options, 1, [&] {
+    return std::make_shared<UNet2DConditionModelImpl>(
+        UNetConfig::from_json(c.unet, "unet/config.json"));
+  });
   say("vae");
-  write_json(out / "vae" / "config.json", c.vae);
-  {
-    AutoencoderKL model(VaeConfig::from_json(c.vae, "vae/config.json"));
-    init_random(*model, seed + 2);
-    save_module(*model, out / "vae" / "diffusion_pytorch_model.safetensors");
-  }
+  write_component(out, "vae", c.vae, "diffusion_pytorch_model.safetensors", options, 2, [&] {
+    return std::make_shared<AutoencoderKLImpl>(VaeConfig::from_json(c.vae, "vae/config.json"));
+  });
 }
 
 }  // namespace diffusiond

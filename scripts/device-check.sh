@@ -10,6 +10,9 @@
 # pipeline at the same batch (daemon / in-process), channels_last on/off and cudnn.benchmark
 # on/off (batch 1 and 4), diffusers' UNet eager on the card if this Python has diffusers (else a
 # note);
+# issue 12's figures: the SDXL architecture (random weights) at 1024x1024, 30 steps, fp16,
+# batch 1, and images/s with 4 clients; SDXL-Turbo (the same weights, its own scheduler) at
+# 512x512, 1 step, no guidance, batch 1 and 4, and 4 clients;
 # then the tiny model and the golden CPU tests if budget is left. Prints a short table last.
 # Logs: one tarball and summary.txt in OUT_DIR (the device tool brings back at most 8 files).
 #
@@ -24,9 +27,9 @@
 # Env: DEPS (default .devdeps/deps.tar.xz), BUILD_DIR (default build-gpu), JOBS (default: every
 #      core), BUDGET_S (default 530: no step runs past it, later ones are skipped), SKIP_SD15=1,
 #      TARGETS (what to build; steps whose programs were not built are skipped),
-#      CHECKS (default "tests sd15 serve tuning diffusers tiny golden": which groups run, in
-#      that order; e.g. a second call on the still-warm machine with CHECKS="sd15 serve" reuses
-#      the build and the random SD 1.5 folder in /tmp and only measures),
+#      CHECKS (default "tests sd15 sdxl serve tuning diffusers tiny golden": which groups run,
+#      in that order; e.g. a second call on the still-warm machine with CHECKS="sd15 serve"
+#      reuses the build and the random model folders in /tmp and only measures),
 #      CUDA_GRAPHS=OFF (build without the graph code from the start),
 #      DIFFUSERS_PYTHONPATH (carried diffusers sources for the diffusers row, as
 #      ../shared/reference/setup.sh lays them out).
@@ -47,7 +50,7 @@ row() {
   echo "${rows[-1]}"
 }
 elapsed() { echo $(($(date +%s) - t0)); }
-checks=" ${CHECKS:-tests sd15 serve tuning diffusers tiny golden} "
+checks=" ${CHECKS:-tests sd15 sdxl serve tuning diffusers tiny golden} "
 want() { [[ "$checks" == *" $1 "* ]]; }
 run_step() {  # name logfile timeout_s command...: records ok/FAILED/skipped and the seconds
   local name=$1 log=$2 limit=$3 start rc left
@@ -157,12 +160,39 @@ sweep_rows() {  # logfile: bench_pipeline's "sweep |" lines
 sd15_args=(--model "$sd15" --device cuda:0 --dtype fp16 --width 512 --height 512 --steps 20 --mixed)
 have_sd15() {
   [ "${SKIP_SD15:-0}" != 1 ] && [ -x "$bin" ] && [ -x "$bench" ] &&
-    { [ -d "$sd15" ] || run_step "make-random-model sd15" make-sd15.log 240 "$bin" make-random-model --arch sd15 --out "$sd15"; }
+    { [ -d "$sd15" ] || run_step "make-random-model sd15 (fp16)" make-sd15.log 240 "$bin" make-random-model --arch sd15 --dtype fp16 --out "$sd15"; }
 }
 if want sd15 && have_sd15; then
   run_step "bench_pipeline sd15 b1,2,4,8 eager+graphs" bench-sd15-sweep.log 200 "$bench" \
     "${sd15_args[@]}" --batch 1,2,4,8 --cuda-graphs both --runs 2
   sweep_rows bench-sd15-sweep.log
+fi
+# Issue 12's GPU figures: SDXL (random weights stored in fp16, 6.9 GB), 1024x1024, 30 steps, its
+# Euler and guidance 5.0 (a CFG batch of 2): seconds per image at batch 1, images/s with 4
+# clients; SDXL-Turbo (links to the same weights, EulerAncestral on trailing timesteps, the
+# family's guidance 0) at 512x512, 1 step.
+sdxl=/tmp/sdxl-random
+sdxl_turbo=/tmp/sdxl-turbo-random
+have_sdxl() {
+  [ -x "$bin" ] && [ -x "$bench" ] &&
+    { [ -d "$sdxl" ] || run_step "make-random-model sdxl (fp16)" make-sdxl.log 240 "$bin" make-random-model --arch sdxl --dtype fp16 --out "$sdxl"; } &&
+    { [ -d "$sdxl_turbo" ] || run_step "make-random-model sdxl-turbo (linked)" make-sdxl-turbo.log 60 "$bin" make-random-model --arch sdxl-turbo --weights-from "$sdxl" --out "$sdxl_turbo"; }
+}
+if want sdxl && have_sdxl; then
+  run_step "bench_pipeline sdxl 1024px 30st b1" bench-sdxl.log 180 "$bench" --model "$sdxl" \
+    --device cuda:0 --dtype fp16 --width 1024 --height 1024 --steps 30 --batch 1 --runs 2 &&
+    bench_rows bench-sdxl.log
+  run_step "bench_pipeline sdxl-turbo 512px 1st b1,4" bench-sdxl-turbo.log 120 "$bench" \
+    --model "$sdxl_turbo" --device cuda:0 --dtype fp16 --width 512 --height 512 --steps 1 \
+    --batch 1,4 --runs 3 && sweep_rows bench-sdxl-turbo.log
+  if [ -x "$bench_serve" ]; then
+    run_step "bench_serve sdxl 1024px 30st 4c" bench-serve-sdxl.log 180 "$bench_serve" \
+      --model "$sdxl" --devices cuda --images 8 --clients 4 --size 1024 --steps 30 \
+      --scheduler "" && serve_rows bench-serve-sdxl.log
+    run_step "bench_serve sdxl-turbo 512px 1st 4c" bench-serve-sdxl-turbo.log 120 "$bench_serve" \
+      --model "$sdxl_turbo" --devices cuda --images 32 --clients 4 --size 512 --steps 1 \
+      --scheduler "" && serve_rows bench-serve-sdxl-turbo.log
+  fi
 fi
 if want serve && have_sd15 && [ -x "$bench_serve" ]; then
   # c1: nothing to batch, one run; images sized so each run stays well under a minute.

@@ -3,7 +3,7 @@
 // images/s and peak RSS. Prints a table. Not a test: nothing here asserts on time.
 //
 //   bench_pipeline --model DIR [--width 256 --height 256 --steps 4 --device cpu --dtype fp32
-//                  --batch 1[,2,...] --runs 1 --scheduler NAME --mixed
+//                  --batch 1[,2,...] --runs 1 --scheduler NAME --guidance G --mixed
 //                  --cuda-graphs on|off|both --channels-last on|off --cudnn-benchmark on|off
 //                  --threads N --trace FILE --cpu-slabs on|off --save PREFIX]
 // --mixed: the batch is --batch different requests (own prompt, seed and guidance scale) run
@@ -34,6 +34,7 @@
 #include "pipeline/attention_ops.h"
 #include "pipeline/cpu_thread_env.h"
 #include "pipeline/media/png.h"
+#include "pipeline/model_family.h"
 #include "pipeline/model_folder.h"
 #include "pipeline/packed_conv.h"
 #include "pipeline/txt2img.h"
@@ -110,6 +111,10 @@ int main(int argc, char** argv) {
   app.add_option("--runs", runs, "Timed runs (each with a fresh prompt: no cache hits)")
       ->capture_default_str();
   app.add_option("--scheduler", scheduler, "Sampler (default: the model's)");
+  double guidance = -1;
+  app.add_option("--guidance", guidance,
+                 "Guidance scale, <= 1: no classifier-free guidance (default: the model "
+                 "family's: SD 7.5, SDXL 5.0, Turbo 0)");
   app.add_option("--prompt", prompt)->capture_default_str();
   app.add_option("--threads", threads,
                  "LibTorch intra-op threads (default: the cores, as `diffusiond serve`; "
@@ -161,9 +166,14 @@ int main(int argc, char** argv) {
                 dtype.c_str(), torch::get_num_threads(),
                 dev.is_cuda() ? "CUDA" : cpu_model().c_str());
     auto t0 = Clock::now();
-    auto pipe = StableDiffusion::load(resolve_model(model), dev, parse_dtype(dtype));
+    const ModelFolder folder = resolve_model(model);
+    if (guidance < 0) guidance = family_defaults(model_family(folder)).guidance_scale;
+    auto pipe = StableDiffusion::load(folder, dev, parse_dtype(dtype));
     pipe->set_profiling(true);
     const double load_s = seconds_since(t0);
+    std::printf("family %s | sampler %s | guidance %g\n", family_name(model_family(folder)).c_str(),
+                scheduler.empty() ? pipe->default_scheduler().c_str() : scheduler.c_str(),
+                guidance);
     if (dev.is_cuda())
       std::printf("tuning | cuda graphs %s | channels_last %s | cudnn.benchmark %s\n",
                   graphs.c_str(), channels_last.c_str(), cudnn.c_str());
@@ -193,6 +203,7 @@ int main(int argc, char** argv) {
           params.height = height;
           params.seed = 42;
           params.scheduler = scheduler;
+          params.guidance_scale = guidance;
           const CpuTime cpu_start = process_cpu();
           std::vector<RgbImage> images;
           if (mixed && batch > 1) {
@@ -202,8 +213,9 @@ int main(int argc, char** argv) {
               item.num_images_per_prompt = 1;
               item.prompts = {params.prompts.front() + ", variation " + std::to_string(k)};
               item.seed = 42 + 1000 * static_cast<std::uint64_t>(k);
-              item.guidance_scale = 7.5 - 0.5 * k;
-              if (item.guidance_scale <= 1) item.guidance_scale = 7.5;
+              // Per-row guidance (CFG batches on), unless the run has no CFG at all.
+              item.guidance_scale = guidance - 0.5 * k;
+              if (item.guidance_scale <= 1) item.guidance_scale = guidance;
               items.push_back(std::move(item));
             }
             for (auto& image : pipe->generate_batch(items).images)

@@ -3,7 +3,8 @@
 // Not a test: prints a Markdown table for bench/RESULTS.md.
 //
 //   bench_serve [--clients 8] [--images 32] [--steps 10] [--size 64] [--devices cpu*2]
-//               [--threads T] [--model DIR] [--bin diffusiond]
+//               [--threads T] [--model DIR] [--bin diffusiond] [--scheduler pndm|""]
+//               [--guidance G] [--max-batch B] [--batch-wait-ms W] [--cuda-graphs on|off]
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -54,6 +55,10 @@ int main(int argc, char** argv) {
   app.add_option("--images", work.images, "Images in total (one per job)");
   app.add_option("--steps", work.steps, "Denoising steps per image");
   app.add_option("--size", work.size, "Width and height");
+  app.add_option("--scheduler", work.scheduler, "Sampler (\"\": the model's own)")
+      ->capture_default_str();
+  app.add_option("--guidance", work.guidance_scale,
+                 "Guidance scale (default: the model family's, as the daemon's)");
   app.add_option("--devices", devices, "diffusiond --devices");
   app.add_option("--threads", threads,
                  "diffusiond --threads (total intra-op threads; 0 = all cores)");
@@ -122,7 +127,8 @@ int main(int argc, char** argv) {
   std::printf(
       "\nbench_serve: %d images (%dx%d, %d steps, %s), %d clients, --devices %s, max batch %d, "
       "%s, %d intra-op thread(s) per worker, %u cores, CUDA graphs %s\n\n",
-      work.images, work.size, work.size, work.steps, work.scheduler.c_str(), clients,
+      work.images, work.size, work.size, work.steps,
+      work.scheduler.empty() ? "the model's sampler" : work.scheduler.c_str(), clients,
       devices.c_str(), batch, scalar_type == torch::kHalf ? "fp16" : "fp32", per_worker,
       std::thread::hardware_concurrency(), cuda_graphs.c_str());
   const double e2e_p50 = percentile(served.end_to_end_ms, 50);

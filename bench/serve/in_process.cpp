@@ -6,6 +6,7 @@
 #include <mutex>
 #include <thread>
 
+#include "pipeline/model_family.h"
 #include "pipeline/model_folder.h"
 #include "pipeline/txt2img.h"
 
@@ -25,16 +26,22 @@ InProcessRun run_in_process(const std::string& model_dir, const std::vector<torc
     replicas.push_back(StableDiffusion::load(folder, device, dtype));
     replicas.back()->set_device_tuning(tuning);
   }
+  // The guidance the daemon gives a request that names none: its model family's.
+  const double guidance = work.guidance_scale >= 0
+                              ? work.guidance_scale
+                              : family_defaults(model_family(folder)).guidance_scale;
   // Warm-up (first-call allocations), not measured.
   Txt2ImgParams warm;
+  warm.guidance_scale = guidance;
   warm.prompts = {"warm up"};
   warm.steps = 2;
   warm.width = warm.height = work.size;
   warm.scheduler = work.scheduler;
   for (auto& r : replicas) r->generate(warm);
 
-  auto params_of_image = [&work](int i) {  // image i of the bench, as the HTTP clients ask it
+  auto params_of_image = [&work, guidance](int i) {  // image i, as the HTTP clients ask it
     Txt2ImgParams p;
+    p.guidance_scale = guidance;
     p.prompts = {bench_prompt(i)};
     p.steps = work.steps;
     p.width = p.height = work.size;

@@ -45,9 +45,13 @@ ClientRun run_clients(const std::vector<std::uint16_t>& ports, int clients, cons
     threads.emplace_back([&, c] {
       const std::uint16_t port = ports[static_cast<std::size_t>(c) % ports.size()];
       for (int i = next++; i < work.images; i = next++) {
-        json body = {{"prompt", bench_prompt(i)}, {"steps", work.steps},
-                     {"width", work.size},        {"height", work.size},
-                     {"seed", 1000 + i},          {"scheduler", work.scheduler}};
+        json body = {{"prompt", bench_prompt(i)},
+                     {"steps", work.steps},
+                     {"width", work.size},
+                     {"height", work.size},
+                     {"seed", 1000 + i}};
+        if (!work.scheduler.empty()) body["scheduler"] = work.scheduler;
+        if (work.guidance_scale >= 0) body["guidance_scale"] = work.guidance_scale;
         const auto t0 = Clock::now();
         HttpReply r;
         try {

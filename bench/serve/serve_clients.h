@@ -12,7 +12,8 @@ struct WorkSpec {
   int images = 32;
   int steps = 10;
   int size = 64;
-  std::string scheduler = "pndm";
+  std::string scheduler = "pndm";  // "": the model's own
+  double guidance_scale = -1;      // < 0: the model family's default (as the daemon's)
 };
 
 struct ClientRun {

@@ -269,7 +269,7 @@ TEST_CASE("a1111: SD 2.x (pad id 0), (word:1.0) gives exactly the plain image, l
   const fs::path out =
       fs::temp_directory_path() / ("diffusiond_a1111_sd2_" + std::to_string(::getpid()));
   remove_tree(out);
-  write_random_model("tiny-sd2", out, kSd1 / "tokenizer", 5);
+  write_random_model("tiny-sd2", out, kSd1 / "tokenizer", {5});
   {
     auto pipe = StableDiffusion::load(resolve_model(out.string()), torch::kCPU, torch::kFloat32);
     Txt2ImgParams plain;

@@ -78,11 +78,29 @@ TEST_CASE("the sdxl architecture configs are those SDXL base 1.0 ships", "[rando
   CHECK(c.pad_token_2 == "!");
 }
 
+TEST_CASE("the sdxl-turbo architecture is SDXL's networks with the Turbo scheduler",
+          "[random_model][sdxl]") {
+  const auto base = random_model_configs("sdxl");
+  const auto turbo = random_model_configs("sdxl-turbo");
+  CHECK(turbo.model_index["_class_name"] == "StableDiffusionXLPipeline");
+  CHECK(turbo.model_index["scheduler"] ==
+        nlohmann::json({"diffusers", "EulerAncestralDiscreteScheduler"}));
+  CHECK(turbo.scheduler["_class_name"] == "EulerAncestralDiscreteScheduler");
+  CHECK(turbo.scheduler["timestep_spacing"] == "trailing");
+  CHECK(turbo.unet["sample_size"] == 64);  // 512x512
+  auto unet = turbo.unet;
+  unet["sample_size"] = base.unet["sample_size"];
+  CHECK(unet == base.unet);
+  CHECK(turbo.text_encoder == base.text_encoder);
+  CHECK(turbo.text_encoder_2 == base.text_encoder_2);
+  CHECK(turbo.vae == base.vae);
+}
+
 TEST_CASE("a random tiny-sd2 folder loads strictly and generates", "[random_model]") {
   const fs::path out =
       fs::temp_directory_path() / ("diffusiond_random_" + std::to_string(::getpid()));
   remove_tree(out);
-  write_random_model("tiny-sd2", out, kTokenizer, 5);
+  write_random_model("tiny-sd2", out, kTokenizer, {5});
   for (const char* file :
        {"model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json",
         "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
@@ -108,4 +126,83 @@ TEST_CASE("a random tiny-sd2 folder loads strictly and generates", "[random_mode
   REQUIRE(images.size() == 1);
   CHECK(images[0].pixels.size() == 64u * 64u * 3u);
   remove_tree(out);
+}
+
+TEST_CASE("a random folder written in fp16 holds half-precision weights and generates",
+          "[random_model]") {
+  const fs::path base =
+      fs::temp_directory_path() / ("diffusiond_random_" + std::to_string(::getpid()));
+  const fs::path f32 = base.string() + "-fp32", f16 = base.string() + "-fp16";
+  remove_tree(f32);
+  remove_tree(f16);
+  write_random_model("tiny-sd2", f32, kTokenizer, {5});
+  RandomModelOptions half;
+  half.seed = 5;
+  half.dtype = RandomWeightsDtype::kFloat16;
+  write_random_model("tiny-sd2", f16, kTokenizer, half);
+  const auto unet32 = SafetensorsFile::open(f32 / "unet" / "diffusion_pytorch_model.safetensors");
+  const auto unet16 = SafetensorsFile::open(f16 / "unet" / "diffusion_pytorch_model.safetensors");
+  const auto w32 = unet32->tensor("conv_in.weight");
+  const auto w16 = unet16->tensor("conv_in.weight");
+  CHECK(w32.scalar_type() == torch::kFloat32);
+  CHECK(w16.scalar_type() == torch::kFloat16);
+  CHECK(torch::equal(w16, w32.to(torch::kFloat16)));  // the same draw, rounded
+  CHECK(fs::file_size(f16 / "unet" / "diffusion_pytorch_model.safetensors") <
+        fs::file_size(f32 / "unet" / "diffusion_pytorch_model.safetensors") * 6 / 10);
+
+  // Loaded in fp32, the rounded weights give nearly the fp32 folder's image.
+  Txt2ImgParams params;
+  params.prompts = {"a cat!"};
+  params.steps = 2;
+  params.width = params.height = 64;
+  params.seed = 3;
+  const auto a = StableDiffusion::load(resolve_model(f32.string()), torch::kCPU, torch::kFloat32)
+                     ->generate(params);
+  const auto b = StableDiffusion::load(resolve_model(f16.string()), torch::kCPU, torch::kFloat32)
+                     ->generate(params);
+  REQUIRE(a.size() == 1);
+  REQUIRE(b.size() == 1);
+  REQUIRE(a[0].pixels.size() == b[0].pixels.size());
+  double total = 0;
+  for (std::size_t i = 0; i < a[0].pixels.size(); ++i)
+    total += std::abs(int(a[0].pixels[i]) - int(b[0].pixels[i]));
+  CHECK(total / double(a[0].pixels.size()) < 2.0);  // mean absolute difference, of 255
+  remove_tree(f32);
+  remove_tree(f16);
+}
+
+TEST_CASE("weights_from links another folder's weights of the same networks", "[random_model]") {
+  const fs::path base =
+      fs::temp_directory_path() / ("diffusiond_random_" + std::to_string(::getpid()) + "-links");
+  const fs::path source = base / "source", linked = base / "linked", other = base / "other";
+  remove_tree(base);
+  write_random_model("tiny-sd2", source, kTokenizer, {7});
+  RandomModelOptions options;
+  options.weights_from = source;
+  write_random_model("tiny-sd2", linked, kTokenizer, options);
+  for (const char* file :
+       {"text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors"}) {
+    INFO(file);
+    CHECK(fs::is_symlink(linked / file));
+    CHECK(fs::equivalent(linked / file, source / file));
+  }
+  Txt2ImgParams params;
+  params.prompts = {"a cat!"};
+  params.steps = 2;
+  params.width = params.height = 64;
+  const auto a = StableDiffusion::load(resolve_model(source.string()), torch::kCPU, torch::kFloat32)
+                     ->generate(params);
+  const auto b = StableDiffusion::load(resolve_model(linked.string()), torch::kCPU, torch::kFloat32)
+                     ->generate(params);
+  REQUIRE(a.size() == 1);
+  REQUIRE(b.size() == 1);
+  CHECK(a[0].pixels == b[0].pixels);
+
+  // Other networks (small-sd1's text encoder is not tiny-sd2's): refused, naming the config.
+  options.weights_from = source;
+  CHECK_THROWS_WITH(write_random_model("small-sd1", other, kTokenizer, options),
+                    Catch::Contains((source / "text_encoder" / "config.json").string()) &&
+                        Catch::Contains("other weights"));
+  remove_tree(base);
 }

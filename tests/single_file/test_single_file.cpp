@@ -169,7 +169,7 @@ TEST_CASE("SD 2.x single file: fused in_proj split, unused last block skipped, s
           "[single_file]") {
   TempDir tmp("sd2");
   const fs::path folder = tmp.path / "tiny-sd2";
-  write_random_model("tiny-sd2", folder, kTinySd1 / "tokenizer", 11);
+  write_random_model("tiny-sd2", folder, kTinySd1 / "tokenizer", {11});
   auto dict = testing::ldm_state_dict(folder, testing::LdmTarget::kSD2);
   dict.emplace_back("model_ema.decay", torch::tensor(0.9999));
   dict.emplace_back("alphas_cumprod", torch::rand({1000}));
