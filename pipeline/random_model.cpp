@@ -1,7 +1,13 @@
 #include "pipeline/random_model.h"
 
+#include <algorithm>
+#include <atomic>
+#include <exception>
 #include <fstream>
+#include <mutex>
 #include <stdexcept>
+#include <thread>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -142,20 +148,47 @@ void write_json(const fs::path& path, const json& j) {
 }
 
 // normal(0, 0.02) for matrices, kernels and embeddings; ones for norm scales; zeros for biases.
+// Each parameter draws from its own generator, seeded from `seed` and its index in
+// named_parameters() order, so the parameters are filled by every core at once (one generator
+// is serial: an SDXL UNet took over a minute) and the weights do not depend on how many threads
+// ran.
 void init_random(torch::nn::Module& module, std::uint64_t seed) {
-  torch::NoGradGuard no_grad;
-  auto gen = at::detail::createCPUGenerator(seed);
-  for (auto& item : module.named_parameters(true)) {
-    auto& p = item.value();
-    const std::string& name = item.key();
-    if (p.dim() >= 2) {
-      p.normal_(0.0, 0.02, gen);
-    } else if (name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
-      p.zero_();
-    } else {
-      p.fill_(1.0);
+  auto params = module.named_parameters(true);
+  std::vector<std::size_t> order(params.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return params[a].value().numel() > params[b].value().numel();  // the largest first
+  });
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr failure;
+  std::mutex failure_mu;
+  auto work = [&] {
+    torch::NoGradGuard no_grad;  // thread-local
+    try {
+      for (std::size_t k = next++; k < order.size(); k = next++) {
+        const std::size_t index = order[k];
+        auto& p = params[index].value();
+        const std::string& name = params[index].key();
+        if (p.dim() >= 2) {
+          auto gen = at::detail::createCPUGenerator(seed * 1000003u + index);
+          p.normal_(0.0, 0.02, gen);
+        } else if (name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
+          p.zero_();
+        } else {
+          p.fill_(1.0);
+        }
+      }
+    } catch (...) {
+      std::lock_guard lock(failure_mu);
+      if (!failure) failure = std::current_exception();
     }
-  }
+  };
+  const unsigned threads = std::max(1u, std::min(std::thread::hardware_concurrency(), 32u));
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (failure) std::rethrow_exception(failure);
 }
 
 void save_module(const torch::nn::Module& module, const fs::path& path, torch::ScalarType dtype) {

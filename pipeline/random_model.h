@@ -1,6 +1,7 @@
 // Random-weight Stable Diffusion folders with the real architectures, for benchmarks and tests
 // (no download needed): the configs are those the public checkpoints ship, the weights random.
-// Thread-safety: free functions; each call works on its own modules and files.
+// Thread-safety: free functions; each call works on its own modules and files (and fills the
+// weights on threads of its own, joined before it returns).
 #pragma once
 
 #include <cstdint>
@@ -51,9 +52,11 @@ struct RandomModelOptions {
 // (config.json + model.safetensors / diffusion_pytorch_model.safetensors),
 // scheduler/scheduler_config.json, and tokenizer/ copied from `tokenizer_dir` (vocab.json,
 // merges.txt, tokenizer_config.json, special_tokens_map.json) with the arch's pad token.
-// Weights: normal(0, 0.02) for every weight matrix / conv kernel / embedding, ones for norm
-// scales, zeros for biases; the modules are built from the configs and their state dicts saved,
-// so the keys are right by construction. `progress` (optional) gets one line per stage.
+// Weights: normal(0, 0.02) for every weight matrix / conv kernel / embedding (each tensor from
+// its own generator, seeded from the seed and its place: drawn on every core, the same weights
+// whatever the core count), ones for norm scales, zeros for biases; the modules are built from the
+// configs and their state dicts saved, so the keys are right by construction. `progress` (optional)
+// gets one line per stage.
 void write_random_model(const std::string& arch, const std::filesystem::path& out,
                         const std::filesystem::path& tokenizer_dir,
                         const RandomModelOptions& options = {},
