@@ -25,7 +25,8 @@
 # are 59: `scripts/device-tree.sh slim` before the run (the SDXL and single-file fixtures stay
 # behind; the golden group is then skipped), `scripts/device-tree.sh restore` right after.
 # Env: DEPS (default .devdeps/deps.tar.xz), BUILD_DIR (default build-gpu), JOBS (default: every
-#      core), BUDGET_S (default 530: no step runs past it, later ones are skipped), SKIP_SD15=1,
+#      core), BUDGET_S (default 530: no step runs past it, later ones are skipped, and the
+#      table's last rows give the CHECKS of a second call for the groups left out), SKIP_SD15=1,
 #      TARGETS (what to build; steps whose programs were not built are skipped),
 #      CHECKS (default "tests sd15 sdxl serve tuning diffusers tiny golden": which groups run,
 #      in that order; e.g. a second call on the still-warm machine with CHECKS="sd15 serve"
@@ -51,13 +52,19 @@ row() {
 }
 elapsed() { echo $(($(date +%s) - t0)); }
 checks=" ${CHECKS:-tests sd15 sdxl serve tuning diffusers tiny golden} "
-want() { [[ "$checks" == *" $1 "* ]]; }
+group=""            # the check group now running (set by want)
+skipped_groups=" "  # groups with a step the budget left out: what a second call should run
+want() {
+  group=$1
+  [[ "$checks" == *" $1 "* ]]
+}
 run_step() {  # name logfile timeout_s command...: records ok/FAILED/skipped and the seconds
   local name=$1 log=$2 limit=$3 start rc left
   shift 3
   left=$((budget - $(elapsed)))
   if [ "$left" -lt 15 ]; then
     row "$name" "skipped (budget of ${budget}s spent)"
+    [ -n "$group" ] && [[ "$skipped_groups" != *" $group "* ]] && skipped_groups+="$group "
     return 99
   fi
   [ "$limit" -gt "$left" ] && limit=$left
@@ -68,6 +75,10 @@ run_step() {  # name logfile timeout_s command...: records ok/FAILED/skipped and
   return $rc
 }
 finish() {
+  if [ "$skipped_groups" != " " ]; then
+    row "NOT RUN (budget)" "again at once on the warm machine, reusing the build and /tmp's models:"
+    row "" "CHECKS=\"$(echo $skipped_groups)\" bash scripts/device-check.sh \"\$OUT\""
+  fi
   tar -czf "$out/device-check-logs.tar.gz" -C "$logs" . 2>/dev/null
   {
     echo
