@@ -101,9 +101,16 @@ fi
 stage=$(mktemp -d)
 (cd "$src" && git ls-files -co --exclude-standard -z | tar -cf - --null --ignore-failed-read -T -) |
   tar -xf - -C "$stage"
-(cd "$stage" && find . -type f -print0) | while IFS= read -r -d '' f; do
-  if ! cmp -s "$stage/$f" "$root/src/$f"; then
+(cd "$stage" && find . \( -type f -o -type l \) -print0) | while IFS= read -r -d '' f; do
+  if [ -L "$stage/$f" ]; then  # the tree's symbolic links (models/configs/*/tokenizer) as links
+    if [ "$(readlink "$stage/$f")" != "$(readlink "$root/src/$f" 2>/dev/null)" ]; then
+      mkdir -p "$(dirname "$root/src/$f")"
+      rm -f "$root/src/$f"
+      cp -P "$stage/$f" "$root/src/$f"
+    fi
+  elif [ -L "$root/src/$f" ] || ! cmp -s "$stage/$f" "$root/src/$f"; then
     mkdir -p "$(dirname "$root/src/$f")"
+    rm -f "$root/src/$f"
     cp "$stage/$f" "$root/src/$f"
   fi
 done
